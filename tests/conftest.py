@@ -1,0 +1,118 @@
+"""Fixtures for the task-board suites: a board, its parties, and a driver that
+plays one task through with a strategy per worker and reports every payoff."""
+
+from dataclasses import dataclass, field
+
+import pytest
+from eth_utils import keccak
+
+DEPOSIT = 2 * 10**16
+REWARD = 12 * 10**15  # divisible by 2, 3 and 4: the tables' reward/n is exact
+WINDOW = 10
+
+SPEC = keccak(b"spec: train_classifier")
+DATA = keccak(b"data: digits.npz")
+TRUE_RESULT = keccak(b"the true result")
+
+# Worker strategies, named after the paper's: SKIP joins but never commits,
+# HIDE commits but never opens, TRIVIAL opens a result in E_ck, TRUE opens the
+# true result, JUNK opens junk unique to the worker, and AGREED_JUNK opens the
+# junk a coalition agreed on beforehand.
+SKIP, HIDE, TRIVIAL, TRUE, JUNK, AGREED_JUNK = "skip", "hide", "trivial", "true", "junk", "agreed-junk"
+
+
+@pytest.fixture(scope="session")
+def requester(accounts):
+    return accounts[0]
+
+
+@pytest.fixture(scope="session")
+def sink(accounts):
+    return accounts[9]
+
+
+@pytest.fixture(scope="session")
+def workers(accounts):
+    return [accounts[i] for i in range(1, 9)]
+
+
+@pytest.fixture
+def board(project, requester, sink):
+    return project.TaskBoard.deploy(sink, sender=requester)
+
+
+def salt_for(worker) -> bytes:
+    return keccak(b"salt" + bytes.fromhex(worker.address[2:]))
+
+
+def result_for(strategy: str, worker) -> bytes:
+    if strategy == TRIVIAL:
+        return SPEC
+    if strategy == JUNK:
+        return keccak(b"junk of " + bytes.fromhex(worker.address[2:]))
+    if strategy == AGREED_JUNK:
+        return keccak(b"pre-agreed junk")
+    return TRUE_RESULT
+
+
+def publish(board, requester, workers=2, reward=REWARD, deposit=DEPOSIT, window=WINDOW,
+            coin_hash=b"\x00" * 32, trivial=(), spec=SPEC, data=DATA):
+    """Publish a task; returns its id, read from the Published event."""
+    receipt = board.publish(
+        spec, data, workers, deposit, window, window, window, coin_hash, list(trivial),
+        value=reward, sender=requester,
+    )
+    return receipt.decode_logs(board.Published)[0].task_id
+
+
+def assert_solvent(board, task_id, parties):
+    """The board holds exactly what it still owes: unclaimed shares plus forfeits."""
+    owed = sum(board.owed(task_id, p) for p in set(parties))
+    assert board.balance == owed + board.forfeited()
+
+
+@dataclass
+class Played:
+    task_id: int
+    outcome: int
+    payoff: dict = field(default_factory=dict)  # address -> wei gained (negative: lost)
+
+
+@pytest.fixture
+def play(board, requester, chain):
+    """Play one task: each worker follows its strategy; returns every party's payoff."""
+
+    def _play(strategies, reward=REWARD, deposit=DEPOSIT, worker_accounts=None, claim=True):
+        crew = worker_accounts[: len(strategies)]
+        task_id = publish(board, requester, workers=len(crew), reward=reward, deposit=deposit)
+        for w in crew:
+            board.join(task_id, value=deposit, sender=w)
+        for w, s in zip(crew, strategies):
+            if s != SKIP:
+                commitment = board.commitment_of(result_for(s, w), salt_for(w), w, task_id)
+                board.commit(task_id, commitment, sender=w)
+        if any(s == SKIP for s in strategies):
+            chain.mine(WINDOW + 1)
+        for w, s in zip(crew, strategies):
+            if s not in (SKIP, HIDE):
+                board.reveal(task_id, result_for(s, w), salt_for(w), sender=w)
+        if any(s == HIDE for s in strategies):
+            chain.mine(WINDOW + 1)
+        board.settle(task_id, sender=requester)
+        assert_solvent(board, task_id, [requester, *crew])
+
+        played = Played(task_id=task_id, outcome=board.phase(task_id))
+        if not claim:
+            return played
+        for party, stake in [(requester, reward)] + [(w, deposit) for w in crew]:
+            paid = board.owed(task_id, party)
+            if paid:
+                before = party.balance
+                receipt = board.claim(task_id, sender=party)
+                assert party.balance - before + receipt.total_fees_paid == paid
+            played.payoff[party.address] = paid - stake
+        assert_solvent(board, task_id, [requester, *crew])
+        assert board.balance == board.forfeited()
+        return played
+
+    return _play
