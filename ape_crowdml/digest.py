@@ -1,0 +1,167 @@
+"""Canonical bytes of a job result, and keccak256 digests.
+
+A result digest is keccak256 over one of two encodings. All integers are unsigned little-endian.
+
+Parameter pytree (`encode_pytree`)::
+
+    b"crowdml/pytree/v1\\n"                    magic
+    u32 leaf count
+    per leaf, in ascending order of path (UTF-8 bytes):
+        u32 length, path        leaf path, keys joined by "/", e.g. "params/Dense_0/kernel"
+        u32 length, dtype       numpy's explicit little-endian type string, e.g. "<f4", "|u1"
+        u32 ndim, ndim × u64    shape
+        u64 length, data        raw C-order bytes in that dtype
+
+Bitstring (`encode_bits`)::
+
+    b"crowdml/bits/v1\\n"                      magic
+    u64 bit count n
+    ceil(n/8) bytes             bit i is bit (7 - i % 8) of byte i // 8 (MSB first, as
+                                numpy.packbits writes it); padding bits are zero
+
+Not flax.serialization.to_bytes: msgpack's layout is an implementation detail of flax, and it does
+not say how dtype or byte order are written. This format is small enough to reimplement anywhere.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from eth_hash.auto import keccak
+
+PYTREE_MAGIC = b"crowdml/pytree/v1\n"
+BITS_MAGIC = b"crowdml/bits/v1\n"
+_CHUNK = 1 << 20
+
+
+def keccak_digest(data: bytes) -> bytes:
+    """keccak256 (Ethereum's, not SHA3-256) of `data`: 32 bytes."""
+    return keccak(data)
+
+
+def file_digest(path: str | Path) -> bytes:
+    """keccak256 of a file's bytes, read in chunks."""
+    hasher = keccak.new(b"")
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.digest()
+
+
+def _path_string(path) -> str:
+    import jax
+
+    parts = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            part = str(entry.key)
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            part = str(entry.idx)
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            part = entry.name
+        else:
+            raise TypeError(f"unsupported pytree node {entry!r}")
+        if "/" in part or not part:
+            raise ValueError(f"pytree key {part!r} must be non-empty and contain no '/'")
+        parts.append(part)
+    return "/".join(parts)
+
+
+def _little_endian(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"dtype {array.dtype} has no canonical encoding (bool/int/uint/float only)")
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+
+
+def _lengthed(data: bytes, width: str = "<I") -> bytes:
+    return struct.pack(width, len(data)) + data
+
+
+def encode_pytree(tree) -> bytes:
+    """Canonical bytes of a pytree of arrays (see the module docstring)."""
+    import jax
+
+    leaves = {
+        _path_string(path): _little_endian(np.asarray(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+    out = [PYTREE_MAGIC, struct.pack("<I", len(leaves))]
+    for name in sorted(leaves, key=lambda p: p.encode()):
+        array = leaves[name]
+        out += [
+            _lengthed(name.encode()),
+            _lengthed(array.dtype.str.encode()),
+            struct.pack(f"<I{array.ndim}Q", array.ndim, *array.shape),
+            _lengthed(array.tobytes(order="C"), "<Q"),
+        ]
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data, self.pos = memoryview(data), 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise ValueError("truncated crowdml encoding")
+        chunk = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return chunk
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def lengthed(self, width: str = "<I") -> bytes:
+        return self.take(self.unpack(width)[0])
+
+
+def decode_pytree(data: bytes) -> dict:
+    """Inverse of encode_pytree: nested dicts (keyed by the path parts) of numpy arrays.
+
+    Flax params come back as the `{"params": {...}}` dict that `model.apply` takes.
+    """
+    reader = _Reader(data)
+    if reader.take(len(PYTREE_MAGIC)) != PYTREE_MAGIC:
+        raise ValueError("not a crowdml pytree encoding (bad magic)")
+    tree: dict = {}
+    for _ in range(reader.unpack("<I")[0]):
+        path = reader.lengthed().decode()
+        dtype = np.dtype(reader.lengthed().decode())
+        (ndim,) = reader.unpack("<I")
+        shape = reader.unpack(f"<{ndim}Q")
+        array = np.frombuffer(reader.lengthed("<Q"), dtype=dtype).reshape(shape)
+        *parents, leaf = path.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = array
+    if reader.pos != len(reader.data):
+        raise ValueError("trailing bytes after crowdml pytree encoding")
+    return tree
+
+
+def encode_bits(bits) -> bytes:
+    """Canonical bytes of a 1-D bitstring (any array of 0/1 or bools)."""
+    bits = np.asarray(bits)
+    if bits.ndim != 1 or not np.isin(bits, (0, 1)).all():
+        raise ValueError("a bitstring is a 1-D array of 0/1 values")
+    return BITS_MAGIC + struct.pack("<Q", bits.size) + np.packbits(bits.astype(np.uint8)).tobytes()
+
+
+def decode_bits(data: bytes) -> np.ndarray:
+    """Inverse of encode_bits: a uint8 array of 0/1."""
+    reader = _Reader(data)
+    if reader.take(len(BITS_MAGIC)) != BITS_MAGIC:
+        raise ValueError("not a crowdml bitstring encoding (bad magic)")
+    (n,) = reader.unpack("<Q")
+    packed = np.frombuffer(reader.take((n + 7) // 8), dtype=np.uint8)
+    if reader.pos != len(reader.data):
+        raise ValueError("trailing bytes after crowdml bitstring encoding")
+    return np.unpackbits(packed, count=n)
+
+
+def decode_result(data: bytes):
+    """Decode either encoding, by its magic."""
+    return decode_bits(data) if data.startswith(BITS_MAGIC) else decode_pytree(data)

@@ -1,0 +1,84 @@
+"""Coin → keys: the paper's h(r‖ctr) on JAX's counter-based PRNG.
+
+The on-chain coin r is 32 bytes. `base_key(r)` folds all eight big-endian uint32 words of r into a
+threefry key, so every bit of r matters. Each random draw of a job then uses
+`draw(base, ctr) = fold_in(base, ctr)` with a counter the job advances; `KeyStream` hands the
+counters out in order so a job never reuses one.
+
+Only jobs (in the child process, see runner.py) call this; it imports jax lazily so that
+`import ape_crowdml` stays light.
+"""
+
+from __future__ import annotations
+
+COIN_BYTES = 32
+
+# Set explicitly rather than relying on defaults: a future JAX default change (the partitionable
+# flag already flipped once) would otherwise silently change every result.
+JAX_CONFIG = {
+    "jax_default_prng_impl": "threefry2x32",
+    "jax_threefry_partitionable": True,
+    "jax_enable_x64": False,
+}
+
+
+def configure_jax(extra: dict | None = None) -> None:
+    """Apply JAX_CONFIG (and a profile's `extra` settings) before any key is made."""
+    import jax
+
+    for name, value in {**JAX_CONFIG, **(extra or {})}.items():
+        jax.config.update(name, value)
+
+
+def coin_from_hex(text: str) -> bytes:
+    """Parse a `0x`-prefixed 64-hex-digit coin; ValueError names the problem."""
+    digits = text[2:] if text.startswith(("0x", "0X")) else text
+    try:
+        coin = bytes.fromhex(digits)
+    except ValueError:
+        raise ValueError(f"coin {text!r} is not hex") from None
+    if len(coin) != COIN_BYTES:
+        raise ValueError(f"coin must be {COIN_BYTES} bytes (64 hex digits), got {len(coin)}")
+    return coin
+
+
+def base_key(coin: bytes):
+    """A typed threefry key that depends on all 256 bits of `coin`."""
+    import jax
+    import numpy as np
+
+    if len(coin) != COIN_BYTES:
+        raise ValueError(f"coin must be {COIN_BYTES} bytes, got {len(coin)}")
+    key = jax.random.key(0, impl="threefry2x32")
+    for word in np.frombuffer(coin, dtype=">u4"):
+        key = jax.random.fold_in(key, np.uint32(word))
+    return key
+
+
+def draw(base, ctr):
+    """The key for draw number `ctr`: h(r‖ctr). `ctr` may be a traced value inside jit."""
+    import jax
+
+    return jax.random.fold_in(base, ctr)
+
+
+class KeyStream:
+    """Hands out counters in order, so each draw of a job gets its own key.
+
+    `next()` gives one key; `reserve(n)` gives the first of n consecutive counters for a jitted
+    loop that calls `draw(stream.base, first + i)` itself.
+    """
+
+    def __init__(self, coin: bytes):
+        self.base = base_key(coin)
+        self.ctr = 0
+
+    def next(self):
+        key = draw(self.base, self.ctr)
+        self.ctr += 1
+        return key
+
+    def reserve(self, n: int) -> int:
+        first = self.ctr
+        self.ctr += n
+        return first

@@ -1,0 +1,240 @@
+"""Run a job spec with a coin and produce its result digest, reproducibly.
+
+Job file contract
+-----------------
+A job is a plain Python file (see jobs/) that defines one entry function::
+
+    def run(hparams: dict, data: dict[str, numpy.ndarray], keys: KeyStream, report: Report) -> bytes
+
+- `hparams`: the spec's hyperparameters; the job validates them (a pydantic model is the habit).
+- `data`: x_train, y_train, x_test, y_test from the spec's dataset, already digest-checked.
+- `keys`: a `ape_crowdml.keys.KeyStream` built from the coin. Every random draw must come from it
+  (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
+  seeds anything else is not reproducible from the coin.
+- `report`: `report.start(epochs)` once, `report.epoch(tree, **metrics)` after each epoch (adds the
+  digest of `encode_pytree(tree)` to the transcript and moves the progress bar),
+  `report.metric(name, value)` for summary figures such as test accuracy.
+- returns the result's canonical bytes, `digest.encode_pytree(...)` or `digest.encode_bits(...)`;
+  the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
+  named in `hparams` with their digest and read through `ape_crowdml.data.read_verified`.
+
+Processes
+---------
+`run_job` (any process, jax loaded or not) starts a fresh child,
+`python -m ape_crowdml.runner --spec FILE --coin 0x… --out DIR`. The child applies the spec's
+environment profile before importing jax, checks the environment, the job file's keccak256 and the
+data digest, runs the job, and writes `result.bin` (the artifact), `result.json` (digest,
+transcript, metrics) or `error.json` into DIR. The same command is the user-facing CLI: it prints
+the digest on stdout and a progress bar on stderr; bad input gives one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .digest import encode_pytree, keccak_digest
+from .errors import CanaryMismatch, CrowdmlError, SpecError
+from .spec import Canary, JobSpec, load_spec, save_spec
+
+EXIT_BAD_INPUT = 2
+ARTIFACT_FILE, RESULT_FILE, ERROR_FILE = "result.bin", "result.json", "error.json"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    digest: bytes  # keccak256(artifact): what the worker commits to
+    artifact: bytes  # canonical encoding of the result, see digest.py
+    transcript: list[str] = field(default_factory=list)  # 0x-hex digest after each epoch
+    metrics: dict = field(default_factory=dict)  # e.g. {"test_accuracy": 0.97}
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ARTIFACT_FILE).write_bytes(self.artifact)
+        summary = {"digest": "0x" + self.digest.hex(), "transcript": self.transcript,
+                   "metrics": self.metrics}
+        (out / RESULT_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, out: Path) -> JobResult:
+        summary = json.loads((out / RESULT_FILE).read_text())
+        result = cls(bytes.fromhex(summary["digest"][2:]), (out / ARTIFACT_FILE).read_bytes(),
+                     summary["transcript"], summary["metrics"])
+        if keccak_digest(result.artifact) != result.digest:
+            raise CrowdmlError(f"{out / ARTIFACT_FILE} does not match the digest in {RESULT_FILE}")
+        return result
+
+
+class Report:
+    """What a job tells the runner: per-epoch transcript, metrics, progress."""
+
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.transcript: list[str] = []
+        self.metrics: dict = {}
+        self._bar = None
+
+    def start(self, epochs: int) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr)
+
+    def epoch(self, tree, **metrics) -> None:
+        self.transcript.append("0x" + keccak_digest(encode_pytree(tree)).hex())
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()})
+            self._bar.update()
+
+    def metric(self, name: str, value) -> None:
+        self.metrics[name] = value
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def load_job(spec: JobSpec) -> types.ModuleType:
+    """Import the job file by path, after checking its keccak256 against the spec.
+
+    The checked bytes are the ones executed, so the file cannot change in between.
+    """
+    path = Path(spec.job)
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read job file {path}: {exc.strerror}") from None
+    actual = "0x" + keccak_digest(source).hex()
+    if actual != spec.job_digest:
+        raise SpecError(f"job file {path} has keccak256 {actual}, the spec expects "
+                        f"{spec.job_digest}; get the requester's job file")
+    name = f"crowdml_job_{path.stem}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # pydantic resolves a job's annotations through sys.modules
+    exec(compile(source, str(path), "exec"), module.__dict__)
+    if not callable(getattr(module, "run", None)):
+        raise SpecError(f"job file {path} defines no run(hparams, data, keys, report)")
+    return module
+
+
+def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
+    """Run the job in this process. The profile's environment must already be in force
+    (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
+    from pydantic import ValidationError
+
+    from .data import load_dataset
+    from .keys import KeyStream, configure_jax
+    from .profile import check_environment, check_process
+
+    check_environment(spec)
+    configure_jax(spec.profile.jax_config)
+    check_process(spec.profile)
+    data = load_dataset(spec.data_uri, spec.data_digest)
+    job = load_job(spec)
+    report = Report(progress)
+    try:
+        artifact = job.run(dict(spec.hparams), data, KeyStream(coin), report)
+    except ValidationError as exc:
+        raise SpecError(f"hparams for {spec.job}: {exc.errors()[0]['loc']}: "
+                        f"{exc.errors()[0]['msg']}") from None
+    finally:
+        report.close()
+    return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
+
+
+def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+            progress: bool = False) -> JobResult:
+    """Run `spec` with `coin` in a fresh child process under the spec's environment profile.
+
+    Raises the child's CrowdmlError subclass (DataDigestMismatch, EnvironmentMismatch, …) on bad
+    input. With `out`, the artifact and result.json stay there.
+    """
+    with tempfile.TemporaryDirectory(prefix="crowdml-") as tmp:
+        out_dir = Path(out) if out is not None else Path(tmp) / "out"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ERROR_FILE).unlink(missing_ok=True)
+        spec_path = save_spec(spec, Path(tmp) / "spec.json")
+        command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+                   "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+                   "--progress" if progress else "--no-progress"]
+        child = subprocess.run(command, stdout=subprocess.PIPE,
+                               stderr=None if progress else subprocess.PIPE, text=True)
+        if (out_dir / ERROR_FILE).exists():
+            error = json.loads((out_dir / ERROR_FILE).read_text())
+            raise getattr(errors, error["type"], CrowdmlError)(error["message"])
+        if child.returncode != 0:
+            last = (child.stderr or "").strip().splitlines()[-1:] or ["no output"]
+            raise CrowdmlError(f"job process exited with {child.returncode}: {last[0]}")
+        return JobResult.load(out_dir)
+
+
+def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
+    """The spec of the canary run: the same job and data, with the canary's overrides."""
+    return spec.model_copy(update={"hparams": {**spec.hparams, **hparams}, "canary": None})
+
+
+def with_canary(spec: JobSpec, coin: bytes, hparams: dict) -> JobSpec:
+    """Requester side: run the canary here and return the spec carrying its digest."""
+    result = run_job(canary_spec(spec, hparams), coin)
+    canary = Canary(coin="0x" + coin.hex(), hparams=hparams, digest="0x" + result.digest.hex())
+    return spec.model_copy(update={"canary": canary})
+
+
+def check_canary(spec: JobSpec) -> JobResult | None:
+    """Worker side, before committing: reproduce the spec's canary or raise CanaryMismatch.
+
+    Returns the canary's result, or None when the spec carries no canary.
+    """
+    if spec.canary is None:
+        return None
+    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]))
+    if "0x" + result.digest.hex() != spec.canary.digest:
+        raise CanaryMismatch(f"canary gave 0x{result.digest.hex()} here, the spec expects "
+                             f"{spec.canary.digest}: this machine does not reproduce the "
+                             "requester's run; do not commit")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.runner",
+                                     description="Run a crowdml job spec with a coin.")
+    parser.add_argument("--spec", required=True, help="job spec JSON file")
+    parser.add_argument("--coin", required=True, help="the task's coin r: 0x + 64 hex digits")
+    parser.add_argument("--out", type=Path, help="folder for result.bin and result.json")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                        default=sys.stderr.isatty(), help="progress bar on stderr")
+    args = parser.parse_args(argv)
+    try:
+        from .keys import coin_from_hex
+        from .profile import apply_environment
+
+        spec = load_spec(args.spec)
+        try:
+            coin = coin_from_hex(args.coin)
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        apply_environment(spec.profile)
+        result = execute(spec, coin, progress=args.progress)
+    except CrowdmlError as exc:
+        print(f"crowdml: {exc}", file=sys.stderr)
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            error = {"type": type(exc).__name__, "message": str(exc)}
+            (args.out / ERROR_FILE).write_text(json.dumps(error))
+        return EXIT_BAD_INPUT
+    if args.out is not None:
+        result.save(args.out)
+    print("0x" + result.digest.hex())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

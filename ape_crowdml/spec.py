@@ -1,0 +1,112 @@
+"""The job spec: everything a worker needs to reproduce a result, and the digest that goes on chain.
+
+`JobSpec.digest()` is keccak256 of `canonical_json()` (sorted keys, no whitespace, UTF-8). That is
+the task's `spec` bytes32; a worker who recomputes it from the spec file it was given knows it runs
+the job the requester published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from .digest import file_digest, keccak_digest
+from .errors import SpecError
+from .profile import Profile, get_profile
+
+
+def _bytes32_hex(value: str) -> str:
+    if not (value.startswith("0x") and len(value) == 66):
+        raise ValueError("must be 0x followed by 64 hex digits")
+    int(value[2:], 16)
+    return value.lower()
+
+
+Bytes32Hex = Annotated[str, AfterValidator(_bytes32_hex)]
+
+
+class Canary(BaseModel):
+    """A tiny fixed run whose digest the requester publishes; workers reproduce it first."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coin: Bytes32Hex
+    hparams: dict[str, Any] = {}  # overrides of the spec's hyperparameters, e.g. fewer epochs
+    digest: Bytes32Hex
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: str  # path of the job file (relative paths resolve against the working directory)
+    job_digest: Bytes32Hex  # keccak256 of the job file's bytes
+    hparams: dict[str, Any]
+    data_uri: str  # local path or file:// URI of the .npz dataset
+    data_digest: Bytes32Hex  # keccak256 of the dataset file's bytes
+    profile: Profile
+    canary: Canary | None = None
+    store: str | None = None  # where the plugin uploads result artifacts; not used by jobs
+
+    def canonical_json(self) -> bytes:
+        return json.dumps(
+            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode()
+
+    def digest(self) -> bytes:
+        return keccak_digest(self.canonical_json())
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"]) or "spec"
+    return f"{where}: {error['msg']}"
+
+
+def parse_spec(text: str | bytes, source: str = "spec") -> JobSpec:
+    try:
+        return JobSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise SpecError(f"{source} is not a valid job spec: {_first_error(exc)}") from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a spec file; SpecError with a one-line reason otherwise."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc.strerror}") from None
+    return parse_spec(text, str(path))
+
+
+def save_spec(spec: JobSpec, path: str | Path) -> Path:
+    """Write the canonical JSON, so the file's bytes are the ones the on-chain digest covers."""
+    Path(path).write_bytes(spec.canonical_json())
+    return Path(path)
+
+
+def make_spec(
+    job: str | Path,
+    data_path: str | Path,
+    hparams: dict[str, Any],
+    *,
+    profile: str | Profile = "cpu-exact",
+    canary: Canary | None = None,
+    store: str | None = None,
+) -> JobSpec:
+    """Build a spec, computing the job-source and data digests from the files."""
+    for kind, path in (("job file", job), ("data file", data_path)):
+        if not Path(path).is_file():
+            raise SpecError(f"{kind} {path} does not exist")
+    return JobSpec(
+        job=str(job),
+        job_digest="0x" + file_digest(job).hex(),
+        hparams=hparams,
+        data_uri=str(data_path),
+        data_digest="0x" + file_digest(data_path).hex(),
+        profile=profile if isinstance(profile, Profile) else get_profile(profile),
+        canary=canary,
+        store=store,
+    )

@@ -1,0 +1,126 @@
+"""Train an MLP classifier with optax on a labelled dataset; the result is its parameters.
+
+crowdml job (contract in ape_crowdml/runner.py): `run(hparams, data, keys, report) -> bytes`.
+Hyperparameters are the fields of `Config`. The result is `encode_pytree({"params": params})`;
+`jobs/evaluate_classifier.py` evaluates it.
+
+Every random draw comes from the coin, through counters taken from `keys` in this order:
+one for parameter init; then per epoch one for the shuffle permutation and one per step for
+dropout. Steps per epoch = n_train // batch_size (the remainder of each shuffle is skipped).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from flax.training import train_state
+from pydantic import BaseModel, ConfigDict, Field
+
+from ape_crowdml.digest import encode_pytree
+from ape_crowdml.keys import draw
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hidden: tuple[int, ...] = (128, 64)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    batch_size: int = Field(64, gt=0)
+    epochs: int = Field(20, gt=0)
+
+
+class MLP(nn.Module):
+    """Dense → relu → dropout per hidden layer, then a Dense readout (layers Dense_0 … Dense_k)."""
+
+    hidden: tuple[int, ...]
+    classes: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        x = x.reshape((x.shape[0], -1))
+        for width in self.hidden:
+            x = nn.relu(nn.Dense(width)(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.classes)(x)
+
+
+@jax.jit
+def train_step(state: train_state.TrainState, batch, key):
+    x, y = batch
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+
+@partial(jax.jit, static_argnames="batch_size")
+def train_epoch(state, x, y, base, first_ctr, *, batch_size: int):
+    """One shuffled pass: counter first_ctr shuffles, first_ctr + 1 + i drives step i's dropout.
+
+    A scan keeps the whole epoch in one XLA call (no per-step dispatch)."""
+    steps = x.shape[0] // batch_size
+    order = jax.random.permutation(draw(base, first_ctr), x.shape[0])
+    batches = order[: steps * batch_size].reshape(steps, batch_size)
+
+    def step(state, i):
+        idx = batches[i]
+        return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i))
+
+    state, losses = jax.lax.scan(step, state, jnp.arange(steps))
+    return state, losses.mean()
+
+
+@jax.jit
+def eval_step(state, x, y):
+    logits = state.apply_fn({"params": state.params}, x, train=False)
+    return jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def make_optimizer(config: Config) -> optax.GradientTransformation:
+    if config.optimizer == "adam":
+        return optax.adam(config.learning_rate)
+    return optax.sgd(config.learning_rate, momentum=config.momentum)
+
+
+def prepare(data: dict[str, np.ndarray]):
+    """Flattened float32 inputs and int32 labels, as device arrays."""
+    def xs(a):
+        return jnp.asarray(a.reshape(len(a), -1), jnp.float32)
+
+    return (xs(data["x_train"]), jnp.asarray(data["y_train"], jnp.int32),
+            xs(data["x_test"]), jnp.asarray(data["y_test"], jnp.int32))
+
+
+def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
+    config = Config(**hparams)
+    x_train, y_train, x_test, y_test = prepare(data)
+    classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
+    model = MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
+    params = model.init(keys.next(), x_train[:1], train=False)["params"]
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=params, tx=make_optimizer(config)
+    )
+    steps = x_train.shape[0] // config.batch_size
+    if steps == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds {x_train.shape[0]} examples")
+
+    report.start(config.epochs)
+    for _ in range(config.epochs):
+        state, loss = train_epoch(state, x_train, y_train, keys.base, keys.reserve(1 + steps),
+                                  batch_size=config.batch_size)
+        report.epoch({"params": state.params}, loss=loss)
+    report.metric("test_accuracy", float(eval_step(state, x_test, y_test)))
+    return encode_pytree({"params": state.params})
