@@ -69,7 +69,8 @@ PROFILES = {
         name="gpu-exact",
         platform="gpu",
         machine="x86_64",
-        packages=PINNED_PACKAGES,
+        # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
+        packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1"},
         xla_flags=("--xla_gpu_deterministic_ops=true",),
         env={"JAX_PLATFORMS": "cuda", "NVIDIA_TF32_OVERRIDE": "0"},
         jax_config={"jax_default_matmul_precision": "highest"},
@@ -155,7 +156,7 @@ def check_process(profile: Profile) -> None:
             )
     try:
         backend = jax.default_backend()
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError) as exc:  # jax asserts when JAX_PLATFORMS has no plugin
         raise EnvironmentMismatch(
             f"profile {profile.name} needs a {profile.platform} backend: {exc}".splitlines()[0]
         ) from None
