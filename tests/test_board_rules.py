@@ -1,0 +1,348 @@
+"""Timing, coins, aborts, bad input and attacks: every revert path with its
+reason, and that no path leaves wei stuck or lets a party take more than its share."""
+
+import ape
+import pytest
+from eth_abi import encode
+from eth_utils import keccak
+
+from conftest import DATA, DEPOSIT, REWARD, SPEC, TRUE_RESULT, WINDOW, assert_solvent, publish, salt_for
+
+ZERO = b"\x00" * 32
+COIN, COIN_SALT = keccak(b"requester coin"), keccak(b"requester coin salt")
+COIN_HASH = keccak(encode(["bytes32", "bytes32"], [COIN, COIN_SALT]))
+JOINING, AWAITING_COIN, COMMIT, REVEAL, SETTLEABLE = 1, 2, 3, 4, 5
+AGREED, FAILED, ABORTED, COIN_WITHHELD = 6, 8, 9, 10
+
+
+@pytest.fixture
+def pair(workers):
+    return workers[:2]
+
+
+@pytest.fixture
+def full_task(board, requester, pair):
+    """A two-worker task with a chain coin, roster full, commit window open."""
+    task_id = publish(board, requester)
+    for w in pair:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    return task_id
+
+
+def commit_true(board, task_id, worker):
+    board.commit(task_id, board.commitment_of(TRUE_RESULT, salt_for(worker), worker, task_id), sender=worker)
+
+
+# ---------------------------------------------------------------- publish
+
+
+@pytest.mark.parametrize(
+    "kwargs,reason",
+    [
+        (dict(reward=0), "reward must be positive"),
+        (dict(workers=1), "need at least 2 workers"),
+        (dict(workers=1025), "too many workers"),
+        (dict(deposit=0), "deposit must be positive"),
+        (dict(deposit=DEPOSIT + 1), "deposit must be even"),
+        (dict(window=0), "windows must be positive"),
+        (dict(window=2**24), "window too long"),
+    ],
+)
+def test_publish_rejects_bad_terms(board, requester, kwargs, reason):
+    with ape.reverts(reason):
+        publish(board, requester, **kwargs)
+    assert board.balance == 0
+
+
+def test_publish_records_terms(board, requester):
+    task_id = publish(board, requester, workers=3, trivial=[keccak(b"all zeros model")])
+    t = board.task(task_id)
+    assert (t.requester, t.spec, t.data, t.reward, t.deposit, t.workers) == (requester.address, SPEC, DATA, REWARD, DEPOSIT, 3)
+    assert t.phase == JOINING and t.joined == 0
+    assert board.is_trivial(task_id, keccak(b"all zeros model"))
+    assert board.is_trivial(task_id, SPEC) and board.is_trivial(task_id, DATA) and board.is_trivial(task_id, ZERO)
+    assert not board.is_trivial(task_id, TRUE_RESULT)
+
+
+# ---------------------------------------------------------------- join
+
+
+def test_join_rules(board, requester, workers, chain):
+    task_id = publish(board, requester)
+    with ape.reverts("wrong deposit"):
+        board.join(task_id, value=DEPOSIT - 2, sender=workers[0])
+    board.join(task_id, value=DEPOSIT, sender=workers[0])
+    with ape.reverts("already joined"):
+        board.join(task_id, value=DEPOSIT, sender=workers[0])
+    board.join(task_id, value=DEPOSIT, sender=workers[1])
+    assert board.phase(task_id) == COMMIT
+    with ape.reverts("not open for joining"):
+        board.join(task_id, value=DEPOSIT, sender=workers[2])
+    with ape.reverts("not open for joining"):
+        board.join(12345, value=DEPOSIT, sender=workers[2])
+
+
+def test_join_window_closes(board, requester, workers, chain):
+    task_id = publish(board, requester)
+    chain.mine(WINDOW + 1)
+    with ape.reverts("join window closed"):
+        board.join(task_id, value=DEPOSIT, sender=workers[0])
+
+
+def test_chain_coin_is_fixed_by_the_filling_join(board, requester, pair):
+    task_id = publish(board, requester)
+    first = board.join(task_id, value=DEPOSIT, sender=pair[0])
+    assert not first.decode_logs(board.CoinFixed)
+    filling = board.join(task_id, value=DEPOSIT, sender=pair[1])
+    fixed = filling.decode_logs(board.CoinFixed)[0]
+    assert fixed.from_chain and fixed.commit_deadline == filling.block_number + WINDOW
+    assert board.coin_of(task_id) == fixed.coin
+    assert board.phase(task_id) == COMMIT
+
+
+def test_coins_differ_between_tasks(board, requester, workers):
+    coins = []
+    for _ in range(2):
+        task_id = publish(board, requester)
+        for w in workers[:2]:
+            board.join(task_id, value=DEPOSIT, sender=w)
+        coins.append(board.coin_of(task_id))
+    assert coins[0] != coins[1]
+
+
+# ---------------------------------------------------------------- requester coin
+
+
+def test_requester_coin_release(board, requester, pair):
+    task_id = publish(board, requester, coin_hash=COIN_HASH)
+    board.join(task_id, value=DEPOSIT, sender=pair[0])
+    with ape.reverts("not awaiting the coin"):
+        board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
+    with ape.reverts("coin not fixed"):
+        board.coin_of(task_id)
+    board.join(task_id, value=DEPOSIT, sender=pair[1])
+    assert board.phase(task_id) == AWAITING_COIN
+    with ape.reverts("coin not fixed"):
+        commit_true(board, task_id, pair[0])
+    with ape.reverts("only the requester"):
+        board.release_coin(task_id, COIN, COIN_SALT, sender=pair[0])
+    with ape.reverts("coin does not match"):
+        board.release_coin(task_id, keccak(b"another coin"), COIN_SALT, sender=requester)
+    receipt = board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
+    assert receipt.decode_logs(board.CoinFixed)[0].coin == COIN
+    assert board.coin_of(task_id) == COIN
+    assert board.phase(task_id) == COMMIT
+
+
+def test_withheld_coin_pays_workers_their_share(board, requester, pair, chain):
+    task_id = publish(board, requester, coin_hash=COIN_HASH, reward=REWARD + 1)
+    for w in pair:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    with ape.reverts("coin window still open"):
+        board.abort(task_id, sender=pair[0])
+    chain.mine(WINDOW + 1)
+    with ape.reverts("coin window closed"):
+        board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
+    board.abort(task_id, sender=pair[0])
+    assert board.phase(task_id) == COIN_WITHHELD
+    for w in pair:
+        assert board.owed(task_id, w) == DEPOSIT + (REWARD + 1) // 2
+    assert board.owed(task_id, requester) == 1
+    assert_solvent(board, task_id, [requester, *pair])
+    for party in [requester, *pair]:
+        board.claim(task_id, sender=party)
+    assert board.balance == 0
+
+
+# ---------------------------------------------------------------- abort
+
+
+def test_requester_aborts_short_roster(board, requester, pair):
+    task_id = publish(board, requester)
+    board.join(task_id, value=DEPOSIT, sender=pair[0])
+    with ape.reverts("join window still open"):
+        board.abort(task_id, sender=pair[0])
+    receipt = board.abort(task_id, sender=requester)
+    assert receipt.decode_logs(board.Aborted)[0].outcome == ABORTED
+    assert board.owed(task_id, pair[0]) == DEPOSIT
+    assert board.owed(task_id, requester) == REWARD
+    board.claim(task_id, sender=pair[0])
+    board.claim(task_id, sender=requester)
+    assert board.balance == 0
+
+
+def test_anyone_aborts_after_join_window(board, requester, pair, chain):
+    task_id = publish(board, requester)
+    board.join(task_id, value=DEPOSIT, sender=pair[0])
+    chain.mine(WINDOW + 1)
+    board.abort(task_id, sender=pair[1])
+    assert board.phase(task_id) == ABORTED
+    with ape.reverts("cannot abort after work began"):
+        board.abort(task_id, sender=requester)
+
+
+def test_no_abort_once_work_began(board, requester, full_task):
+    with ape.reverts("cannot abort after work began"):
+        board.abort(full_task, sender=requester)
+
+
+# ---------------------------------------------------------------- commit and reveal
+
+
+def test_commit_rules(board, requester, pair, workers, full_task, chain):
+    with ape.reverts("not a worker"):
+        commit_true(board, full_task, workers[5])
+    with ape.reverts("reserved commitment"):
+        board.commit(full_task, (2).to_bytes(32, "big"), sender=pair[0])
+    commit_true(board, full_task, pair[0])
+    with ape.reverts("already committed"):
+        commit_true(board, full_task, pair[0])
+    with ape.reverts("reveal phase not open"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])
+    with ape.reverts("commit window still open"):
+        board.settle(full_task, sender=requester)
+    chain.mine(WINDOW)
+    with ape.reverts("commit window closed"):
+        commit_true(board, full_task, pair[1])
+    assert board.phase(full_task) == REVEAL
+
+
+def test_reveal_rules(board, requester, pair, workers, full_task, chain):
+    for w in pair:
+        commit_true(board, full_task, w)
+    assert board.phase(full_task) == REVEAL
+    with ape.reverts("not a worker"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(workers[5]), sender=workers[5])
+    with ape.reverts("commitment mismatch"):
+        board.reveal(full_task, TRUE_RESULT, keccak(b"wrong salt"), sender=pair[0])
+    board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])  # a retry succeeds
+    with ape.reverts("already revealed"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])
+    with ape.reverts("reveals still pending"):
+        board.settle(full_task, sender=requester)
+    with ape.reverts("not settled"):
+        board.claim(full_task, sender=pair[0])
+    chain.mine(WINDOW + 1)
+    with ape.reverts("reveal window closed"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1])
+    assert board.phase(full_task) == SETTLEABLE
+    board.settle(full_task, sender=workers[7])
+    with ape.reverts("not settleable"):
+        board.settle(full_task, sender=requester)
+    assert board.phase(full_task) == FAILED
+    with ape.reverts("no agreed result"):
+        board.result_of(full_task)
+
+
+def test_reveal_of_uncommitted_worker_is_refused(board, pair, full_task, chain):
+    commit_true(board, full_task, pair[0])
+    chain.mine(WINDOW + 1)
+    with ape.reverts("nothing committed"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1])
+
+
+def test_copied_commitment_cannot_be_opened(board, requester, pair, full_task, chain):
+    """A free-rider who copies the first commitment off the chain gains nothing."""
+    honest, copier = pair
+    commitment = board.commitment_of(TRUE_RESULT, salt_for(honest), honest, full_task)
+    board.commit(full_task, commitment, sender=honest)
+    board.commit(full_task, commitment, sender=copier)
+    board.reveal(full_task, TRUE_RESULT, salt_for(honest), sender=honest)
+    with ape.reverts("commitment mismatch"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(honest), sender=copier)
+    chain.mine(WINDOW + 1)
+    board.settle(full_task, sender=requester)
+    assert board.owed(full_task, honest) == DEPOSIT // 2
+    assert board.owed(full_task, copier) == 0
+
+
+def test_agreed_result_is_readable_and_claims_are_single(board, requester, pair, full_task):
+    for w in pair:
+        commit_true(board, full_task, w)
+    for w in pair:
+        board.reveal(full_task, TRUE_RESULT, salt_for(w), sender=w)
+    receipt = board.settle(full_task, sender=requester)
+    assert receipt.decode_logs(board.Settled)[0].result == TRUE_RESULT
+    assert board.result_of(full_task) == TRUE_RESULT
+    board.claim(full_task, sender=pair[0])
+    assert board.worker_status(full_task, pair[0]) == 5
+    with ape.reverts("nothing to claim"):
+        board.claim(full_task, sender=pair[0])
+    with ape.reverts("nothing to claim"):
+        board.claim(full_task, sender=requester)  # reward divisible by 2: no dust owed
+    with ape.reverts("nothing to sweep"):
+        board.sweep(sender=requester)
+
+
+def test_requester_joining_its_own_task_with_junk_gains_nothing(board, requester, workers, sink):
+    """Forfeits go to the sink, so sabotaging an honest worker never pays the requester."""
+    honest = workers[0]
+    task_id = publish(board, requester)
+    for w in (requester, honest):
+        board.join(task_id, value=DEPOSIT, sender=w)
+    junk = keccak(b"junk")
+    board.commit(task_id, board.commitment_of(junk, salt_for(requester), requester, task_id), sender=requester)
+    commit_true(board, task_id, honest)
+    board.reveal(task_id, junk, salt_for(requester), sender=requester)
+    board.reveal(task_id, TRUE_RESULT, salt_for(honest), sender=honest)
+    board.settle(task_id, sender=honest)
+    # As worker: d/2 back; as requester: the reward back. Net: the requester lost d/2.
+    assert board.owed(task_id, requester) == DEPOSIT // 2 + REWARD
+    board.claim(task_id, sender=requester)
+    assert board.worker_status(task_id, requester) == 5
+    assert board.forfeited() == DEPOSIT
+    board.sweep(sender=honest)
+    board.claim(task_id, sender=honest)
+    assert board.balance == 0
+
+
+def test_balance_equals_obligations_at_every_step(board, requester, workers, chain):
+    """Two tasks interleaved: after every transaction the board holds exactly
+    the escrow of running tasks plus what ended tasks still owe."""
+    crew = workers[:3]
+    tasks = [publish(board, requester, workers=3), publish(board, requester, workers=3, reward=REWARD + 7)]
+
+    def check():
+        held = board.forfeited()
+        for t in tasks:
+            view = board.task(t)
+            if view.phase >= AGREED:
+                held += sum(board.owed(t, p) for p in [requester, *crew])
+            else:
+                held += view.reward + view.joined * view.deposit
+        assert board.balance == held
+
+    for w in crew:
+        for t in tasks:
+            board.join(t, value=DEPOSIT, sender=w)
+            check()
+    results = {crew[0]: TRUE_RESULT, crew[1]: TRUE_RESULT, crew[2]: keccak(b"junk")}
+    for t in tasks:
+        for w in crew:
+            board.commit(t, board.commitment_of(results[w], salt_for(w), w, t), sender=w)
+            check()
+    for w in crew[:2]:
+        board.reveal(tasks[0], results[w], salt_for(w), sender=w)
+        check()
+    for w in crew:
+        board.reveal(tasks[1], results[w], salt_for(w), sender=w)
+        check()
+    chain.mine(WINDOW + 1)
+    for t in tasks:
+        board.settle(t, sender=requester)
+        check()
+    for t in tasks:
+        for party in [requester, *crew]:
+            if board.owed(t, party):
+                board.claim(t, sender=party)
+                check()
+    board.sweep(sender=requester)
+    assert board.balance == 0
+
+
+def test_unknown_task(board, requester):
+    assert board.phase(99) == 0
+    with ape.reverts("unknown task"):
+        board.settle(99, sender=requester)
+    with ape.reverts("not settled"):
+        board.claim(99, sender=requester)
