@@ -20,3 +20,31 @@ class EnvironmentMismatch(CrowdmlError):
 
 class CanaryMismatch(CrowdmlError):
     """The spec's canary run gave a different digest here: do not deposit or commit."""
+
+
+class BoardNotConfigured(CrowdmlError):
+    """No task board is known for the connected network."""
+
+
+class UnknownTask(CrowdmlError):
+    """The task id does not exist on this board."""
+
+
+class TaskRejected(CrowdmlError):
+    """The board reverted the transaction: wrong phase, deadline passed, wrong deposit, …"""
+
+
+class InsufficientFunds(CrowdmlError):
+    """The account cannot pay the value plus gas of a transaction."""
+
+
+class MissingSecret(CrowdmlError):
+    """The local store has no salt (or coin opening) for this task and account."""
+
+
+class PolicyRefused(CrowdmlError):
+    """The worker's policy does not accept this task: job not allowlisted, deposit or reward."""
+
+
+class ArtifactMissing(CrowdmlError):
+    """The artifact store has no file for this digest, or the file does not match it."""

@@ -1,0 +1,48 @@
+"""Content-addressed artifact store: a file per keccak256 digest, under any fsspec URL.
+
+A local folder by default; s3://, gs://, http(s)://… when the spec names one. Readers verify the
+digest, so the store needs no trust: a wrong or truncated file is refused, never handed over.
+The same store carries published specs (under the on-chain spec digest), so a worker can get a
+task's spec from its digest alone.
+"""
+
+from __future__ import annotations
+
+from .digest import keccak_digest
+from .errors import ArtifactMissing
+
+
+def _name(digest: bytes) -> str:
+    return "0x" + digest.hex()
+
+
+class ArtifactStore:
+    def __init__(self, url: str):
+        import fsspec
+
+        self.url = str(url)
+        self._fs, self._root = fsspec.core.url_to_fs(self.url)
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    def _path(self, digest: bytes) -> str:
+        return f"{self._root.rstrip('/')}/{_name(digest)}"
+
+    def put(self, data: bytes) -> bytes:
+        """Store `data` under its keccak256; returns the digest."""
+        digest = keccak_digest(data)
+        self._fs.makedirs(self._root, exist_ok=True)
+        self._fs.pipe_file(self._path(digest), data)
+        return digest
+
+    def get(self, digest: bytes) -> bytes:
+        """The bytes stored under `digest`, verified."""
+        try:
+            data = self._fs.cat_file(self._path(digest))
+        except (FileNotFoundError, OSError):
+            raise ArtifactMissing(f"{self.url} has no artifact {_name(digest)}") from None
+        if keccak_digest(data) != digest:
+            raise ArtifactMissing(f"{self.url}/{_name(digest)} does not match its digest; "
+                                  "the store is corrupt or tampered with")
+        return data

@@ -1,0 +1,339 @@
+"""`Board`: one deployed TaskBoard, its views decoded, its transactions with one-line errors.
+
+The contract type comes from the active ape project (`contracts/TaskBoard.vy` in this
+repository). Commitments and coin hashes are computed here, locally: a result never reaches a
+node before its reveal.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+
+from eth_abi import encode
+from eth_utils import to_checksum_address
+
+from .digest import keccak_digest
+from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask
+
+
+class Phase(IntEnum):
+    """TaskBoard.phase(); the names are the ones `status` prints."""
+
+    NONE = 0
+    JOINING = 1
+    AWAITING_COIN = 2
+    COMMIT = 3
+    REVEAL = 4
+    SETTLEABLE = 5
+    AGREED = 6
+    DISAGREED = 7
+    FAILED = 8
+    ABORTED = 9
+    COIN_WITHHELD = 10
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
+
+    @property
+    def ended(self) -> bool:
+        return self >= Phase.AGREED
+
+
+class WorkerStatus(IntEnum):
+    """TaskBoard.worker_status()."""
+
+    NONE = 0
+    JOINED = 1
+    COMMITTED = 2
+    REVEALED = 3
+    TRIVIAL = 4
+    CLAIMED = 5
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """TaskBoard.task(), with the phase decoded."""
+
+    task_id: int
+    requester: str
+    spec: bytes
+    data: bytes
+    reward: int
+    deposit: int
+    workers: int
+    join_blocks: int
+    commit_blocks: int
+    reveal_blocks: int
+    coin_hash: bytes
+    phase: Phase
+    deadline: int
+    joined: int
+    committed: int
+    revealed: int
+    valid: int
+
+
+def commitment(result: bytes, salt: bytes, worker: str, task_id: int) -> bytes:
+    """keccak256(abi_encode(result, salt, worker, task_id)), as TaskBoard.commit expects."""
+    return keccak_digest(encode(["bytes32", "bytes32", "address", "uint256"],
+                                [result, salt, worker, task_id]))
+
+
+def coin_hash(coin: bytes, salt: bytes) -> bytes:
+    """keccak256(abi_encode(coin, salt)), as TaskBoard.publish expects."""
+    return keccak_digest(encode(["bytes32", "bytes32"], [coin, salt]))
+
+
+def hex32(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+@contextmanager
+def transaction(action: str):
+    """Turn ape's errors for a failed transaction into one line that names the action."""
+    from ape.exceptions import AccountsError, ContractLogicError, TransactionError
+
+    try:
+        yield
+    except ContractLogicError as exc:
+        raise TaskRejected(f"{action} refused by the board: {exc.message}") from None
+    except (AccountsError, TransactionError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "balance" in text.lower() or "funds" in text.lower():
+            raise InsufficientFunds(f"{action}: insufficient funds ({text})") from None
+        raise TaskRejected(f"{action} failed: {text}") from None
+
+
+def taskboard_container():
+    """The TaskBoard contract container of the active ape project."""
+    from ape.exceptions import ProjectError
+    from ape.utils.basemodel import ManagerAccessMixin
+
+    try:
+        return ManagerAccessMixin.local_project.TaskBoard
+    except (AttributeError, ProjectError):
+        raise BoardNotConfigured("this ape project has no TaskBoard contract; run from the "
+                                 "crowdml repository (contracts/TaskBoard.vy)") from None
+
+
+def on_local_network() -> bool:
+    """On a local chain nobody else makes blocks, so waiting for a deadline means mining."""
+    from ape import networks
+
+    return networks.provider.network.name == "local"
+
+
+class Board:
+    """A deployed TaskBoard. `start_block` bounds event scans (the deployment block)."""
+
+    def __init__(self, address: str, start_block: int = 0):
+        from ape import chain
+
+        address = to_checksum_address(address)
+        if not chain.provider.get_code(address):
+            raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}; "
+                                     "deploy one with `ape crowdml deploy`")
+        self.address = address
+        self.start_block = start_block
+        self.contract = taskboard_container().at(address)
+
+    def __repr__(self) -> str:
+        return f"<Board {self.address}>"
+
+    @classmethod
+    def deploy(cls, sender, sink: str | None = None) -> Board:
+        """Deploy a board whose forfeited deposits go to `sink` (default: the sender).
+
+        A sink other than any party of a task is the point (see TaskBoard.vy); the default
+        suits a local chain only.
+        """
+        from ape import chain
+
+        with transaction("deploy"):
+            contract = taskboard_container().deploy(sink or sender.address, sender=sender)
+        # The head is at or after the deployment block, and the board has no events yet.
+        return cls(contract.address, start_block=chain.blocks.head.number)
+
+    @property
+    def chain_id(self) -> int:
+        from ape import chain
+
+        return chain.chain_id
+
+    @property
+    def head(self) -> int:
+        from ape import chain
+
+        return chain.blocks.head.number
+
+    # ------------------------------------------------------------------ views
+
+    def task_count(self) -> int:
+        return self.contract.task_count()
+
+    def task(self, task_id: int) -> TaskInfo:
+        if not 1 <= task_id <= self.task_count():
+            raise UnknownTask(f"task {task_id} does not exist on board {self.address} "
+                              f"(tasks 1..{self.task_count()})")
+        view = self.contract.task(task_id)
+        fields = {name: getattr(view, name) for name in TaskInfo.__dataclass_fields__
+                  if name != "task_id"}
+        fields["phase"] = Phase(fields["phase"])
+        for name in ("spec", "data", "coin_hash"):
+            fields[name] = bytes(fields[name])
+        return TaskInfo(task_id=task_id, **fields)
+
+    def phase(self, task_id: int) -> Phase:
+        return Phase(self.contract.phase(task_id))
+
+    def worker_status(self, task_id: int, worker: str) -> WorkerStatus:
+        return WorkerStatus(self.contract.worker_status(task_id, worker))
+
+    def coin(self, task_id: int) -> bytes:
+        with transaction(f"coin of task {task_id}"):
+            return bytes(self.contract.coin_of(task_id))
+
+    def result(self, task_id: int) -> bytes:
+        """The agreed result digest; TaskRejected unless the task ended agreed."""
+        self.task(task_id)
+        with transaction(f"result of task {task_id}"):
+            return bytes(self.contract.result_of(task_id))
+
+    def owed(self, task_id: int, account: str) -> int:
+        return self.contract.owed(task_id, account)
+
+    def _events(self, event: str, task_id: int):
+        return getattr(self.contract, event).range(
+            self.start_block, self.head + 1, search_topics={"task_id": task_id})
+
+    def roster(self, task_id: int) -> list[str]:
+        """Workers in joining order."""
+        return [log.worker for log in self._events("Joined", task_id)]
+
+    def reveals(self, task_id: int) -> dict[str, tuple[bytes, bool]]:
+        """worker -> (revealed result, whether it was trivial)."""
+        return {log.worker: (bytes(log.result), log.trivial)
+                for log in self._events("Revealed", task_id)}
+
+    def claims(self, task_id: int) -> dict[str, int]:
+        """account -> wei claimed."""
+        return {log.account: log.amount for log in self._events("Claimed", task_id)}
+
+    # ------------------------------------------------------------------ transactions
+
+    def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
+                reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,
+                coin_hash: bytes = b"\x00" * 32, trivial: tuple[bytes, ...] = ()) -> int:
+        """Publish a task escrowing `reward`; returns its id (read from the Published event:
+        a state-changing call's return value is not reliable on every provider)."""
+        with transaction("publish"):
+            receipt = self.contract.publish(
+                spec, data, workers, deposit, join_blocks, commit_blocks, reveal_blocks,
+                coin_hash, list(trivial), value=reward, sender=sender)
+        return receipt.decode_logs(self.contract.Published)[0].task_id
+
+    def join(self, sender, task_id: int):
+        deposit = self.task(task_id).deposit
+        with transaction(f"join task {task_id}"):
+            return self.contract.join(task_id, value=deposit, sender=sender)
+
+    def release_coin(self, sender, task_id: int, coin: bytes, salt: bytes):
+        self.task(task_id)
+        with transaction(f"release the coin of task {task_id}"):
+            return self.contract.release_coin(task_id, coin, salt, sender=sender)
+
+    def commit(self, sender, task_id: int, commitment_: bytes):
+        self.task(task_id)
+        with transaction(f"commit to task {task_id}"):
+            return self.contract.commit(task_id, commitment_, sender=sender)
+
+    def reveal(self, sender, task_id: int, result: bytes, salt: bytes):
+        self.task(task_id)
+        with transaction(f"reveal for task {task_id}"):
+            return self.contract.reveal(task_id, result, salt, sender=sender)
+
+    def settle(self, sender, task_id: int) -> Phase:
+        self.task(task_id)
+        with transaction(f"settle task {task_id}"):
+            self.contract.settle(task_id, sender=sender)
+        return self.phase(task_id)
+
+    def claim(self, sender, task_id: int) -> int:
+        """Withdraw what the task owes `sender`; returns the wei paid."""
+        self.task(task_id)
+        with transaction(f"claim from task {task_id}"):
+            receipt = self.contract.claim(task_id, sender=sender)
+        return receipt.decode_logs(self.contract.Claimed)[0].amount
+
+    def abort(self, sender, task_id: int) -> Phase:
+        self.task(task_id)
+        with transaction(f"abort task {task_id}"):
+            self.contract.abort(task_id, sender=sender)
+        return self.phase(task_id)
+
+    # ------------------------------------------------------------------ time
+
+    def wait_until_block(self, block: int, description: str = "waiting", progress: bool = False,
+                         poll_seconds: float = 2.0) -> None:
+        """Return once the chain's head is at `block` or later: mined here on a local chain,
+        waited for on a live one (with a progress bar over the blocks)."""
+        from ape import chain
+
+        start = self.head
+        if start >= block:
+            return
+        if on_local_network():
+            chain.mine(block - start)
+            return
+        bar = _BlockBar(description, start, block) if progress else None
+        try:
+            while (head := self.head) < block:
+                if bar:
+                    bar.update(head)
+                time.sleep(poll_seconds)
+        finally:
+            if bar:
+                bar.close()
+
+    def wait_past_deadline(self, task_id: int, progress: bool = False) -> None:
+        """Let the current phase's window close (its deadline is its last block)."""
+        task = self.task(task_id)
+        if task.deadline:
+            self.wait_until_block(task.deadline + 1, f"task {task_id}: {task.phase.label} window",
+                                  progress)
+
+    def wait_for_phase(self, task_id: int, phases: set[Phase], timeout: float | None = None,
+                       poll_seconds: float = 1.0) -> Phase:
+        """Poll until the task reaches one of `phases` (other parties must act)."""
+        started = time.monotonic()
+        while (phase := self.phase(task_id)) not in phases:
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise TaskRejected(f"task {task_id} still in phase {phase.label} after "
+                                   f"{timeout:.0f} s")
+            time.sleep(poll_seconds)
+        return phase
+
+
+class _BlockBar:
+    def __init__(self, description: str, start: int, target: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("blocks"), transient=True)
+        self._start = start
+        self._task = self._progress.add_task(description, total=target - start)
+        self._progress.start()
+
+    def update(self, head: int) -> None:
+        self._progress.update(self._task, completed=head - self._start)
+
+    def close(self) -> None:
+        self._progress.stop()

@@ -1,0 +1,64 @@
+"""The `crowdml:` section of ape-config.yaml. Every default works untouched on a local chain;
+any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
+
+    crowdml:
+      boards:                      # board address per network, as ecosystem:network
+        ethereum:sepolia: "0x…"
+      jobs_folder: jobs            # job files; the worker allowlist defaults to these
+      data_folder: data            # datasets the requester publishes
+      state_folder: .crowdml       # sqlite store of salts, coin openings and results
+      artifact_store: null         # fsspec URL; default: <state_folder>/artifacts
+      worker:
+        accept_jobs: []            # job file names or keccak256 digests; [] = all of jobs_folder
+        max_deposit: 1000000000000000000   # wei
+        min_reward: 1                      # wei per worker: reward // workers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ape.api.config import PluginConfig
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+
+class WorkerPolicy(BaseModel):
+    """What a worker accepts; checked before any deposit leaves the account."""
+
+    accept_jobs: list[str] = Field(default_factory=list)
+    max_deposit: int = Field(10**18, ge=0)
+    min_reward: int = Field(1, ge=0)
+
+
+class CrowdmlConfig(PluginConfig):
+    boards: dict[str, str] = Field(default_factory=dict)
+    jobs_folder: Path = Path("jobs")
+    data_folder: Path = Path("data")
+    state_folder: Path = Path(".crowdml")
+    artifact_store: str | None = None
+    worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
+
+    model_config = SettingsConfigDict(extra="allow", env_prefix="APE_CROWDML_")
+
+    def artifact_url(self) -> str:
+        return self.artifact_store or str(self.state_folder / "artifacts")
+
+
+def crowdml_config() -> CrowdmlConfig:
+    """The active project's `crowdml:` section, with relative folders resolved against the
+    project root (ape runs commands from anywhere inside a project)."""
+    from ape.utils.basemodel import ManagerAccessMixin
+
+    project = ManagerAccessMixin.local_project
+    config = project.config.get_config("crowdml")
+    root = project.path
+
+    def resolve(path: Path) -> Path:
+        return path if path.is_absolute() else root / path
+
+    return config.model_copy(update={
+        "jobs_folder": resolve(config.jobs_folder),
+        "data_folder": resolve(config.data_folder),
+        "state_folder": resolve(config.state_folder),
+    })

@@ -1,0 +1,248 @@
+"""The Python API a requester or a worker uses (the CLI and the agent are thin skins over it).
+
+    board = find_board()                       # from ape-config.yaml or the last local deploy
+    alice = Requester(board, accounts.test_accounts[0])
+    task = alice.publish("spec.json", reward=10**16, deposit=2 * 10**16, workers=3)
+    bob = Worker(board, accounts.test_accounts[1])
+    bob.join(task); bob.work(task); bob.reveal(task); bob.claim(task)
+    alice.settle(task); params = alice.fetch(task)
+
+Every secret (coin opening, salt, result) is in the local Store before the transaction that
+depends on it is sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from .artifacts import ArtifactStore
+from .board import Board, Phase, TaskInfo, WorkerStatus, coin_hash, commitment, hex32
+from .config import CrowdmlConfig, crowdml_config
+from .data import local_path
+from .digest import file_digest
+from .errors import BoardNotConfigured, DataDigestMismatch, MissingSecret, SpecError, TaskRejected
+from .policy import check_policy
+from .spec import JobSpec, load_spec, parse_spec
+from .store import CoinOpening, Store, StoredResult
+
+NO_COIN = b"\x00" * 32
+
+
+def network_key() -> str:
+    """The key of the connected network in the config's `boards`: ecosystem:network."""
+    from ape import networks
+
+    network = networks.provider.network
+    return f"{network.ecosystem.name}:{network.name}"
+
+
+def find_board(address: str | None = None, *, config: CrowdmlConfig | None = None,
+               store: Store | None = None) -> Board:
+    """The board to use: `address`, else the config's board for this network, else the board
+    most recently deployed from this machine on this chain that still has code."""
+    from ape import chain
+
+    config = config or crowdml_config()
+    address = address or config.boards.get(network_key())
+    if address:
+        return Board(address)
+    store = store or Store(config.state_folder)
+    for stored, deployed_block in store.boards(chain.chain_id):
+        if deployed_block <= chain.blocks.head.number and chain.provider.get_code(stored):
+            return Board(stored, start_block=deployed_block)
+    raise BoardNotConfigured(
+        f"no task board configured for {network_key()}: set crowdml.boards['{network_key()}'] "
+        "in ape-config.yaml, pass --board, or run `ape crowdml deploy`")
+
+
+def deploy_board(account, sink: str | None = None, *, config: CrowdmlConfig | None = None,
+                 store: Store | None = None) -> Board:
+    """Deploy a board and remember it for this chain, so later commands find it."""
+    config = config or crowdml_config()
+    store = store or Store(config.state_folder)
+    board = Board.deploy(account, sink)
+    store.add_board(board.chain_id, board.address, board.start_block)
+    return board
+
+
+def as_spec(spec: JobSpec | str | Path) -> JobSpec:
+    return spec if isinstance(spec, JobSpec) else load_spec(spec)
+
+
+class Party:
+    """What requesters and workers share: a board, an account, the store and the config."""
+
+    def __init__(self, board: Board, account, *, config: CrowdmlConfig | None = None,
+                 store: Store | None = None):
+        self.board = board
+        self.account = account
+        self.config = config or crowdml_config()
+        self.store = store or Store(self.config.state_folder)
+        self.artifacts = ArtifactStore(self.config.artifact_url())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.account.address} on {self.board.address}>"
+
+    def artifacts_for(self, spec: JobSpec) -> ArtifactStore:
+        return ArtifactStore(spec.store) if spec.store else self.artifacts
+
+    def spec_of(self, task_id: int, spec: JobSpec | str | Path | None = None) -> JobSpec:
+        """The task's spec: the given one, or the one published in the artifact store under the
+        task's on-chain spec digest. Either way its digest must be the task's."""
+        task = self.board.task(task_id)
+        if spec is None:
+            spec = parse_spec(self.artifacts.get(task.spec), f"spec {hex32(task.spec)}")
+        spec = as_spec(spec)
+        if spec.digest() != task.spec:
+            raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task_id} "
+                            f"published {hex32(task.spec)}; get the requester's spec file")
+        return spec
+
+    def settle(self, task_id: int) -> Phase:
+        return self.board.settle(self.account, task_id)
+
+    def claim(self, task_id: int) -> int:
+        return self.board.claim(self.account, task_id)
+
+    def owed(self, task_id: int) -> int:
+        return self.board.owed(task_id, self.account.address)
+
+
+class Requester(Party):
+    def publish(self, spec: JobSpec | str | Path, *, reward: int, deposit: int, workers: int,
+                join_blocks: int = 20, commit_blocks: int = 20, reveal_blocks: int = 20,
+                requester_coin: bool = True, trivial: tuple[bytes, ...] = ()) -> int:
+        """Publish the spec's job and escrow `reward`; returns the task id.
+
+        With `requester_coin`, a fresh coin is committed and its opening stored first; without,
+        the board derives the coin from the block that fills the roster.
+        """
+        spec = as_spec(spec)
+        data_file = local_path(spec.data_uri)
+        if not data_file.is_file():
+            raise DataDigestMismatch(f"data file {data_file} named by the spec does not exist")
+        if "0x" + file_digest(data_file).hex() != spec.data_digest:
+            raise DataDigestMismatch(f"{data_file} does not match the spec's data digest "
+                                     f"{spec.data_digest}; rebuild the spec")
+        for store in {self.artifacts.url: self.artifacts, spec.store: self.artifacts_for(spec)}.values():
+            store.put(spec.canonical_json())
+        hidden_coin = NO_COIN
+        if requester_coin:
+            opening = CoinOpening(secrets.token_bytes(32), secrets.token_bytes(32))
+            hidden_coin = coin_hash(opening.coin, opening.salt)
+            self.store.save_coin(self.board.chain_id, self.board.address, hidden_coin,
+                                 self.account.address, opening)
+        return self.board.publish(
+            self.account, spec=spec.digest(), data=bytes.fromhex(spec.data_digest[2:]),
+            workers=workers, deposit=deposit, reward=reward, join_blocks=join_blocks,
+            commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, coin_hash=hidden_coin,
+            trivial=trivial)
+
+    def release_coin(self, task_id: int) -> bytes:
+        """Open the stored coin once the roster is full; returns the coin."""
+        task = self.board.task(task_id)
+        opening = self.store.coin(self.board.chain_id, self.board.address, task.coin_hash)
+        if task.coin_hash == NO_COIN:
+            raise TaskRejected(f"task {task_id} uses a chain coin; there is nothing to release")
+        if opening is None:
+            raise MissingSecret(f"no stored coin opening for task {task_id} in "
+                                f"{self.store.path}; it cannot be released")
+        self.board.release_coin(self.account, task_id, opening.coin, opening.salt)
+        return opening.coin
+
+    def abort(self, task_id: int) -> Phase:
+        return self.board.abort(self.account, task_id)
+
+    def fetch_bytes(self, task_id: int) -> bytes:
+        """The agreed result's canonical bytes, verified against result_of on chain."""
+        result = self.board.result(task_id)
+        spec = self.spec_of(task_id)
+        return self.artifacts_for(spec).get(result)
+
+    def fetch(self, task_id: int) -> dict:
+        """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
+        from .digest import decode_result
+
+        return decode_result(self.fetch_bytes(task_id))
+
+
+class Worker(Party):
+    def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
+        """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
+        spec and data digests, this machine's environment, and the canary if the spec has one."""
+        from .data import read_verified
+        from .profile import check_environment
+        from .runner import check_canary
+
+        task = self.board.task(task_id)
+        spec = self.spec_of(task_id, spec)
+        check_policy(task, spec, self.config.worker, self.config.jobs_folder)
+        if bytes.fromhex(spec.data_digest[2:]) != task.data:
+            raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
+                                     f"{task_id}'s {hex32(task.data)}")
+        check_environment(spec)
+        read_verified(spec.data_uri, spec.data_digest)
+        check_canary(spec)
+        return task, spec
+
+    def join(self, task_id: int, spec: JobSpec | str | Path | None = None) -> None:
+        self.check(task_id, spec)
+        self.board.join(self.account, task_id)
+
+    def _key(self, task_id: int) -> tuple:
+        return self.board.chain_id, self.board.address, task_id, self.account.address
+
+    def work(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
+             progress: bool = False) -> bytes:
+        """Run the job with the task's coin and commit to the result; returns its digest.
+
+        A result stored for the same spec and coin is reused, not recomputed: after a crash
+        between storing and committing, the commitment stays the one a pending transaction
+        may already carry.
+        """
+        from .runner import run_job
+
+        task, spec = self.check(task_id, spec)
+        self._require_status(task_id, WorkerStatus.JOINED, "work on")
+        coin = self.board.coin(task_id)
+        stored = self.store.result(*self._key(task_id))
+        if stored and stored.spec == task.spec and stored.coin == coin:
+            result, artifact = stored.result, stored.artifact
+        else:
+            job = run_job(spec, coin, progress=progress)
+            result, artifact = job.digest, job.artifact
+        self.commit_result(task_id, result, artifact, store_url=self.artifacts_for(spec).url)
+        return result
+
+    def commit_result(self, task_id: int, result: bytes, artifact: bytes, *,
+                      store_url: str | None = None) -> None:
+        """Store a fresh salt with `result`, THEN commit. `work` calls this with the job's
+        result; calling it directly commits anything (the demo's junk worker does)."""
+        task = self.board.task(task_id)
+        stored = self.store.result(*self._key(task_id))
+        coin = self.board.coin(task_id)
+        if not (stored and stored.result == result and stored.coin == coin):
+            stored = StoredResult(task.spec, coin, result, secrets.token_bytes(32), artifact,
+                                  store_url or self.artifacts.url)
+            self.store.save_result(*self._key(task_id), stored)
+        self.board.commit(self.account, task_id,
+                          commitment(result, stored.salt, self.account.address, task_id))
+
+    def reveal(self, task_id: int) -> bytes:
+        """Open the stored commitment, then publish the artifact; returns the result digest."""
+        self.board.task(task_id)
+        stored = self.store.result(*self._key(task_id))
+        if stored is None:
+            raise MissingSecret(f"no stored salt for task {task_id} and {self.account.address} "
+                                f"in {self.store.path}; the commitment cannot be opened")
+        self._require_status(task_id, WorkerStatus.COMMITTED, "reveal for")
+        self.board.reveal(self.account, task_id, stored.result, stored.salt)
+        ArtifactStore(stored.artifact_store).put(stored.artifact)
+        return stored.result
+
+    def _require_status(self, task_id: int, status: WorkerStatus, action: str) -> None:
+        actual = self.board.worker_status(task_id, self.account.address)
+        if actual != status:
+            raise TaskRejected(f"cannot {action} task {task_id}: {self.account.address} is "
+                               f"{actual.label}, not {status.label}")

@@ -1,0 +1,118 @@
+"""Durable local state: the secrets a party needs to finish a task, written before they matter.
+
+A worker's salt and result, and a requester's coin opening, are the only way to open a
+commitment; losing them loses the deposit (or, for the coin, the reward). So every secret is
+committed to sqlite, with `synchronous=FULL` (fsync on commit), BEFORE the transaction that
+depends on it is sent. Rows are keyed by chain id and board address, so one store serves every
+network.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS boards (
+    chain_id INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    deployed_block INTEGER NOT NULL,
+    PRIMARY KEY (chain_id, address)
+);
+CREATE TABLE IF NOT EXISTS coins (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    coin_hash BLOB NOT NULL,
+    account TEXT NOT NULL,
+    coin BLOB NOT NULL,
+    salt BLOB NOT NULL,
+    PRIMARY KEY (chain_id, board, coin_hash)
+);
+CREATE TABLE IF NOT EXISTS results (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    coin BLOB NOT NULL,
+    result BLOB NOT NULL,
+    salt BLOB NOT NULL,
+    artifact BLOB NOT NULL,
+    artifact_store TEXT NOT NULL,
+    PRIMARY KEY (chain_id, board, task_id, account)
+);
+"""
+
+
+@dataclass(frozen=True)
+class CoinOpening:
+    coin: bytes
+    salt: bytes
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    spec: bytes  # on-chain spec digest the result was computed for
+    coin: bytes  # the coin it was computed with
+    result: bytes  # keccak256(artifact): what the commitment hides
+    salt: bytes
+    artifact: bytes  # canonical bytes; uploaded only after reveal, or others could copy it
+    artifact_store: str  # URL the artifact goes to once revealed
+
+
+class Store:
+    """One sqlite file under the state folder."""
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "state.sqlite3"
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, args: tuple) -> None:
+        # One transaction per write: when this returns, the row is on disk.
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(sql, args)
+
+    def add_board(self, chain_id: int, address: str, deployed_block: int) -> None:
+        self._write("INSERT OR REPLACE INTO boards VALUES (?, ?, ?)",
+                    (chain_id, address, deployed_block))
+
+    def boards(self, chain_id: int) -> list[tuple[str, int]]:
+        """(address, deployed block) of boards deployed from here, newest first."""
+        rows = self._db.execute(
+            "SELECT address, deployed_block FROM boards WHERE chain_id = ? "
+            "ORDER BY deployed_block DESC, rowid DESC", (chain_id,))
+        return list(rows)
+
+    def save_coin(self, chain_id: int, board: str, coin_hash: bytes, account: str,
+                  opening: CoinOpening) -> None:
+        self._write("INSERT OR REPLACE INTO coins VALUES (?, ?, ?, ?, ?, ?)",
+                    (chain_id, board, coin_hash, account, opening.coin, opening.salt))
+
+    def coin(self, chain_id: int, board: str, coin_hash: bytes) -> CoinOpening | None:
+        row = self._db.execute(
+            "SELECT coin, salt FROM coins WHERE chain_id = ? AND board = ? AND coin_hash = ?",
+            (chain_id, board, coin_hash)).fetchone()
+        return CoinOpening(*row) if row else None
+
+    def save_result(self, chain_id: int, board: str, task_id: int, account: str,
+                    stored: StoredResult) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (chain_id, board, task_id, account, stored.spec, stored.coin, stored.result,
+             stored.salt, stored.artifact, stored.artifact_store))
+
+    def result(self, chain_id: int, board: str, task_id: int, account: str) -> StoredResult | None:
+        row = self._db.execute(
+            "SELECT spec, coin, result, salt, artifact, artifact_store FROM results "
+            "WHERE chain_id = ? AND board = ? AND task_id = ? AND account = ?",
+            (chain_id, board, task_id, account)).fetchone()
+        return StoredResult(*row) if row else None

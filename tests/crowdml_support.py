@@ -1,0 +1,27 @@
+"""Helpers shared by the plugin, CLI and agent tests: a digits dataset and a tiny training spec
+(a real job, one epoch of a 16-unit MLP: a few seconds per run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ape_crowdml.config import crowdml_config
+from ape_crowdml.data import export_digits
+from ape_crowdml.spec import make_spec, save_spec
+
+TINY_HPARAMS = {"hidden": [16], "epochs": 1, "batch_size": 128}
+DEPOSIT = 2 * 10**16
+REWARD = 10**16
+
+
+def tiny_spec_file(folder: Path, **hparams) -> Path:
+    data = folder / "digits.npz"
+    if not data.exists():
+        export_digits(data)
+    spec = make_spec("jobs/train_classifier.py", data, {**TINY_HPARAMS, **hparams})
+    return save_spec(spec, folder / "spec.json")
+
+
+def isolated_config(folder: Path):
+    """The project's crowdml config with state and artifacts under `folder`."""
+    return crowdml_config().model_copy(update={"state_folder": folder / "state"})

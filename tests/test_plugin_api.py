@@ -1,0 +1,107 @@
+"""The Python API end to end on the connected chain, and the store-before-commit rule."""
+
+import sqlite3
+
+import pytest
+
+from ape_crowdml.board import Phase, WorkerStatus
+from ape_crowdml.config import CrowdmlConfig
+from ape_crowdml.errors import MissingSecret, PolicyRefused, SpecError
+from ape_crowdml.parties import Requester, Worker, deploy_board, find_board
+from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
+
+
+@pytest.fixture
+def config(tmp_path):
+    return isolated_config(tmp_path)
+
+
+@pytest.fixture
+def board(accounts, config):
+    return deploy_board(accounts[0], accounts[9].address, config=config)
+
+
+def test_config_is_registered_with_defaults(project):
+    config = project.config.get_config("crowdml")
+    assert isinstance(config, CrowdmlConfig)
+    assert config.worker.accept_jobs == []
+    assert config.artifact_url().endswith("artifacts")
+
+
+def test_deployed_board_is_found_again(board, config):
+    assert find_board(config=config).address == board.address
+
+
+def test_full_task_through_the_api(board, accounts, config, tmp_path):
+    spec = tiny_spec_file(tmp_path)
+    requester = Requester(board, accounts[0], config=config)
+    workers = [Worker(board, accounts[i], config=config) for i in (1, 2)]
+    task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+    for w in workers:
+        w.join(task)
+    assert board.phase(task) == Phase.AWAITING_COIN
+    requester.release_coin(task)
+    results = {w.work(task) for w in workers}
+    assert len(results) == 1, "both workers must get the same digest from the same coin"
+    for w in workers:
+        w.reveal(task)
+    assert requester.settle(task) == Phase.AGREED
+    for w in workers:
+        assert w.claim(task) == DEPOSIT + REWARD // 2
+    assert requester.owed(task) == 0
+    params = requester.fetch(task)
+    assert params["params"]["Dense_0"]["kernel"].shape == (64, 16)
+
+
+def test_salt_is_on_disk_before_commit_is_sent(board, accounts, config, tmp_path, monkeypatch):
+    spec = tiny_spec_file(tmp_path)
+    requester = Requester(board, accounts[0], config=config)
+    worker = Worker(board, accounts[1], config=config)
+    task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2,
+                             requester_coin=False)
+    worker.join(task)
+    board.join(accounts[2], task)
+    seen = []
+    original = type(board).commit
+
+    def commit_checking_disk(self, sender, task_id, commitment_):
+        # A second connection sees only what the first has committed to the file.
+        with sqlite3.connect(worker.store.path) as db:
+            seen.extend(db.execute("SELECT task_id, account, salt FROM results").fetchall())
+        return original(self, sender, task_id, commitment_)
+
+    monkeypatch.setattr(type(board), "commit", commit_checking_disk)
+    worker.commit_result(task, b"\x11" * 32, b"artifact")
+    assert seen == [(task, accounts[1].address, worker.store.result(
+        board.chain_id, board.address, task, accounts[1].address).salt)]
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.COMMITTED
+
+
+def test_reveal_without_stored_salt_is_refused(board, accounts, config, tmp_path):
+    spec = tiny_spec_file(tmp_path)
+    task = Requester(board, accounts[0], config=config).publish(
+        spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+    with pytest.raises(MissingSecret, match="no stored salt for task"):
+        Worker(board, accounts[1], config=config).reveal(task)
+
+
+def test_job_outside_the_allowlist_is_refused_before_deposit(board, accounts, config, tmp_path):
+    spec = tiny_spec_file(tmp_path)
+    strict = config.model_copy(update={"worker": config.worker.model_copy(
+        update={"accept_jobs": ["evaluate_classifier.py"]})})
+    task = Requester(board, accounts[0], config=config).publish(
+        spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+    before = accounts[1].balance
+    with pytest.raises(PolicyRefused, match="not on this worker's allowlist"):
+        Worker(board, accounts[1], config=strict).join(task)
+    assert accounts[1].balance == before
+
+
+def test_spec_with_another_digest_is_refused(board, accounts, config, tmp_path):
+    spec = tiny_spec_file(tmp_path)
+    task = Requester(board, accounts[0], config=config).publish(
+        spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+    (tmp_path / "other").mkdir()
+    other = tiny_spec_file(tmp_path / "other", epochs=2)
+    with pytest.raises(SpecError, match="get the requester's spec file"):
+        Worker(board, accounts[1], config=config).join(task, other)
