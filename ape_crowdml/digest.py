@@ -72,7 +72,8 @@ def _path_string(path) -> str:
 def _little_endian(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise TypeError(f"dtype {array.dtype} has no canonical encoding (bool/int/uint/float only)")
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    # Not np.ascontiguousarray: it turns 0-d scalars into shape (1,).
+    return array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
 
 
 def _lengthed(data: bytes, width: str = "<I") -> bytes:
@@ -122,9 +123,10 @@ def decode_pytree(data: bytes) -> dict:
 
     Flax params come back as the `{"params": {...}}` dict that `model.apply` takes.
     """
-    reader = _Reader(data)
-    if reader.take(len(PYTREE_MAGIC)) != PYTREE_MAGIC:
+    if not data.startswith(PYTREE_MAGIC):
         raise ValueError("not a crowdml pytree encoding (bad magic)")
+    reader = _Reader(data)
+    reader.take(len(PYTREE_MAGIC))
     tree: dict = {}
     for _ in range(reader.unpack("<I")[0]):
         path = reader.lengthed().decode()
@@ -152,9 +154,10 @@ def encode_bits(bits) -> bytes:
 
 def decode_bits(data: bytes) -> np.ndarray:
     """Inverse of encode_bits: a uint8 array of 0/1."""
-    reader = _Reader(data)
-    if reader.take(len(BITS_MAGIC)) != BITS_MAGIC:
+    if not data.startswith(BITS_MAGIC):
         raise ValueError("not a crowdml bitstring encoding (bad magic)")
+    reader = _Reader(data)
+    reader.take(len(BITS_MAGIC))
     (n,) = reader.unpack("<Q")
     packed = np.frombuffer(reader.take((n + 7) // 8), dtype=np.uint8)
     if reader.pos != len(reader.data):
