@@ -71,7 +71,9 @@ def as_spec(spec: JobSpec | str | Path) -> JobSpec:
 
 
 class Party:
-    """What requesters and workers share: a board, an account, the store and the config."""
+    """What requesters and workers share: a board, an account, the store and the config.
+
+    A bare Party (account None) can read: `spec_of`, `fetch`."""
 
     def __init__(self, board: Board, account, *, config: CrowdmlConfig | None = None,
                  store: Store | None = None):
@@ -107,6 +109,18 @@ class Party:
 
     def owed(self, task_id: int) -> int:
         return self.board.owed(task_id, self.account.address)
+
+    def fetch_bytes(self, task_id: int) -> bytes:
+        """The agreed result's canonical bytes, verified against result_of on chain."""
+        result = self.board.result(task_id)
+        spec = self.spec_of(task_id)
+        return self.artifacts_for(spec).get(result)
+
+    def fetch(self, task_id: int) -> dict:
+        """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
+        from .digest import decode_result
+
+        return decode_result(self.fetch_bytes(task_id))
 
 
 class Requester(Party):
@@ -153,18 +167,6 @@ class Requester(Party):
 
     def abort(self, task_id: int) -> Phase:
         return self.board.abort(self.account, task_id)
-
-    def fetch_bytes(self, task_id: int) -> bytes:
-        """The agreed result's canonical bytes, verified against result_of on chain."""
-        result = self.board.result(task_id)
-        spec = self.spec_of(task_id)
-        return self.artifacts_for(spec).get(result)
-
-    def fetch(self, task_id: int) -> dict:
-        """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
-        from .digest import decode_result
-
-        return decode_result(self.fetch_bytes(task_id))
 
 
 class Worker(Party):

@@ -1,0 +1,267 @@
+"""`ape crowdml …`: a thin skin over ape_crowdml.parties. Every user mistake is one line
+(`Error: …`, exit status 2), never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from ape.cli import ConnectedProviderCommand, account_option, network_option
+
+EXIT_BAD_INPUT = 2
+
+
+class UserError(click.ClickException):
+    exit_code = EXIT_BAD_INPUT
+
+
+class CrowdmlGroup(click.Group):
+    """Turns every CrowdmlError raised by a command into a one-line error."""
+
+    def invoke(self, ctx):
+        from ape_crowdml.errors import CrowdmlError
+
+        try:
+            return super().invoke(ctx)
+        except CrowdmlError as exc:
+            raise UserError(str(exc)) from None
+
+
+class Wei(click.ParamType):
+    """An amount: integer wei, or anything ape converts, e.g. "0.01 ether"."""
+
+    name = "amount"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from ape import convert
+
+        try:
+            return convert(value, int)
+        except Exception:  # ape raises several conversion errors; all mean the same here
+            self.fail(f"{value!r} is not an amount (try 10000000000000000 or '0.01 ether')",
+                      param, ctx)
+
+
+WEI = Wei()
+
+
+def board_option():
+    return click.option("--board", "board_address", metavar="ADDRESS",
+                        help="Task board (default: crowdml.boards in ape-config.yaml, or the "
+                             "last one deployed from here on this chain).")
+
+
+def connected(*, account: bool = True, name: str | None = None):
+    """A command on a network (`--network`), on a board (`--board`), and usually as an account
+    (`--account alias` or `--account TEST::0`)."""
+
+    def decorate(function):
+        function = board_option()(function)
+        if account:
+            function = account_option()(function)
+        function = network_option()(function)
+        return cli.command(name, cls=ConnectedProviderCommand)(function)
+
+    return decorate
+
+
+task_argument = click.argument("task_id", metavar="TASK", type=click.IntRange(min=1))
+
+
+def _board(board_address):
+    from ape_crowdml.parties import find_board
+
+    return find_board(board_address)
+
+
+def _requester(board_address, account):
+    from ape_crowdml.parties import Requester
+
+    return Requester(_board(board_address), account)
+
+
+def _worker(board_address, account):
+    from ape_crowdml.parties import Worker
+
+    return Worker(_board(board_address), account)
+
+
+def _echo_table(table) -> None:
+    from rich.console import Console
+
+    Console(width=140).print(table)
+
+
+@click.group(cls=CrowdmlGroup)
+def cli():
+    """Outsource randomized ML jobs to n paid workers on a task board."""
+
+
+@connected()
+@click.option("--sink", metavar="ADDRESS", help="Where forfeited deposits go (default: the "
+              "deploying account; use an address no party controls on a live network).")
+def deploy(account, board_address, sink):
+    """Deploy a task board and remember it for this chain."""
+    from ape_crowdml.parties import deploy_board
+
+    board = deploy_board(account, sink)
+    click.echo(f"board {board.address} deployed at block {board.start_block}")
+
+
+@connected()
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reward", type=WEI, required=True, help="Escrowed reward, shared by the workers.")
+@click.option("--deposit", type=WEI, required=True, help="Each worker's deposit (even).")
+@click.option("--workers", type=int, required=True, help="Number of workers n (at least 2).")
+@click.option("--join-blocks", default=20, show_default=True)
+@click.option("--commit-blocks", default=20, show_default=True)
+@click.option("--reveal-blocks", default=20, show_default=True)
+@click.option("--chain-coin", is_flag=True,
+              help="Let the board derive the coin from a block instead of committing one.")
+@click.option("--trivial", multiple=True, metavar="DIGEST",
+              help="A result digest to count as no submission (E_ck); repeatable.")
+def publish(account, board_address, spec_file, reward, deposit, workers, join_blocks,
+            commit_blocks, reveal_blocks, chain_coin, trivial):
+    """Publish the job in SPEC_FILE and escrow the reward."""
+    from ape_crowdml.board import hex32
+
+    requester = _requester(board_address, account)
+    task_id = requester.publish(
+        spec_file, reward=reward, deposit=deposit, workers=workers, join_blocks=join_blocks,
+        commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, requester_coin=not chain_coin,
+        trivial=tuple(bytes.fromhex(t.removeprefix("0x")) for t in trivial))
+    task = requester.board.task(task_id)
+    click.echo(f"task {task_id} published: spec {hex32(task.spec)}, data {hex32(task.data)}")
+
+
+spec_option = click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+                           help="The task's spec file (default: fetched by its on-chain digest "
+                                "from the artifact store).")
+
+
+@connected()
+@task_argument
+@spec_option
+def join(account, board_address, task_id, spec_file):
+    """Check policy, digests and environment, then lock the deposit."""
+    _worker(board_address, account).join(task_id, spec_file)
+    click.echo(f"joined task {task_id}")
+
+
+@connected()
+@task_argument
+def release_coin(account, board_address, task_id):
+    """Open the requester's stored coin: work can start."""
+    coin = _requester(board_address, account).release_coin(task_id)
+    click.echo(f"coin 0x{coin.hex()} released for task {task_id}")
+
+
+@connected()
+@task_argument
+@spec_option
+def work(account, board_address, task_id, spec_file):
+    """Run the job with the task's coin, store the salt, then commit."""
+    digest = _worker(board_address, account).work(task_id, spec_file, progress=True)
+    click.echo(f"committed to result 0x{digest.hex()} for task {task_id}")
+
+
+@connected()
+@task_argument
+def reveal(account, board_address, task_id):
+    """Open the stored commitment and publish the result artifact."""
+    digest = _worker(board_address, account).reveal(task_id)
+    click.echo(f"revealed 0x{digest.hex()} for task {task_id}")
+
+
+@connected()
+@task_argument
+def settle(account, board_address, task_id):
+    """Fix the outcome once reveals are in or the reveal window closed."""
+    phase = _requester(board_address, account).settle(task_id)
+    click.echo(f"task {task_id} settled: {phase.label}")
+
+
+@connected()
+@task_argument
+def claim(account, board_address, task_id):
+    """Withdraw what the task owes this account."""
+    paid = _requester(board_address, account).claim(task_id)
+    click.echo(f"claimed {paid} wei from task {task_id}")
+
+
+@connected()
+@task_argument
+def abort(account, board_address, task_id):
+    """End a task before work begins (short roster, or coin withheld)."""
+    phase = _requester(board_address, account).abort(task_id)
+    click.echo(f"task {task_id} ended: {phase.label}")
+
+
+@connected(account=False)
+@task_argument
+def status(board_address, task_id):
+    """Phase, deadline, roster, reveals, outcome and payouts of one task."""
+    from ape_crowdml.render import task_table
+
+    _echo_table(task_table(_board(board_address), task_id))
+
+
+@connected(account=False, name="list")
+def list_tasks(board_address):
+    """Every task on the board."""
+    from ape_crowdml.render import board_table
+
+    _echo_table(board_table(_board(board_address)))
+
+
+@connected(account=False)
+@task_argument
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the canonical bytes (default: task-<TASK>.crowdml).")
+def fetch(board_address, task_id, out):
+    """Download the agreed result, verify it against result_of, print its parameters."""
+    from ape.utils.basemodel import ManagerAccessMixin
+
+    from ape_crowdml.digest import decode_result
+    from ape_crowdml.parties import Party
+
+    # Anyone may fetch a published result; no account signs anything here.
+    party = Party(_board(board_address), account=None)
+    data = party.fetch_bytes(task_id)
+    result = party.board.result(task_id)
+    out = out or ManagerAccessMixin.local_project.path / f"task-{task_id}.crowdml"
+    out.write_bytes(data)
+    click.echo(f"result 0x{result.hex()} verified, written to {out}")
+    _echo_shapes(decode_result(data))
+
+
+def _echo_shapes(tree, prefix: str = "") -> None:
+    if not isinstance(tree, dict):
+        click.echo(f"  {prefix or 'bits'}: {tree.shape} {tree.dtype}")
+        return
+    for key, value in tree.items():
+        _echo_shapes(value, f"{prefix}/{key}" if prefix else key)
+
+
+@cli.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--coin", required=True, help="The coin: 0x + 64 hex digits.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for result.bin and result.json.")
+def run_job(spec_file, coin, out):
+    """Run a spec with a coin, off chain; prints the result digest."""
+    from ape_crowdml.errors import SpecError
+    from ape_crowdml.keys import coin_from_hex
+    from ape_crowdml.runner import run_job as run
+    from ape_crowdml.spec import load_spec
+
+    try:
+        coin_bytes = coin_from_hex(coin)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    result = run(load_spec(spec_file), coin_bytes, out=out, progress=True)
+    for name, value in result.metrics.items():
+        click.echo(f"{name}: {value}", err=True)
+    click.echo("0x" + result.digest.hex())

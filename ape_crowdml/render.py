@@ -1,0 +1,81 @@
+"""Rich tables for `status`, `list` and the demo: what a person reads, built from Board views."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from .board import Board, Phase, TaskInfo, hex32
+
+
+def short(value: bytes | str, keep: int = 10) -> str:
+    text = hex32(value) if isinstance(value, bytes) else value
+    return text if len(text) <= 2 * keep else f"{text[:keep]}…{text[-4:]}"
+
+
+def wei(amount: int) -> str:
+    return f"{amount:,} wei"
+
+
+def _deadline(task: TaskInfo, head: int) -> str:
+    if not task.deadline:
+        return "—"
+    left = task.deadline - head
+    return f"block {task.deadline} ({left} left)" if left >= 0 else f"block {task.deadline} (passed)"
+
+
+def task_table(board: Board, task_id: int) -> Table:
+    """Terms, phase, deadline, roster with each worker's status and reveal, outcome, payouts."""
+    task = board.task(task_id)
+    head = board.head
+    terms = Table(title=f"task {task_id} on {board.address} (block {head})", show_header=False)
+    terms.add_column(style="bold")
+    terms.add_column()
+    rows = [
+        ("phase", task.phase.label),
+        ("deadline", _deadline(task, head)),
+        ("requester", task.requester),
+        ("reward", wei(task.reward)),
+        ("deposit", wei(task.deposit)),
+        ("workers", f"{task.joined} joined / {task.workers} (committed {task.committed}, "
+                    f"revealed {task.revealed}, valid {task.valid})"),
+        ("windows", f"join {task.join_blocks}, commit {task.commit_blocks}, "
+                    f"reveal {task.reveal_blocks} blocks"),
+        ("spec", hex32(task.spec)),
+        ("data", hex32(task.data)),
+        ("coin", "requester's (committed)" if any(task.coin_hash) else "from the chain"),
+    ]
+    if task.phase == Phase.AGREED:
+        rows.append(("result", hex32(board.result(task_id))))
+    for row in rows:
+        terms.add_row(*row)
+
+    reveals = board.reveals(task_id)
+    claims = board.claims(task_id)
+    roster = Table(title="roster")
+    for column in ("worker", "status", "revealed", "owed", "claimed"):
+        roster.add_column(column)
+    workers = board.roster(task_id)
+    for worker in workers:
+        result, trivial = reveals.get(worker, (None, False))
+        shown = "—" if result is None else short(result) + (" (trivial)" if trivial else "")
+        roster.add_row(worker, board.worker_status(task_id, worker).label, shown,
+                       wei(board.owed(task_id, worker)), wei(claims.get(worker, 0)))
+    roster.add_row(f"{task.requester} (requester)", "", "", wei(board.owed(task_id, task.requester)),
+                   wei(claims.get(task.requester, 0)) if task.requester not in workers else "")
+
+    outer = Table.grid(padding=(1, 0))
+    outer.add_row(terms)
+    outer.add_row(roster)
+    return outer
+
+
+def board_table(board: Board) -> Table:
+    head = board.head
+    table = Table(title=f"tasks on {board.address} (block {head})")
+    for column in ("task", "phase", "workers", "reward", "deposit", "deadline", "requester"):
+        table.add_column(column)
+    for task_id in range(1, board.task_count() + 1):
+        task = board.task(task_id)
+        table.add_row(str(task_id), task.phase.label, f"{task.joined}/{task.workers}",
+                      wei(task.reward), wei(task.deposit), _deadline(task, head), task.requester)
+    return table

@@ -1,0 +1,69 @@
+"""`ape crowdml …` through ape's root CLI, on whichever local network the suite runs on
+(ethereum:local:test, or ethereum:local:foundry for anvil)."""
+
+import re
+
+import pytest
+from ape._cli import cli as ape_cli
+from click.testing import CliRunner
+
+from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
+
+
+@pytest.fixture
+def network(networks):
+    return networks.provider.network_choice
+
+
+@pytest.fixture
+def state(tmp_path, project, networks):
+    """State and artifacts in a fresh folder, as a new machine would have them. On anvil, the
+    suite's node is named as the foundry host: a command would otherwise start its own."""
+    overrides = {"crowdml": {"state_folder": str(tmp_path / "state")}}
+    if networks.provider.name == "foundry":
+        overrides["foundry"] = {"host": networks.provider.uri}
+    with project.temp_config(**overrides):
+        yield tmp_path
+
+
+@pytest.fixture
+def ape(network, state):
+    runner = CliRunner()
+
+    def run(*args, account=None, expect=0):
+        argv = ["crowdml", *map(str, args), "--network", network]
+        if account is not None:
+            argv += ["--account", f"TEST::{account}"]
+        result = runner.invoke(ape_cli, argv, catch_exceptions=False)
+        assert result.exit_code == expect, result.output
+        return result.output
+
+    return run
+
+
+def task_id_from(output: str) -> int:
+    return int(re.search(r"task (\d+) published", output).group(1))
+
+
+def test_full_task_driven_by_the_cli(ape, state, accounts):
+    spec = tiny_spec_file(state)
+    assert "deployed" in ape("deploy", "--sink", accounts[9].address, account=0)
+    task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
+                            "--workers", 2, account=0))
+    for worker in (1, 2):
+        assert f"joined task {task}" in ape("join", task, account=worker)
+    assert "released" in ape("release-coin", task, account=0)
+    digests = {re.search(r"result (0x\w+)", ape("work", task, account=w)).group(1)
+               for w in (1, 2)}
+    assert len(digests) == 1
+    for worker in (1, 2):
+        assert "revealed" in ape("reveal", task, account=worker)
+    assert "agreed" in ape("settle", task, account=0)
+    status = ape("status", task)
+    assert "agreed" in status and digests.pop() in status
+    for worker in (1, 2):
+        assert f"claimed {DEPOSIT + REWARD // 2} wei" in ape("claim", task, account=worker)
+    listing = ape("list")
+    assert re.search(rf"│ {task}\s+│ agreed", listing)
+    fetched = ape("fetch", task, "--out", state / "model.crowdml")
+    assert "verified" in fetched and "params/Dense_0/kernel: (64, 16)" in fetched
