@@ -265,3 +265,12 @@ def run_job(spec_file, coin, out):
     for name, value in result.metrics.items():
         click.echo(f"{name}: {value}", err=True)
     click.echo("0x" + result.digest.hex())
+
+
+@cli.command(cls=ConnectedProviderCommand)
+@network_option()
+def demo():
+    """Two rounds of a 3-worker training task on a local chain: agreement, then junk."""
+    from ape_crowdml.demo import run_demo
+
+    run_demo()

@@ -223,6 +223,10 @@ class Board:
         return {log.worker: (bytes(log.result), log.trivial)
                 for log in self._events("Revealed", task_id)}
 
+    def forfeited_by(self, task_id: int) -> int:
+        """Wei the task's settlement sent to the forfeit sink (0 before settling)."""
+        return sum(log.forfeited for log in self._events("Settled", task_id))
+
     def claims(self, task_id: int) -> dict[str, int]:
         """account -> wei claimed."""
         return {log.account: log.amount for log in self._events("Claimed", task_id)}

@@ -13,7 +13,10 @@ def short(value: bytes | str, keep: int = 10) -> str:
 
 
 def wei(amount: int) -> str:
-    return f"{amount:,} wei"
+    """Exact, in ether: amounts stay integer wei everywhere but on screen."""
+    from decimal import Decimal
+
+    return f"{(Decimal(amount) / 10**18).normalize():f} ETH"
 
 
 def _deadline(task: TaskInfo, head: int) -> str:

@@ -1,0 +1,24 @@
+"""`ape crowdml demo`, the README's first command, through ape's root CLI."""
+
+import re
+
+from ape._cli import cli as ape_cli
+from click.testing import CliRunner
+
+
+def test_demo_pays_agreement_and_penalises_junk(networks, project):
+    overrides = {}
+    if networks.provider.name == "foundry":
+        overrides["foundry"] = {"host": networks.provider.uri}
+    with project.temp_config(**overrides):
+        result = CliRunner().invoke(
+            ape_cli, ["crowdml", "demo", "--network", networks.provider.network_choice],
+            catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert re.search(r"payouts \(agreed\)", out) and re.search(r"payouts \(disagreed\)", out)
+    # Round 1: each of 3 workers nets reward/3 = 0.01 ETH; round 2: each loses d/2 = 0.01 ETH
+    # and 3 × 0.01 ETH go to the sink.
+    round_1, round_2 = out.split("round 2")
+    assert round_1.count("+0.01 ETH") == 3 and "fetched model" in round_1
+    assert round_2.count("-0.01 ETH") == 3 and re.search(r"forfeit sink.*\+0\.03 ETH", round_2)
