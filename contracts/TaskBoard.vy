@@ -158,16 +158,16 @@ SEAT_EMPTY: constant(uint256) = 0
 SEAT_JOINED: constant(uint256) = 1
 SEAT_REVEALED: constant(uint256) = 2
 SEAT_TRIVIAL: constant(uint256) = 3
-SEAT_CLAIMED: constant(uint256) = 4
 MAX_MARKER: constant(uint256) = 15
 
-# Worker statuses returned by `worker_status` (a seat holding a commitment reads COMMITTED).
+# Worker statuses returned by `worker_status` (a seat holding a commitment reads
+# COMMITTED). `claim` empties the seat, for the storage refund: a worker that
+# was paid reads NONE again.
 STATUS_NONE: constant(uint8) = 0
 STATUS_JOINED: constant(uint8) = 1
 STATUS_COMMITTED: constant(uint8) = 2
 STATUS_REVEALED: constant(uint8) = 3
 STATUS_TRIVIAL: constant(uint8) = 4
-STATUS_CLAIMED: constant(uint8) = 5
 
 MIN_WORKERS: constant(uint256) = 2
 MAX_WORKERS: constant(uint256) = 1024
@@ -236,7 +236,7 @@ _trivial: HashMap[uint256, HashMap[bytes32, bool]]
 _first_result: HashMap[uint256, bytes32]
 
 # @dev A worker's seat: SEAT_* marker or its commitment. Written by `join`,
-#      `commit`, `reveal` and `claim`.
+#      `commit`, `reveal`, and emptied by `claim`.
 _seats: HashMap[uint256, HashMap[address, uint256]]
 
 
@@ -457,7 +457,14 @@ def reveal(task_id: uint256, result: bytes32, salt: bytes32):
     assert convert(keccak256(abi_encode(result, salt, msg.sender, task_id)), uint256) == seat, "commitment mismatch"
 
     p.opened += 1
-    trivial: bool = result == empty(bytes32) or self._trivial[task_id][result]
+    # A result equal to the first valid one is known not to be trivial, which
+    # spares agreeing workers the E_ck lookup.
+    first: bytes32 = empty(bytes32)
+    if p.valid > 0:
+        first = self._first_result[task_id]
+    trivial: bool = False
+    if p.valid == 0 or result != first:
+        trivial = result == empty(bytes32) or self._trivial[task_id][result]
     if trivial:
         self._seats[task_id][msg.sender] = SEAT_TRIVIAL
     else:
@@ -465,7 +472,7 @@ def reveal(task_id: uint256, result: bytes32, salt: bytes32):
         p.valid += 1
         if p.valid == 1:
             self._first_result[task_id] = result
-        elif result != self._first_result[task_id]:
+        elif result != first:
             p.mismatch = True
     self._save(task_id, p)
     log Revealed(task_id=task_id, worker=msg.sender, result=result, trivial=trivial)
@@ -525,10 +532,10 @@ def claim(task_id: uint256):
 
     amount: uint256 = 0
     seat: uint256 = self._seats[task_id][msg.sender]
-    if seat != SEAT_EMPTY and seat != SEAT_CLAIMED:
+    if seat != SEAT_EMPTY:
         amount = self._worker_share(p, seat, deposit, reward)
         if amount > 0:
-            self._seats[task_id][msg.sender] = SEAT_CLAIMED
+            self._seats[task_id][msg.sender] = SEAT_EMPTY
     if not p.requester_paid and msg.sender == self._requester[task_id]:
         share: uint256 = self._requester_share(p, reward)
         if share > 0:
@@ -615,8 +622,8 @@ def deadline(task_id: uint256) -> uint256:
 @external
 def worker_status(task_id: uint256, worker: address) -> uint8:
     """
-    @notice A worker's status: 0 none, 1 joined, 2 committed, 3 revealed,
-            4 revealed a trivial result, 5 claimed.
+    @notice A worker's status: 0 none (or paid out), 1 joined, 2 committed,
+            3 revealed, 4 revealed a trivial result.
     @param task_id The task.
     @param worker The worker's address.
     @return The status number.
@@ -630,8 +637,6 @@ def worker_status(task_id: uint256, worker: address) -> uint8:
         return STATUS_REVEALED
     if seat == SEAT_TRIVIAL:
         return STATUS_TRIVIAL
-    if seat == SEAT_CLAIMED:
-        return STATUS_CLAIMED
     return STATUS_NONE
 
 
@@ -675,7 +680,7 @@ def owed(task_id: uint256, account: address) -> uint256:
     amounts: uint256 = self._amounts[task_id]
     amount: uint256 = 0
     seat: uint256 = self._seats[task_id][account]
-    if seat != SEAT_EMPTY and seat != SEAT_CLAIMED:
+    if seat != SEAT_EMPTY:
         amount = self._worker_share(p, seat, amounts & MAX_AMOUNT, amounts >> 128)
     if not p.requester_paid and account == self._requester[task_id]:
         amount += self._requester_share(p, amounts >> 128)

@@ -234,6 +234,26 @@ def test_reveal_rules(board, requester, pair, workers, full_task, chain):
         board.result_of(full_task)
 
 
+@pytest.mark.parametrize("name", ["empty", "spec", "data", "listed"])
+def test_every_e_ck_result_is_a_failure(board, requester, pair, chain, name):
+    listed = keccak(b"all-zero weights")
+    trivial = {"empty": ZERO, "spec": SPEC, "data": DATA, "listed": listed}[name]
+    task_id = publish(board, requester, trivial=[listed])
+    for w in pair:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    # Both reveal it: the first reveal must be caught without a valid result to compare with.
+    for w in pair:
+        board.commit(task_id, board.commitment_of(trivial, salt_for(w), w, task_id), sender=w)
+    for w in pair:
+        receipt = board.reveal(task_id, trivial, salt_for(w), sender=w)
+        assert receipt.decode_logs(board.Revealed)[0].trivial
+        assert board.worker_status(task_id, w) == 4
+    board.settle(task_id, sender=requester)
+    assert board.phase(task_id) == FAILED
+    assert board.owed(task_id, pair[0]) == board.owed(task_id, pair[1]) == 0
+    assert board.owed(task_id, requester) == REWARD
+
+
 def test_reveal_of_uncommitted_worker_is_refused(board, pair, full_task, chain):
     commit_true(board, full_task, pair[0])
     chain.mine(WINDOW + 1)
@@ -264,8 +284,9 @@ def test_agreed_result_is_readable_and_claims_are_single(board, requester, pair,
     receipt = board.settle(full_task, sender=requester)
     assert receipt.decode_logs(board.Settled)[0].result == TRUE_RESULT
     assert board.result_of(full_task) == TRUE_RESULT
+    assert board.worker_status(full_task, pair[0]) == 3
     board.claim(full_task, sender=pair[0])
-    assert board.worker_status(full_task, pair[0]) == 5
+    assert board.worker_status(full_task, pair[0]) == 0
     with ape.reverts("nothing to claim"):
         board.claim(full_task, sender=pair[0])
     with ape.reverts("nothing to claim"):
@@ -289,7 +310,7 @@ def test_requester_joining_its_own_task_with_junk_gains_nothing(board, requester
     # As worker: d/2 back; as requester: the reward back. Net: the requester lost d/2.
     assert board.owed(task_id, requester) == DEPOSIT // 2 + REWARD
     board.claim(task_id, sender=requester)
-    assert board.worker_status(task_id, requester) == 5
+    assert board.owed(task_id, requester) == 0
     assert board.forfeited() == DEPOSIT
     board.sweep(sender=honest)
     board.claim(task_id, sender=honest)
