@@ -1,0 +1,45 @@
+# Everything from nothing: `make demo` runs the end-to-end demo on a local chain,
+# `make test` runs the whole suite (local test chain, then anvil).
+PYTHON ?= python3
+ANVIL_VERSION := 1.7.1
+VENV := .venv
+TOOLS := .tools
+# ape-vyper finds the pinned, pip-installed compiler on PATH; anvil comes from npm.
+export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
+
+# Suites that touch the chain also run on anvil (ethereum:local:foundry).
+CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_cli.py
+
+.PHONY: all env demo test test-local test-anvil bench clean
+
+all: test
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+$(TOOLS)/node_modules/.bin/anvil:
+	npm install --silent --prefix $(TOOLS) @foundry-rs/anvil@$(ANVIL_VERSION)
+
+env: $(VENV)/.installed $(TOOLS)/node_modules/.bin/anvil
+
+demo: env
+	ape crowdml demo
+
+test: env test-local test-anvil
+
+test-local: env
+	ape test tests -q
+
+test-anvil: env
+	ape test $(CHAIN_TESTS) -q --network ethereum:local:foundry
+
+bench: env
+	python bench/gas.py 2>/dev/null | grep -v '^INFO'
+	python bench/train.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .build
