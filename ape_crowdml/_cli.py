@@ -267,6 +267,19 @@ def run_job(spec_file, coin, out):
     click.echo("0x" + result.digest.hex())
 
 
+@connected()
+@click.option("--tasks", type=click.IntRange(min=1),
+              help="Stop once this many of its tasks have ended (default: run forever).")
+@click.option("--poll", default=2.0, show_default=True, help="Seconds between idle polls.")
+def agent(account, board_address, tasks, poll):
+    """Work on its own: join accepted tasks, work, commit, reveal, settle, claim."""
+    from ape_crowdml.agent import Agent
+
+    worker = _worker(board_address, account)
+    click.echo(f"agent {account.address} watching board {worker.board.address}")
+    Agent(worker, log=click.echo).run(tasks=tasks, poll_seconds=poll)
+
+
 @cli.command(cls=ConnectedProviderCommand)
 @network_option()
 def demo():

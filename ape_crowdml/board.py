@@ -44,14 +44,13 @@ class Phase(IntEnum):
 
 
 class WorkerStatus(IntEnum):
-    """TaskBoard.worker_status()."""
+    """TaskBoard.worker_status(). A worker that has been paid out reads NONE again."""
 
     NONE = 0
     JOINED = 1
     COMMITTED = 2
     REVEALED = 3
     TRIVIAL = 4
-    CLAIMED = 5
 
     @property
     def label(self) -> str:

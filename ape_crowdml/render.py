@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from .board import Board, Phase, TaskInfo, hex32
+from .board import Board, Phase, TaskInfo, WorkerStatus, hex32
 
 
 def short(value: bytes | str, keep: int = 10) -> str:
@@ -61,7 +61,9 @@ def task_table(board: Board, task_id: int) -> Table:
     for worker in workers:
         result, trivial = reveals.get(worker, (None, False))
         shown = "—" if result is None else short(result) + (" (trivial)" if trivial else "")
-        roster.add_row(worker, board.worker_status(task_id, worker).label, shown,
+        status = board.worker_status(task_id, worker)
+        label = "paid out" if status == WorkerStatus.NONE and worker in claims else status.label
+        roster.add_row(worker, label, shown,
                        wei(board.owed(task_id, worker)), wei(claims.get(worker, 0)))
     roster.add_row(f"{task.requester} (requester)", "", "", wei(board.owed(task_id, task.requester)),
                    wei(claims.get(task.requester, 0)) if task.requester not in workers else "")

@@ -1,0 +1,99 @@
+"""A worker that runs on its own: watches the board's Published events, joins the tasks its
+policy accepts, works, commits, reveals as soon as the reveal phase opens, settles and claims.
+
+It keeps no state of its own beyond the Store: on restart it rediscovers its tasks from the
+events and its seat on each from `worker_status`, and reveals from the stored salt. That is
+what makes killing it after a commit safe.
+
+On a local chain (ethereum:local:*) nothing makes blocks unless someone sends a transaction, so
+a deadline would never pass while every other party is idle; there the agent mines one block
+per idle poll, standing in for a live chain's block time. On a live network it only waits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .board import Phase, WorkerStatus, on_local_network
+from .errors import CrowdmlError
+from .parties import Worker
+
+
+class Agent:
+    def __init__(self, worker: Worker, *, mine_when_idle: bool | None = None,
+                 log: Callable[[str], None] = print):
+        self.worker = worker
+        self.board = worker.board
+        self.log = log
+        self.mine_when_idle = on_local_network() if mine_when_idle is None else mine_when_idle
+        self._next_block = self.board.start_block
+        self._watching: set[int] = set()
+        self._refused: set[int] = set()
+        self.finished: list[int] = []
+
+    def _discover(self) -> None:
+        head = self.board.head
+        if head < self._next_block:
+            return
+        for event in self.board.contract.Published.range(self._next_block, head + 1):
+            if event.task_id not in self.finished:
+                self._watching.add(event.task_id)
+        self._next_block = head + 1
+
+    def step(self) -> bool:
+        """Advance every watched task by at most one action; True if anything was sent."""
+        self._discover()
+        acted = False
+        for task_id in sorted(self._watching):
+            try:
+                acted |= self._advance(task_id)
+            except CrowdmlError as exc:
+                self.log(f"task {task_id}: {exc}")
+        return acted
+
+    def _advance(self, task_id: int) -> bool:
+        worker, me = self.worker, self.worker.account.address
+        phase = self.board.phase(task_id)
+        status = self.board.worker_status(task_id, me)
+        if status == WorkerStatus.NONE:
+            if phase != Phase.JOINING:
+                self._watching.discard(task_id)
+                return False
+            try:
+                worker.join(task_id)
+            except CrowdmlError as exc:
+                self._watching.discard(task_id)
+                self._refused.add(task_id)
+                self.log(f"task {task_id}: not joining: {exc}")
+                return False
+            self.log(f"task {task_id}: joined")
+            return True
+        if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
+            digest = worker.work(task_id)
+            self.log(f"task {task_id}: committed to 0x{digest.hex()}")
+            return True
+        if status == WorkerStatus.COMMITTED and phase == Phase.REVEAL:
+            digest = worker.reveal(task_id)
+            self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")
+            return True
+        if phase == Phase.SETTLEABLE:
+            self.log(f"task {task_id}: settled, {worker.settle(task_id).label}")
+            return True
+        if phase.ended:
+            if worker.owed(task_id):
+                self.log(f"task {task_id}: claimed {worker.claim(task_id)} wei ({phase.label})")
+            self._watching.discard(task_id)
+            self.finished.append(task_id)
+            return True
+        return False
+
+    def run(self, *, tasks: int | None = None, poll_seconds: float = 2.0) -> None:
+        """Work until `tasks` tasks have finished (forever if None)."""
+        from ape import chain
+
+        while tasks is None or len(self.finished) < tasks:
+            if not self.step():
+                if self.mine_when_idle:
+                    chain.mine(1)
+                time.sleep(poll_seconds)

@@ -1,0 +1,56 @@
+"""The agent completes tasks on its own, in process and through `ape crowdml agent`."""
+
+import pytest
+from ape._cli import cli as ape_cli
+from click.testing import CliRunner
+
+from ape_crowdml.agent import Agent
+from ape_crowdml.board import Phase
+from ape_crowdml.parties import Requester, Worker, deploy_board
+from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
+
+
+@pytest.fixture
+def config(tmp_path):
+    return isolated_config(tmp_path)
+
+
+@pytest.fixture
+def board(accounts, config):
+    return deploy_board(accounts[0], accounts[9].address, config=config)
+
+
+def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config, tmp_path):
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)
+    lines = []
+    agents = [Agent(Worker(board, accounts[i], config=config), log=lines.append) for i in (1, 2)]
+    for _ in range(10):
+        for agent in agents:
+            agent.step()
+        if all(agent.finished for agent in agents):
+            break
+    assert board.phase(task) == Phase.AGREED
+    assert board.claims(task) == {accounts[i].address: DEPOSIT + REWARD // 2 for i in (1, 2)}
+    assert sum("revealed" in line for line in lines) == 2
+
+
+def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path, networks, project):
+    """The other worker joins and never commits: the agent commits, lets the commit window
+    close (mining on the local chain), reveals, settles and claims its half deposit."""
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2,
+        commit_blocks=5, reveal_blocks=5, requester_coin=False)
+    board.join(accounts[2], task)
+    overrides = {"crowdml": {"state_folder": str(config.state_folder)}}
+    if networks.provider.name == "foundry":
+        overrides["foundry"] = {"host": networks.provider.uri}
+    with project.temp_config(**overrides):
+        result = CliRunner().invoke(ape_cli, [
+            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--board", board.address,
+            "--account", "TEST::1", "--network", networks.provider.network_choice,
+        ], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert board.phase(task) == Phase.FAILED
+    assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
+    assert f"task {task}: claimed {DEPOSIT // 2} wei (failed)" in result.output
