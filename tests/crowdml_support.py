@@ -14,11 +14,11 @@ DEPOSIT = 2 * 10**16
 REWARD = 10**16
 
 
-def tiny_spec_file(folder: Path, **hparams) -> Path:
+def tiny_spec_file(folder: Path, job: str | Path = "jobs/train_classifier.py", **hparams) -> Path:
     data = folder / "digits.npz"
     if not data.exists():
         export_digits(data)
-    spec = make_spec("jobs/train_classifier.py", data, {**TINY_HPARAMS, **hparams})
+    spec = make_spec(job, data, {**TINY_HPARAMS, **hparams})
     return save_spec(spec, folder / "spec.json")
 
 
