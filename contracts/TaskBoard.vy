@@ -340,7 +340,7 @@ def join(task_id: uint256):
          workers cannot steer (a block proposer can only withhold its block).
     @param task_id The task to join.
     """
-    p: Progress = self._load(task_id)
+    p: Progress = self._load_known(task_id)
     assert p.stage == convert(PHASE_JOINING, uint256), "not open for joining"
     assert block.number <= p.stage_start + p.join_blocks, "join window closed"
     assert msg.value == self._amounts[task_id] & MAX_AMOUNT, "wrong deposit"
@@ -369,7 +369,7 @@ def release_coin(task_id: uint256, coin: bytes32, salt: bytes32):
     @param coin The coin committed at publish.
     @param salt The salt committed with it.
     """
-    p: Progress = self._load(task_id)
+    p: Progress = self._load_known(task_id)
     assert p.stage == convert(PHASE_AWAITING_COIN, uint256), "not awaiting the coin"
     assert msg.sender == self._requester[task_id], "only the requester"
     assert block.number <= p.stage_start + p.join_blocks, "coin window closed"
@@ -390,7 +390,7 @@ def abort(task_id: uint256):
             the workers their share of the reward (COIN_WITHHELD).
     @param task_id The task to abort.
     """
-    p: Progress = self._load(task_id)
+    p: Progress = self._load_known(task_id)
     outcome: uint8 = OUTCOME_ABORTED
     if p.stage == convert(PHASE_JOINING, uint256):
         if msg.sender != self._requester[task_id]:
@@ -418,8 +418,9 @@ def commit(task_id: uint256, commitment: bytes32):
            computed off chain: binding the worker and task makes a copied
            commitment impossible to open.
     """
-    p: Progress = self._load(task_id)
-    assert p.stage == convert(STAGE_WORKING, uint256), "coin not fixed"
+    p: Progress = self._load_known(task_id)
+    assert p.stage >= convert(STAGE_WORKING, uint256), "coin not fixed"
+    assert p.stage == convert(STAGE_WORKING, uint256), "task ended"
     assert block.number <= p.stage_start + p.commit_blocks, "commit window closed"
     seat: uint256 = self._seats[task_id][msg.sender]
     assert seat != SEAT_EMPTY, "not a worker"
@@ -446,8 +447,9 @@ def reveal(task_id: uint256, result: bytes32, salt: bytes32):
     @param result The 32-byte result digest committed to.
     @param salt The salt committed with it.
     """
-    p: Progress = self._load(task_id)
-    assert p.stage == convert(STAGE_WORKING, uint256), "not in reveal phase"
+    p: Progress = self._load_known(task_id)
+    assert p.stage >= convert(STAGE_WORKING, uint256), "reveal phase not open"
+    assert p.stage == convert(STAGE_WORKING, uint256), "task ended"
     assert self._reveal_open(p), "reveal phase not open"
     assert block.number <= self._reveal_deadline(p), "reveal window closed"
     seat: uint256 = self._seats[task_id][msg.sender]
@@ -488,8 +490,7 @@ def settle(task_id: uint256):
             reveal window closed. Anyone may call; O(1) in the number of workers.
     @param task_id The task.
     """
-    p: Progress = self._load(task_id)
-    assert p.stage != convert(PHASE_NONE, uint256), "unknown task"
+    p: Progress = self._load_known(task_id)
     assert p.stage == convert(STAGE_WORKING, uint256), "not settleable"
     assert self._reveal_open(p), "commit window still open"
     assert p.opened == p.committed or block.number > self._reveal_deadline(p), "reveals still pending"
@@ -524,7 +525,7 @@ def claim(task_id: uint256):
             as the requester, or both. Each share is paid once.
     @param task_id A settled or aborted task.
     """
-    p: Progress = self._load(task_id)
+    p: Progress = self._load_known(task_id)
     assert p.stage >= convert(OUTCOME_AGREED, uint256), "not settled"
     amounts: uint256 = self._amounts[task_id]
     deposit: uint256 = amounts & MAX_AMOUNT
@@ -742,6 +743,14 @@ def _load(task_id: uint256) -> Progress:
         stage_start=(word >> AT_STAGE_START) & BITS_40,
         reveal_start=(word >> AT_REVEAL_START) & BITS_40,
     )
+
+
+@view
+@internal
+def _load_known(task_id: uint256) -> Progress:
+    p: Progress = self._load(task_id)
+    assert p.stage != convert(PHASE_NONE, uint256), "unknown task"
+    return p
 
 
 @internal

@@ -78,8 +78,6 @@ def test_join_rules(board, requester, workers, chain):
     assert board.phase(task_id) == COMMIT
     with ape.reverts("not open for joining"):
         board.join(task_id, value=DEPOSIT, sender=workers[2])
-    with ape.reverts("not open for joining"):
-        board.join(12345, value=DEPOSIT, sender=workers[2])
 
 
 def test_join_window_closes(board, requester, workers, chain):
@@ -361,9 +359,30 @@ def test_balance_equals_obligations_at_every_step(board, requester, workers, cha
     assert board.balance == 0
 
 
-def test_unknown_task(board, requester):
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda b, who: b.join(99, value=DEPOSIT, sender=who),
+        lambda b, who: b.release_coin(99, COIN, COIN_SALT, sender=who),
+        lambda b, who: b.abort(99, sender=who),
+        lambda b, who: b.commit(99, TRUE_RESULT, sender=who),
+        lambda b, who: b.reveal(99, TRUE_RESULT, ZERO, sender=who),
+        lambda b, who: b.settle(99, sender=who),
+        lambda b, who: b.claim(99, sender=who),
+    ],
+    ids=["join", "release_coin", "abort", "commit", "reveal", "settle", "claim"],
+)
+def test_unknown_task(board, requester, call):
     assert board.phase(99) == 0
     with ape.reverts("unknown task"):
-        board.settle(99, sender=requester)
-    with ape.reverts("not settled"):
-        board.claim(99, sender=requester)
+        call(board, requester)
+    assert board.balance == 0
+
+
+def test_no_work_after_the_task_ended(board, requester, pair, full_task, chain):
+    chain.mine(2 * WINDOW + 1)
+    board.settle(full_task, sender=requester)
+    with ape.reverts("task ended"):
+        commit_true(board, full_task, pair[0])
+    with ape.reverts("task ended"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])
