@@ -139,7 +139,8 @@ class Requester(Party):
         if "0x" + file_digest(data_file).hex() != spec.data_digest:
             raise DataDigestMismatch(f"{data_file} does not match the spec's data digest "
                                      f"{spec.data_digest}; rebuild the spec")
-        for store in {self.artifacts.url: self.artifacts, spec.store: self.artifacts_for(spec)}.values():
+        # Workers look specs up by digest in their configured store and the spec's own.
+        for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
         hidden_coin = NO_COIN
         if requester_coin:

@@ -67,3 +67,32 @@ def test_full_task_driven_by_the_cli(ape, state, accounts):
     assert re.search(rf"│ {task}\s+│ agreed", listing)
     fetched = ape("fetch", task, "--out", state / "model.crowdml")
     assert "verified" in fetched and "params/Dense_0/kernel: (64, 16)" in fetched
+
+
+def test_requester_aborts_a_short_roster_and_everyone_is_refunded(ape, state, accounts):
+    spec = tiny_spec_file(state)
+    ape("deploy", "--sink", accounts[9].address, account=0)
+    task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
+                            "--workers", 2, "--chain-coin", account=0))
+    ape("join", task, account=1)
+    assert f"task {task} ended: aborted" in ape("abort", task, account=0)
+    assert f"claimed {DEPOSIT} wei" in ape("claim", task, account=1)
+    assert f"claimed {REWARD} wei" in ape("claim", task, account=0)
+
+
+def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
+    spec = tiny_spec_file(state)
+    ape("deploy", "--sink", accounts[9].address, account=0)
+    task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
+                            "--workers", 2, "--chain-coin", account=0))
+    for worker in (1, 2):
+        ape("join", task, account=worker)
+    for worker in (1, 2):
+        ape("work", task, account=worker)
+    digest = None
+    for worker in (1, 2):
+        digest = re.search(r"revealed (0x\w+)", ape("reveal", task, account=worker)).group(1)
+    ape("settle", task, account=0)
+    (state / "state" / "artifacts" / digest).write_bytes(b"not the model")
+    output = ape("fetch", task, expect=2)
+    assert "does not match its digest" in output and "Traceback" not in output
