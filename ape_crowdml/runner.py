@@ -80,6 +80,7 @@ class Report:
         self.transcript: list[str] = []
         self.metrics: dict = {}
         self._bar = None
+        self._pending = None
 
     def start(self, epochs: int) -> None:
         if self.progress:
@@ -88,6 +89,17 @@ class Report:
             self._bar = tqdm(total=epochs, desc="training", unit="epoch", file=sys.stderr)
 
     def epoch(self, tree, **metrics) -> None:
+        """Record the state after an epoch. It is hashed at the next call (or at close): by then
+        the job has dispatched the next epoch, which JAX runs asynchronously, so hashing overlaps
+        with compute instead of stalling it (measured: 7% of training time otherwise)."""
+        self._flush()
+        self._pending = (tree, metrics)
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        tree, metrics = self._pending
+        self._pending = None
         self.transcript.append("0x" + keccak_digest(encode_pytree(tree)).hex())
         if self._bar is not None:
             self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()})
@@ -97,6 +109,7 @@ class Report:
         self.metrics[name] = value
 
     def close(self) -> None:
+        self._flush()
         if self._bar is not None:
             self._bar.close()
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ape_crowdml.data import read_verified
 from ape_crowdml.digest import decode_pytree, encode_bits
+from ape_crowdml.errors import SpecError
 
 
 class Config(BaseModel):
@@ -52,7 +53,7 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     model = decode_pytree(read_verified(config.model_uri, config.model_digest))
     n = len(data["y_test"])
     if config.subset_size > n:
-        raise ValueError(f"subset_size {config.subset_size} exceeds the {n} test samples")
+        raise SpecError(f"subset_size {config.subset_size} exceeds the {n} test samples")
     subset = np.asarray(jax.random.permutation(keys.next(), n)[: config.subset_size])
     bits = eval_step(dense_layers(model["params"]),
                      jnp.asarray(data["x_test"][subset], jnp.float32),

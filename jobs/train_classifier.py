@@ -11,7 +11,7 @@ dropout. Steps per epoch = n_train // batch_size (the remainder of each shuffle 
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal
 
 import jax
@@ -23,6 +23,7 @@ from flax.training import train_state
 from pydantic import BaseModel, ConfigDict, Field
 
 from ape_crowdml.digest import encode_pytree
+from ape_crowdml.errors import SpecError
 from ape_crowdml.keys import draw
 
 
@@ -89,10 +90,14 @@ def eval_step(state, x, y):
     return jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def make_optimizer(config: Config) -> optax.GradientTransformation:
+@lru_cache
+def make_trainer(config: Config, classes: int) -> tuple[MLP, optax.GradientTransformation]:
+    """The model and optimizer for a configuration, built once per process: both are static
+    parts of TrainState, so fresh objects would recompile train_epoch on every run."""
+    model = MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
     if config.optimizer == "adam":
-        return optax.adam(config.learning_rate)
-    return optax.sgd(config.learning_rate, momentum=config.momentum)
+        return model, optax.adam(config.learning_rate)
+    return model, optax.sgd(config.learning_rate, momentum=config.momentum)
 
 
 def prepare(data: dict[str, np.ndarray]):
@@ -108,14 +113,12 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     config = Config(**hparams)
     x_train, y_train, x_test, y_test = prepare(data)
     classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
-    model = MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
+    model, optimizer = make_trainer(config, classes)
     params = model.init(keys.next(), x_train[:1], train=False)["params"]
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=params, tx=make_optimizer(config)
-    )
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
     steps = x_train.shape[0] // config.batch_size
     if steps == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds {x_train.shape[0]} examples")
+        raise SpecError(f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} examples")
 
     report.start(config.epochs)
     for _ in range(config.epochs):

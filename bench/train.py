@@ -1,0 +1,190 @@
+"""Job-side benchmark: run `.venv/bin/python bench/train.py` from the repository root.
+
+(a) the train_classifier job vs plain Flax/optax code for the same model, data, optimizer and
+    steps, under the same (cpu-exact) flags: once against a flax-examples style Python loop over a
+    jitted train_step, once against the same epoch-as-one-scan structure the job uses (which
+    isolates what crowdml adds: coin keys, per-epoch transcript digests, result encoding);
+(b) the job under the cpu-exact profile vs JAX's default flags;
+(c) evaluation throughput of the evaluate_classifier job, and of its eval_step alone.
+
+XLA flags are fixed per process, so each flag set is measured in its own child process
+(`--measure NAME`), which prints its figures as JSON. Times are the best of REPEATS warm runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COIN = bytes.fromhex("be" * 32)
+HPARAMS = {"epochs": 20, "batch_size": 64}
+REPEATS = 10
+EVAL_TILES = 100  # eval_step alone runs on the test set repeated this many times
+
+
+def timings(**fns) -> dict[str, tuple[float, float]]:
+    """name -> (first call, which compiles; best of REPEATS warm calls), in seconds. Warm calls
+    alternate between the functions, so load from other processes hits them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(1 + REPEATS):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (t[0], min(t[1:])) for name, t in times.items()}
+
+
+def plain_trainers(job, data):
+    """Plain Flax/optax training of the job's model, ending with its test accuracy like the job:
+    no coin keys, no transcript, no result encoding."""
+    import jax
+    import numpy as np
+    import optax
+    from flax.training import train_state
+
+    config = job.Config(**HPARAMS)
+    classes = int(data["y_train"].max()) + 1
+    model = job.MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
+    optimizer = optax.adam(config.learning_rate)
+    steps = len(data["y_train"]) // config.batch_size
+
+    def fresh_state(rng, x):
+        params = model.init(rng, x[:1], train=False)["params"]
+        return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+
+    def python_loop():
+        x, y, x_test, y_test = job.prepare(data)
+        rng = jax.random.PRNGKey(0)
+        state = fresh_state(rng, x)
+        shuffle = np.random.default_rng(0)
+        for epoch in range(config.epochs):
+            order = shuffle.permutation(x.shape[0])[: steps * config.batch_size]
+            for i, idx in enumerate(order.reshape(steps, config.batch_size)):
+                rng_step = jax.random.fold_in(rng, epoch * steps + i)
+                state, _ = job.train_step(state, (x[idx], y[idx]), rng_step)
+        return float(job.eval_step(state, x_test, y_test))
+
+    def scan_loop():
+        x, y, x_test, y_test = job.prepare(data)
+        rng = jax.random.PRNGKey(0)
+        state = fresh_state(rng, x)
+        for epoch in range(config.epochs):
+            state, _ = job.train_epoch(state, x, y, rng, epoch * (steps + 1),
+                                       batch_size=config.batch_size)
+        return float(job.eval_step(state, x_test, y_test))
+
+    return python_loop, scan_loop
+
+
+def measure(flagset: str) -> dict:
+    from ape_crowdml.data import export_digits
+    from ape_crowdml.keys import KeyStream, configure_jax
+    from ape_crowdml.profile import apply_environment, get_profile
+    from ape_crowdml.runner import Report, load_job
+    from ape_crowdml.spec import make_spec
+
+    profile = get_profile("cpu-exact")
+    if flagset == "cpu-exact":
+        apply_environment(profile)
+    import jax
+    import jax.numpy as jnp
+
+    configure_jax(profile.jax_config if flagset == "cpu-exact" else None)
+    tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))
+    export_digits(tmp / "digits.npz")
+    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "digits.npz", HPARAMS)
+    from ape_crowdml.data import load_dataset
+
+    data = load_dataset(spec.data_uri, spec.data_digest)
+    train = load_job(spec)
+    artifact = {}
+
+    def job_run():
+        artifact["model"] = train.run(dict(HPARAMS), data, KeyStream(COIN), Report(False))
+
+    python_loop, scan_loop = plain_trainers(train, data)
+    train_times = timings(job=job_run, plain_loop=python_loop, plain_scan=scan_loop)
+    figures = {f"{name}_s": best for name, (_, best) in train_times.items()}
+    figures["job_first_s"] = train_times["job"][0]
+
+    model_path = tmp / "model.bin"
+    model_path.write_bytes(artifact["model"])
+    from ape_crowdml.digest import decode_pytree, file_digest
+
+    n_test = len(data["y_test"])
+    eval_hparams = {"model_uri": str(model_path), "model_digest": "0x" + file_digest(model_path).hex(),
+                    "subset_size": n_test}
+    evaluate = load_job(make_spec(REPO / "jobs" / "evaluate_classifier.py", tmp / "digits.npz",
+                                  eval_hparams))
+    eval_s = timings(job=lambda: evaluate.run(eval_hparams, data, KeyStream(COIN), Report(False)))
+    eval_s = eval_s["job"][1]
+    figures["eval_job_samples_per_s"] = n_test / eval_s
+
+    layers = evaluate.dense_layers(decode_pytree(artifact["model"])["params"])
+    x = jnp.tile(jnp.asarray(data["x_test"]), (EVAL_TILES, 1, 1))
+    y = jnp.tile(jnp.asarray(data["y_test"], jnp.int32), EVAL_TILES)
+    step_s = timings(step=lambda: evaluate.eval_step(layers, x, y).block_until_ready())["step"][1]
+    figures["eval_step_samples_per_s"] = len(y) / step_s
+    return figures
+
+
+def run_child(flagset: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    child = subprocess.run([sys.executable, __file__, "--measure", flagset], env=env, cwd=REPO,
+                           capture_output=True, text=True, check=True)
+    return json.loads(child.stdout.splitlines()[-1])
+
+
+def end_to_end_seconds() -> float:
+    from ape_crowdml.data import export_digits
+    from ape_crowdml.runner import run_job
+    from ape_crowdml.spec import make_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_digits(Path(tmp) / "digits.npz")
+        spec = make_spec(REPO / "jobs" / "train_classifier.py", Path(tmp) / "digits.npz", HPARAMS)
+        start = time.perf_counter()
+        run_job(spec, COIN)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--measure", choices=("cpu-exact", "default"))
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure)))
+        return
+    exact, default = run_child("cpu-exact"), run_child("default")
+    steps = HPARAMS["epochs"] * (1437 // HPARAMS["batch_size"])
+    print(f"train_classifier on digits: {HPARAMS['epochs']} epochs, {steps} steps, "
+          f"best of {REPEATS} warm runs, {os.cpu_count()} CPUs")
+    print(f"(a) cpu-exact flags: job {exact['job_s'] * 1e3:.1f} ms")
+    print(f"    vs plain Flax/optax Python loop {exact['plain_loop_s'] * 1e3:.1f} ms: "
+          f"{exact['job_s'] / exact['plain_loop_s']:.2f}x")
+    print(f"    vs plain Flax/optax epoch scan  {exact['plain_scan_s'] * 1e3:.1f} ms: "
+          f"{exact['job_s'] / exact['plain_scan_s']:.2f}x")
+    print(f"(b) job, cpu-exact {exact['job_s'] * 1e3:.1f} ms vs JAX default flags "
+          f"{default['job_s'] * 1e3:.1f} ms: {exact['job_s'] / default['job_s']:.2f}x")
+    print(f"    first run in a process (compile + train): cpu-exact {exact['job_first_s']:.2f} s "
+          f"vs default {default['job_first_s']:.2f} s: "
+          f"{exact['job_first_s'] / default['job_first_s']:.2f}x")
+    print(f"(c) evaluation, cpu-exact: evaluate_classifier job "
+          f"{exact['eval_job_samples_per_s']:,.0f} samples/s (360-sample test set, per call); "
+          f"eval_step alone {exact['eval_step_samples_per_s']:,.0f} samples/s "
+          f"({EVAL_TILES * 360:,} samples per call)")
+    print(f"    (default flags: job {default['eval_job_samples_per_s']:,.0f}, eval_step "
+          f"{default['eval_step_samples_per_s']:,.0f} samples/s)")
+    print(f"end to end, run_job (fresh process: import, checks, compile, train): "
+          f"{end_to_end_seconds():.2f} s")
+
+
+if __name__ == "__main__":
+    main()
