@@ -52,10 +52,12 @@ def test_full_task_driven_by_the_cli(ape, state, accounts):
                             "--workers", 2, account=0))
     for worker in (1, 2):
         assert f"joined task {task}" in ape("join", task, account=worker)
-    assert "released" in ape("release-coin", task, account=0)
+    coin = re.search(r"coin (0x\w+) released", ape("release-coin", task, account=0)).group(1)
     digests = {re.search(r"result (0x\w+)", ape("work", task, account=w)).group(1)
                for w in (1, 2)}
     assert len(digests) == 1
+    off_chain = CliRunner().invoke(ape_cli, ["crowdml", "run-job", str(spec), "--coin", coin])
+    assert off_chain.output.splitlines()[-1] == next(iter(digests))
     for worker in (1, 2):
         assert "revealed" in ape("reveal", task, account=worker)
     assert "agreed" in ape("settle", task, account=0)

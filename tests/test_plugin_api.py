@@ -1,6 +1,8 @@
 """The Python API end to end on the connected chain, and the store-before-commit rule."""
 
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -105,3 +107,13 @@ def test_spec_with_another_digest_is_refused(board, accounts, config, tmp_path):
     other = tiny_spec_file(tmp_path / "other", epochs=2)
     with pytest.raises(SpecError, match="get the requester's spec file"):
         Worker(board, accounts[1], config=config).join(task, other)
+
+
+def test_starting_ape_with_the_plugin_does_not_import_jax(project):
+    script = ("import sys; from ape._cli import cli; from click.testing import CliRunner; "
+              "from ape import config; config.get_config('crowdml'); "
+              "r = CliRunner().invoke(cli, ['crowdml', '--help']); "
+              "print(r.exit_code, 'jax' in sys.modules, 'flax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=project.path, check=True).stdout.split()
+    assert out == ["0", "False", "False"]
