@@ -6,7 +6,8 @@ events and its seat on each from `worker_status`, and reveals from the stored sa
 what makes killing it after a commit safe.
 
 On a local chain (ethereum:local:*) nothing makes blocks unless someone sends a transaction, so
-a deadline would never pass while every other party is idle; there the agent mines one block
+a deadline would never pass while every other party is idle (a requester that never
+releases its coin, a roster that never fills); there the agent mines one block
 per idle poll, standing in for a live chain's block time. On a live network it only waits.
 """
 
@@ -68,6 +69,13 @@ class Agent:
                 self.log(f"task {task_id}: not joining: {exc}")
                 return False
             self.log(f"task {task_id}: joined")
+            return True
+        if phase in (Phase.JOINING, Phase.AWAITING_COIN):
+            if self.board.head <= self.board.task(task_id).deadline:
+                return False
+            # A short roster or a withheld coin ends the task only when someone aborts it;
+            # the deposit (and, for a withheld coin, a reward share) is otherwise stuck.
+            self.log(f"task {task_id}: window closed, {worker.board.abort(worker.account, task_id).label}")
             return True
         if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
             digest = worker.work(task_id)

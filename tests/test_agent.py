@@ -35,6 +35,20 @@ def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config
     assert sum("revealed" in line for line in lines) == 2
 
 
+def test_agents_abort_a_withheld_coin_and_take_the_reward(board, accounts, config, tmp_path):
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, join_blocks=4)
+    lines = []
+    agents = [Agent(Worker(board, accounts[i], config=config), log=lines.append) for i in (1, 2)]
+    for _ in range(12):
+        for agent in agents:
+            if not agent.step():
+                board.wait_until_block(board.head + 1)
+    assert board.phase(task) == Phase.COIN_WITHHELD
+    assert f"task {task}: window closed, coin withheld" in lines
+    assert board.claims(task) == {accounts[i].address: DEPOSIT + REWARD // 2 for i in (1, 2)}
+
+
 def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path, networks, project):
     """The other worker joins and never commits: the agent commits, lets the commit window
     close (mining on the local chain), reveals, settles and claims its half deposit."""
