@@ -23,13 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ape_crowdml.data import read_verified
 from ape_crowdml.digest import decode_pytree, encode_bits
 from ape_crowdml.errors import SpecError
+from ape_crowdml.spec import Bytes32Hex
 
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_uri: str
-    model_digest: str  # 0x-hex keccak256 of the model file
+    model_digest: Bytes32Hex  # keccak256 of the model file
     subset_size: int = Field(gt=0)
 
 
