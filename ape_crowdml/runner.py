@@ -156,8 +156,9 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     try:
         artifact = job.run(dict(spec.hparams), data, KeyStream(coin), report)
     except ValidationError as exc:
-        raise SpecError(f"hparams for {spec.job}: {exc.errors()[0]['loc']}: "
-                        f"{exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise SpecError(f"hparams for {spec.job}: {where}: {error['msg']}") from None
     finally:
         report.close()
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)

@@ -193,6 +193,7 @@ def bad_specs(train_spec, tmp_path) -> dict[str, tuple[str, str]]:
         "another machine": ({**good, "profile": {**good["profile"], "machine": "aarch64"}},
                             "aarch64"),
         "unknown field": ({**good, "seed": 1}, "seed"),
+        "bad hyperparameter": ({**good, "hparams": {"epochs": 0}}, "hparams"),
         "bad digest hex": ({**good, "job_digest": "0x1234"}, "job_digest"),
     }
     texts = {name: (json.dumps(spec), phrase) for name, (spec, phrase) in variants.items()}
