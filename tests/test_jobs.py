@@ -128,7 +128,7 @@ def test_trained_classifier_is_well_above_chance(trained, digits):
     params = decode_pytree(artifact_path.read_bytes())["params"]
     with np.load(digits) as data:
         accuracy = float((mlp_predict(params, data["x_test"]) == data["y_test"]).mean())
-    assert accuracy > 0.9  # chance is 0.1; 10 epochs reach about 0.96
+    assert accuracy > 0.9  # chance is 0.1; 10 epochs reach 0.953 with this coin
     assert result.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
