@@ -121,8 +121,8 @@ def measure(flagset: str) -> dict:
     from ape_crowdml.digest import decode_pytree, file_digest
 
     n_test = len(data["y_test"])
-    eval_hparams = {"model_uri": str(model_path), "model_digest": "0x" + file_digest(model_path).hex(),
-                    "subset_size": n_test}
+    eval_hparams = {"model_uri": str(model_path),
+                    "model_digest": "0x" + file_digest(model_path).hex(), "subset_size": n_test}
     evaluate = load_job(make_spec(REPO / "jobs" / "evaluate_classifier.py", tmp / "digits.npz",
                                   eval_hparams))
     eval_s = timings(job=lambda: evaluate.run(eval_hparams, data, KeyStream(COIN), Report(False)))

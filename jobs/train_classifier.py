@@ -40,7 +40,7 @@ class Config(BaseModel):
 
 
 class MLP(nn.Module):
-    """Dense → relu → dropout per hidden layer, then a Dense readout (layers Dense_0 … Dense_k)."""
+    """Dense → relu → dropout per hidden layer, then a Dense readout: layers Dense_0 … Dense_k."""
 
     hidden: tuple[int, ...]
     classes: int

@@ -107,7 +107,8 @@ def digits(tmp_path):
 
 
 def test_exported_digits_are_byte_identical_across_processes(digits, tmp_path):
-    script = f"from ape_crowdml.data import export_digits; print(export_digits({str(tmp_path / 'b.npz')!r}).hex())"
+    script = ("from ape_crowdml.data import export_digits; "
+              f"print(export_digits({str(tmp_path / 'b.npz')!r}).hex())")
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert child.stdout.strip() == digest.file_digest(digits).hex()
 
