@@ -30,7 +30,7 @@ def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config
             agent.step()
         if all(agent.finished for agent in agents):
             break
-    assert board.phase(task) == Phase.AGREED
+    assert board.phase(task) == Phase.AGREED, lines
     assert board.claims(task) == {accounts[i].address: DEPOSIT + REWARD // 2 for i in (1, 2)}
     assert sum("revealed" in line for line in lines) == 2
 
