@@ -246,6 +246,35 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 
 
 @cli.command()
+@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--hparams", default="{}", show_default=True, help="Hyperparameters as JSON.")
+@click.option("--profile", default="cpu-exact", show_default=True,
+              help="Environment profile workers must match.")
+@click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
+@click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
+              show_default=True)
+def make_spec(job, data, hparams, profile, store, digits, out):
+    """Write a job spec for JOB on DATA (computes both digests); prints its digest."""
+    import json
+
+    from ape_crowdml.errors import SpecError
+    from ape_crowdml.spec import make_spec as build, save_spec
+
+    try:
+        parsed = json.loads(hparams)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"--hparams is not JSON: {exc.msg}") from None
+    if digits:
+        from ape_crowdml.data import export_digits
+
+        export_digits(data)
+    spec = build(job, data, parsed, profile=profile, store=store)
+    save_spec(spec, out)
+    click.echo(f"{out}: spec 0x{spec.digest().hex()}")
+
+@cli.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--coin", required=True, help="The coin: 0x + 64 hex digits.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),

@@ -7,6 +7,7 @@ import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
+from ape_crowdml.spec import load_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
 
@@ -98,3 +99,13 @@ def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
     (state / "state" / "artifacts" / digest).write_bytes(b"not the model")
     output = ape("fetch", task, expect=2)
     assert "does not match its digest" in output and "Traceback" not in output
+
+
+def test_make_spec_writes_what_publish_reads(state):
+    result = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--digits", "--hparams", '{"epochs": 1}', "--out", str(state / "made.json")])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(state / "made.json")
+    assert result.output.strip() == f"{state / 'made.json'}: spec 0x{spec.digest().hex()}"
+    assert spec.hparams == {"epochs": 1} and spec.job == "jobs/train_classifier.py"
