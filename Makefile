@@ -8,7 +8,9 @@ TOOLS := .tools
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
 # Suites that touch the chain also run on anvil (ethereum:local:foundry).
-CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_cli.py
+CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_cli.py \
+	tests/test_cli_errors.py tests/test_cli_demo.py tests/test_plugin_api.py \
+	tests/test_agent.py tests/test_agent_recovery.py
 
 .PHONY: all env demo test test-local test-anvil bench clean
 
