@@ -1,9 +1,12 @@
-"""Fixtures for the task-board suites: a board, its parties, and a driver that
-plays one task through with a strategy per worker and reports every payoff."""
+"""Fixtures shared by the suites: a board, its parties, a driver that plays one
+task through with a strategy per worker and reports every payoff, and the
+`ape crowdml` command line run through ape's root CLI."""
 
 from dataclasses import dataclass, field
 
 import pytest
+from ape._cli import cli as ape_cli
+from click.testing import CliRunner
 from eth_utils import keccak
 
 DEPOSIT = 2 * 10**16
@@ -116,3 +119,30 @@ def play(board, requester, chain):
         return played
 
     return _play
+
+
+@pytest.fixture
+def state(tmp_path, project, networks):
+    """State and artifacts in a fresh folder, as a new machine would have them. On anvil, the
+    suite's node is named as the foundry host: a command would otherwise start its own."""
+    overrides = {"crowdml": {"state_folder": str(tmp_path / "state")}}
+    if networks.provider.name == "foundry":
+        overrides["foundry"] = {"host": networks.provider.uri}
+    with project.temp_config(**overrides):
+        yield tmp_path
+
+
+@pytest.fixture
+def ape(networks, state):
+    """Run `ape crowdml ARGS` through ape's root CLI on the suite's network."""
+    runner = CliRunner()
+
+    def run(*args, account=None, expect=0):
+        argv = ["crowdml", *map(str, args), "--network", networks.provider.network_choice]
+        if account is not None:
+            argv += ["--account", f"TEST::{account}"]
+        result = runner.invoke(ape_cli, argv, catch_exceptions=False)
+        assert result.exit_code == expect, result.output
+        return result.output
+
+    return run

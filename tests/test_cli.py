@@ -3,43 +3,11 @@
 
 import re
 
-import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
 from ape_crowdml.spec import load_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
-
-
-@pytest.fixture
-def network(networks):
-    return networks.provider.network_choice
-
-
-@pytest.fixture
-def state(tmp_path, project, networks):
-    """State and artifacts in a fresh folder, as a new machine would have them. On anvil, the
-    suite's node is named as the foundry host: a command would otherwise start its own."""
-    overrides = {"crowdml": {"state_folder": str(tmp_path / "state")}}
-    if networks.provider.name == "foundry":
-        overrides["foundry"] = {"host": networks.provider.uri}
-    with project.temp_config(**overrides):
-        yield tmp_path
-
-
-@pytest.fixture
-def ape(network, state):
-    runner = CliRunner()
-
-    def run(*args, account=None, expect=0):
-        argv = ["crowdml", *map(str, args), "--network", network]
-        if account is not None:
-            argv += ["--account", f"TEST::{account}"]
-        result = runner.invoke(ape_cli, argv, catch_exceptions=False)
-        assert result.exit_code == expect, result.output
-        return result.output
-
-    return run
 
 
 def task_id_from(output: str) -> int:

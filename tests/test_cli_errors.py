@@ -12,30 +12,6 @@ from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
 
 @pytest.fixture
-def state(tmp_path, project, networks):
-    overrides = {"crowdml": {"state_folder": str(tmp_path / "state")}}
-    if networks.provider.name == "foundry":
-        overrides["foundry"] = {"host": networks.provider.uri}
-    with project.temp_config(**overrides):
-        yield tmp_path
-
-
-@pytest.fixture
-def ape(networks, state):
-    runner = CliRunner()
-
-    def run(*args, account=None, expect=0):
-        argv = ["crowdml", *map(str, args), "--network", networks.provider.network_choice]
-        if account is not None:
-            argv += ["--account", f"TEST::{account}"]
-        result = runner.invoke(ape_cli, argv, catch_exceptions=False)
-        assert result.exit_code == expect, result.output
-        return result.output
-
-    return run
-
-
-@pytest.fixture
 def fails(ape):
     """Run a command that must fail; returns its one error line."""
 
