@@ -12,7 +12,7 @@ CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_
 	tests/test_cli_errors.py tests/test_cli_demo.py tests/test_plugin_api.py \
 	tests/test_agent.py tests/test_agent_recovery.py
 
-.PHONY: all env demo test test-local test-anvil bench clean
+.PHONY: all env demo test test-local test-anvil bench taskboard clean
 
 all: test
 
@@ -42,6 +42,10 @@ test-anvil: env
 bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'
 	python bench/train.py
+
+# After editing contracts/TaskBoard.vy: ship the new bytecode with the plugin.
+taskboard: env
+	ape run export_taskboard
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .build

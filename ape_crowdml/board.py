@@ -1,7 +1,8 @@
 """`Board`: one deployed TaskBoard, its views decoded, its transactions with one-line errors.
 
-The contract type comes from the active ape project (`contracts/TaskBoard.vy` in this
-repository). Commitments and coin hashes are computed here, locally: a result never reaches a
+The contract type ships inside the package (`TaskBoard.json`, compiled from
+contracts/TaskBoard.vy by `ape run export_taskboard`), so the plugin works in any ape project
+with the bytecode this repository tests. Commitments and coin hashes are computed here, locally: a result never reaches a
 node before its reveal.
 """
 
@@ -11,6 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 
 from eth_abi import encode
 from eth_utils import to_checksum_address
@@ -111,16 +113,18 @@ def transaction(action: str):
         raise TaskRejected(f"{action} failed: {text}") from None
 
 
-def taskboard_container():
-    """The TaskBoard contract container of the active ape project."""
-    from ape.exceptions import ProjectError
-    from ape.utils.basemodel import ManagerAccessMixin
+PACKAGED_TASKBOARD = Path(__file__).with_name("TaskBoard.json")
+# What the plugin needs to deploy and call the board; the compiler's maps stay out.
+PACKAGED_FIELDS = {"name", "source_id", "abi", "deployment_bytecode", "runtime_bytecode",
+                   "devdoc", "userdoc"}
 
-    try:
-        return ManagerAccessMixin.local_project.TaskBoard
-    except (AttributeError, ProjectError):
-        raise BoardNotConfigured("this ape project has no TaskBoard contract; run from the "
-                                 "crowdml repository (contracts/TaskBoard.vy)") from None
+
+def taskboard_container():
+    """The TaskBoard contract container, from the compiled type shipped with the package."""
+    from ape.contracts import ContractContainer
+    from ethpm_types import ContractType
+
+    return ContractContainer(ContractType.model_validate_json(PACKAGED_TASKBOARD.read_text()))
 
 
 def on_local_network() -> bool:
