@@ -155,10 +155,15 @@ class Board:
     def deploy(cls, sender, sink: str | None = None) -> Board:
         """Deploy a board whose forfeited deposits go to `sink` (default: the sender).
 
-        A sink other than any party of a task is the point (see TaskBoard.vy); the default
-        suits a local chain only.
+        A sink other than any party of a task is the point (see TaskBoard.vy): a requester
+        that is also the sink would profit from sabotage. So the default is refused on a live
+        network, where it would be a real account.
         """
         from ape import chain
+
+        if sink is None and not on_local_network():
+            raise TaskRejected("name a forfeit sink (--sink) that no requester or worker "
+                               "controls; the deploying account is a default for local chains only")
 
         with transaction("deploy"):
             contract = taskboard_container().deploy(sink or sender.address, sender=sender)

@@ -117,3 +117,11 @@ def test_starting_ape_with_the_plugin_does_not_import_jax(project):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=project.path, check=True).stdout.split()
     assert out == ["0", "False", "False"]
+
+
+def test_live_network_deploy_needs_a_sink(accounts, monkeypatch):
+    from ape_crowdml import board as board_module
+
+    monkeypatch.setattr(board_module, "on_local_network", lambda: False)
+    with pytest.raises(board_module.TaskRejected, match="forfeit sink"):
+        board_module.Board.deploy(accounts[0])
