@@ -252,10 +252,12 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.option("--profile", default="cpu-exact", show_default=True,
               help="Environment profile workers must match.")
 @click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
+@click.option("--data-uri", metavar="URL",
+              help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")
 @click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
               show_default=True)
-def make_spec(job, data, hparams, profile, store, digits, out):
+def make_spec(job, data, hparams, profile, store, data_uri, digits, out):
     """Write a job spec for JOB on DATA (computes both digests); prints its digest."""
     import json
 
@@ -270,7 +272,7 @@ def make_spec(job, data, hparams, profile, store, digits, out):
         from ape_crowdml.data import export_digits
 
         export_digits(data)
-    spec = build(job, data, parsed, profile=profile, store=store)
+    spec = build(job, data, parsed, profile=profile, store=store, data_uri=data_uri)
     save_spec(spec, out)
     click.echo(f"{out}: spec 0x{spec.digest().hex()}")
 

@@ -6,6 +6,7 @@ keccak256 digest. The digest is checked before the file is parsed, so a worker n
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,29 +20,68 @@ ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 DIGITS_TEST_EVERY = 5
 
 
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
 def local_path(uri: str) -> Path:
-    """A local path for a `file://` URI or a plain path; other schemes are not fetched here."""
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if "://" in uri:
-        raise DataDigestMismatch(f"data URI {uri} is not local; download it and use its path")
-    return Path(uri)
+    """A local path for a `file://` URI or a plain path."""
+    if is_remote(uri):
+        raise DataDigestMismatch(f"data URI {uri} is not a local file")
+    return Path(uri.removeprefix("file://"))
+
+
+def cache_folder() -> Path:
+    """Where remote files are kept under their digest ($CROWDML_CACHE, or ~/.cache/crowdml)."""
+    return Path(os.environ.get("CROWDML_CACHE", Path.home() / ".cache" / "crowdml")) / "by-digest"
+
+
+def _as_digest(digest: str | bytes) -> bytes:
+    return digest if isinstance(digest, bytes) else bytes.fromhex(digest.removeprefix("0x"))
+
+
+def _fetch(uri: str, expected: bytes) -> bytes:
+    """A remote file's bytes, from the content-addressed cache or else through fsspec.
+
+    Only bytes that match the digest are cached, so a cached file is always the requester's;
+    the job's child process then finds it there without downloading again.
+    """
+    cached = cache_folder() / expected.hex()
+    if cached.is_file():
+        return cached.read_bytes()
+    import fsspec
+
+    try:
+        with fsspec.open(uri, "rb") as f:
+            data = f.read()
+    except Exception as exc:  # fsspec backends raise their own errors; the message says which
+        raise DataDigestMismatch(f"cannot fetch {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if keccak_digest(data) == expected:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        partial.replace(cached)
+    return data
 
 
 def read_verified(uri: str, expected_digest: str | bytes) -> bytes:
-    """The file's bytes, after checking their keccak256 against `expected_digest`."""
-    path = local_path(uri)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataDigestMismatch(f"cannot read {path}: {exc.strerror}") from None
-    expected = expected_digest if isinstance(expected_digest, bytes) else bytes.fromhex(
-        expected_digest.removeprefix("0x")
-    )
+    """The file's bytes, after checking their keccak256 against `expected_digest`.
+
+    `uri` is a local path, a `file://` URI, or any fsspec URL (https://, s3://, gs://, …).
+    """
+    expected = _as_digest(expected_digest)
+    if is_remote(uri):
+        data = _fetch(uri, expected)
+    else:
+        path = local_path(uri)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataDigestMismatch(f"cannot read {path}: {exc.strerror}") from None
     actual = keccak_digest(data)
     if actual != expected:
         raise DataDigestMismatch(
-            f"{path} has keccak256 0x{actual.hex()}, the spec expects 0x{expected.hex()}; "
+            f"{uri} has keccak256 0x{actual.hex()}, the spec expects 0x{expected.hex()}; "
             "fetch the requester's file again"
         )
     return data

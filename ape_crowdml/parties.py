@@ -19,8 +19,7 @@ from pathlib import Path
 from .artifacts import ArtifactStore
 from .board import Board, Phase, TaskInfo, WorkerStatus, coin_hash, commitment, hex32
 from .config import CrowdmlConfig, crowdml_config
-from .data import local_path
-from .digest import file_digest
+from .data import read_verified
 from .errors import BoardNotConfigured, DataDigestMismatch, MissingSecret, SpecError, TaskRejected
 from .policy import check_policy
 from .spec import JobSpec, load_spec, parse_spec
@@ -133,12 +132,8 @@ class Requester(Party):
         the board derives the coin from the block that fills the roster.
         """
         spec = as_spec(spec)
-        data_file = local_path(spec.data_uri)
-        if not data_file.is_file():
-            raise DataDigestMismatch(f"data file {data_file} named by the spec does not exist")
-        if "0x" + file_digest(data_file).hex() != spec.data_digest:
-            raise DataDigestMismatch(f"{data_file} does not match the spec's data digest "
-                                     f"{spec.data_digest}; rebuild the spec")
+        # Workers fetch the data from the spec's URI: check it serves the spec's bytes.
+        read_verified(spec.data_uri, spec.data_digest)
         # Workers look specs up by digest in their configured store and the spec's own.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
@@ -174,7 +169,6 @@ class Worker(Party):
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
         spec and data digests, this machine's environment, and the canary if the spec has one."""
-        from .data import read_verified
         from .profile import check_environment
         from .runner import check_canary
 

@@ -44,7 +44,7 @@ class JobSpec(BaseModel):
     job: str  # path of the job file (relative paths resolve against the working directory)
     job_digest: Bytes32Hex  # keccak256 of the job file's bytes
     hparams: dict[str, Any]
-    data_uri: str  # local path or file:// URI of the .npz dataset
+    data_uri: str  # where workers get the .npz dataset: a local path, file:// or any fsspec URL
     data_digest: Bytes32Hex  # keccak256 of the dataset file's bytes
     profile: Profile
     canary: Canary | None = None
@@ -95,8 +95,13 @@ def make_spec(
     profile: str | Profile = "cpu-exact",
     canary: Canary | None = None,
     store: str | None = None,
+    data_uri: str | None = None,
 ) -> JobSpec:
-    """Build a spec, computing the job-source and data digests from the files."""
+    """Build a spec, computing the job-source and data digests from the files.
+
+    `data_uri` is where workers fetch the data (e.g. https://… or s3://…); the digest is
+    computed from the local copy `data_path`, which defaults to being that location too.
+    """
     for kind, path in (("job file", job), ("data file", data_path)):
         if not Path(path).is_file():
             raise SpecError(f"{kind} {path} does not exist")
@@ -104,7 +109,7 @@ def make_spec(
         job=str(job),
         job_digest="0x" + file_digest(job).hex(),
         hparams=hparams,
-        data_uri=str(data_path),
+        data_uri=data_uri or str(data_path),
         data_digest="0x" + file_digest(data_path).hex(),
         profile=profile if isinstance(profile, Profile) else get_profile(profile),
         canary=canary,
