@@ -75,6 +75,7 @@ event Published:
     commit_blocks: uint256
     reveal_blocks: uint256
     coin_hash: bytes32
+    trivial: DynArray[bytes32, MAX_TRIVIAL]
 
 
 # @dev A worker locked its deposit; `joined` is the roster size after it.
@@ -243,7 +244,7 @@ _seats: HashMap[uint256, HashMap[address, uint256]]
 @deploy
 def __init__(forfeit_sink: address):
     """
-    @param forfeit_sink Receives forfeited deposits; must not be a party to tasks.
+    @param forfeit_sink Receives forfeited deposits; it may neither publish nor join.
     """
     assert forfeit_sink != empty(address), "sink is the zero address"
     FORFEIT_SINK = forfeit_sink
@@ -279,6 +280,7 @@ def publish(
     @param trivial Extra common-knowledge wrong results (E_ck) to treat as failures.
     @return The new task id.
     """
+    assert msg.sender != FORFEIT_SINK, "the sink cannot take part"
     assert msg.value > 0, "reward must be positive"
     assert msg.value <= MAX_AMOUNT, "reward too large"
     assert workers >= MIN_WORKERS, "need at least 2 workers"
@@ -323,6 +325,7 @@ def publish(
         commit_blocks=commit_blocks,
         reveal_blocks=reveal_blocks,
         coin_hash=coin_hash,
+        trivial=trivial,
     )
     return task_id
 
@@ -336,13 +339,16 @@ def join(task_id: uint256):
     """
     @notice Take a seat on the task's roster by locking exactly its deposit.
     @dev The join that fills the roster fixes a chain coin when the requester
-         committed none: prevrandao mixed with the task id and the block, which
-         workers cannot steer (a block proposer can only withhold its block).
+         committed none: prevrandao mixed with the task id and the block. Nobody
+         can predict it at publish, but the block's proposer, and a filling
+         worker that times its join, can bias it; a requester coin (which is
+         mixed with the chain's) removes that.
     @param task_id The task to join.
     """
     p: Progress = self._load_known(task_id)
     assert p.stage == convert(PHASE_JOINING, uint256), "not open for joining"
     assert block.number <= p.stage_start + p.join_blocks, "join window closed"
+    assert msg.sender != FORFEIT_SINK, "the sink cannot take part"
     assert msg.value == self._amounts[task_id] & MAX_AMOUNT, "wrong deposit"
     assert self._seats[task_id][msg.sender] == SEAT_EMPTY, "already joined"
 
@@ -365,6 +371,11 @@ def join(task_id: uint256):
 def release_coin(task_id: uint256, coin: bytes32, salt: bytes32):
     """
     @notice Open the requester's coin commitment; starts the commit window.
+    @dev The task's coin is the requester's mixed with prevrandao and the task
+         id. The requester alone knows its coin at publish, when it also names
+         E_ck: unmixed, it could list the true result as trivial and take the
+         work while every honest worker forfeits. Mixed, neither the requester
+         nor the block proposer alone can predict or choose the coin.
     @param task_id The task whose roster is full.
     @param coin The coin committed at publish.
     @param salt The salt committed with it.
@@ -377,7 +388,8 @@ def release_coin(task_id: uint256, coin: bytes32, salt: bytes32):
 
     p.stage = convert(STAGE_WORKING, uint256)
     p.stage_start = block.number
-    self._fix_coin(task_id, coin, False, p.stage_start + p.commit_blocks)
+    mixed: bytes32 = keccak256(abi_encode(coin, block.prevrandao, task_id))
+    self._fix_coin(task_id, mixed, False, p.stage_start + p.commit_blocks)
     self._save(task_id, p)
 
 

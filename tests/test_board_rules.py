@@ -30,32 +30,53 @@ def full_task(board, requester, pair):
 
 
 def commit_true(board, task_id, worker):
-    board.commit(task_id, board.commitment_of(TRUE_RESULT, salt_for(worker), worker, task_id), sender=worker)
+    return board.commit(task_id, board.commitment_of(TRUE_RESULT, salt_for(worker), worker, task_id), sender=worker)
 
 
 # ---------------------------------------------------------------- publish
 
 
+TERMS = dict(workers=2, deposit=DEPOSIT, join_blocks=WINDOW, commit_blocks=WINDOW, reveal_blocks=WINDOW)
+
+
 @pytest.mark.parametrize(
-    "kwargs,reason",
+    "change,reason",
     [
-        (dict(reward=0), "reward must be positive"),
+        (dict(value=0), "reward must be positive"),
         (dict(workers=1), "need at least 2 workers"),
         (dict(workers=1025), "too many workers"),
         (dict(deposit=0), "deposit must be positive"),
         (dict(deposit=DEPOSIT + 1), "deposit must be even"),
-        (dict(window=0), "windows must be positive"),
-        (dict(window=2**24), "window too long"),
+        (dict(join_blocks=0), "windows must be positive"),
+        (dict(commit_blocks=0), "windows must be positive"),
+        (dict(reveal_blocks=0), "windows must be positive"),
+        (dict(join_blocks=2**24), "window too long"),
+        (dict(commit_blocks=2**24), "window too long"),
+        (dict(reveal_blocks=2**24), "window too long"),
     ],
 )
-def test_publish_rejects_bad_terms(board, requester, kwargs, reason):
+def test_publish_rejects_bad_terms(board, requester, change, reason):
+    terms = {**TERMS, "value": REWARD, **change}
+    value = terms.pop("value")
     with ape.reverts(reason):
-        publish(board, requester, **kwargs)
+        board.publish(SPEC, DATA, *terms.values(), ZERO, [], value=value, sender=requester)
     assert board.balance == 0
 
 
+def test_the_sink_cannot_take_part(board, requester, sink):
+    with ape.reverts("the sink cannot take part"):
+        publish(board, sink)
+    task_id = publish(board, requester)
+    with ape.reverts("the sink cannot take part"):
+        board.join(task_id, value=DEPOSIT, sender=sink)
+
+
 def test_publish_records_terms(board, requester):
-    task_id = publish(board, requester, workers=3, trivial=[keccak(b"all zeros model")])
+    receipt = board.publish(SPEC, DATA, 3, DEPOSIT, WINDOW, WINDOW, WINDOW, ZERO, [keccak(b"all zeros model")],
+                            value=REWARD, sender=requester)
+    event = receipt.decode_logs(board.Published)[0]
+    task_id = event.task_id
+    assert list(event.trivial) == [keccak(b"all zeros model")]
     t = board.task(task_id)
     assert (t.requester, t.spec, t.data, t.reward, t.deposit, t.workers) == (requester.address, SPEC, DATA, REWARD, DEPOSIT, 3)
     assert t.phase == JOINING and t.joined == 0
@@ -80,11 +101,56 @@ def test_join_rules(board, requester, workers, chain):
         board.join(task_id, value=DEPOSIT, sender=workers[2])
 
 
-def test_join_window_closes(board, requester, workers, chain):
-    task_id = publish(board, requester)
-    chain.mine(WINDOW + 1)
+def mine_to(chain, block):
+    """Mine so that the next transaction lands in `block`."""
+    chain.mine(block - chain.blocks.head.number - 1)
+
+
+def test_windows_end_exactly_at_their_deadline(board, requester, workers, chain):
+    """Each window's last block is the one `deadline()` names: a call there succeeds and
+    one block later it reverts."""
+    late, crew = workers[3], workers[:3]
+    task_id = publish(board, requester, workers=3)
+    board.join(task_id, value=DEPOSIT, sender=crew[0])
+    board.join(task_id, value=DEPOSIT, sender=crew[1])
+    deadline = board.deadline(task_id)
+    mine_to(chain, deadline)
+    filling = board.join(task_id, value=DEPOSIT, sender=crew[2])
+    assert filling.block_number == deadline
+
+    deadline = board.deadline(task_id)
+    assert deadline == filling.block_number + WINDOW
+    commit_true(board, task_id, crew[0])
+    mine_to(chain, deadline)
+    assert commit_true(board, task_id, crew[1]).block_number == deadline
+    with ape.reverts("commit window closed"):
+        commit_true(board, task_id, crew[2])
+
+    deadline = board.deadline(task_id)  # the reveal window opened when the commit window closed
+    assert deadline == filling.block_number + 2 * WINDOW
+    mine_to(chain, deadline)
+    receipt = board.reveal(task_id, TRUE_RESULT, salt_for(crew[0]), sender=crew[0])
+    assert receipt.block_number == deadline
+    with ape.reverts("reveal window closed"):
+        board.reveal(task_id, TRUE_RESULT, salt_for(crew[1]), sender=crew[1])
+    assert board.phase(task_id) == SETTLEABLE
+
+    short = publish(board, requester)
+    board.join(short, value=DEPOSIT, sender=crew[0])
+    mine_to(chain, board.deadline(short) + 1)
     with ape.reverts("join window closed"):
-        board.join(task_id, value=DEPOSIT, sender=workers[0])
+        board.join(short, value=DEPOSIT, sender=late)
+
+
+def test_reveal_window_opens_when_the_last_worker_commits(board, pair, full_task, chain):
+    commit_true(board, full_task, pair[0])
+    last = commit_true(board, full_task, pair[1])
+    assert board.phase(full_task) == REVEAL
+    assert board.deadline(full_task) == last.block_number + WINDOW
+    mine_to(chain, last.block_number + WINDOW)
+    board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])
+    with ape.reverts("reveal window closed"):
+        board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1])
 
 
 def test_chain_coin_is_fixed_by_the_filling_join(board, requester, pair):
@@ -127,9 +193,31 @@ def test_requester_coin_release(board, requester, pair):
     with ape.reverts("coin does not match"):
         board.release_coin(task_id, keccak(b"another coin"), COIN_SALT, sender=requester)
     receipt = board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
-    assert receipt.decode_logs(board.CoinFixed)[0].coin == COIN
-    assert board.coin_of(task_id) == COIN
+    fixed = receipt.decode_logs(board.CoinFixed)[0]
+    assert not fixed.from_chain and fixed.coin not in (COIN, ZERO)  # mixed with the chain's
+    assert board.coin_of(task_id) == fixed.coin
     assert board.phase(task_id) == COMMIT
+
+
+def test_requester_cannot_blacklist_the_result_of_its_own_coin(board, requester, pair):
+    """The requester knows its coin at publish. Were the task's coin its coin, it could list
+    the true result in E_ck, get the work, and have every honest worker forfeit."""
+
+    def true_result(coin):  # stands in for the job: a function of the coin
+        return keccak(b"trained with " + coin)
+
+    task_id = publish(board, requester, coin_hash=COIN_HASH, trivial=[true_result(COIN)])
+    for w in pair:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
+    result = true_result(board.coin_of(task_id))
+    assert not board.is_trivial(task_id, result)
+    for w in pair:
+        board.commit(task_id, board.commitment_of(result, salt_for(w), w, task_id), sender=w)
+    for w in pair:
+        board.reveal(task_id, result, salt_for(w), sender=w)
+    board.settle(task_id, sender=requester)
+    assert board.phase(task_id) == AGREED
 
 
 def test_withheld_coin_pays_workers_their_share(board, requester, pair, chain):
