@@ -100,8 +100,8 @@ def cli():
 
 
 @connected()
-@click.option("--sink", metavar="ADDRESS", help="Where forfeited deposits go: an address no party controls "
-              "(required on a live network; on a local chain the deploying account).")
+@click.option("--sink", metavar="ADDRESS", required=True,
+              help="Where forfeited deposits go: an address that will never publish or join.")
 def deploy(account, board_address, sink):
     """Deploy a task board and remember it for this chain."""
     from ape_crowdml.parties import deploy_board

@@ -20,6 +20,8 @@ from .board import Phase, WorkerStatus, on_local_network
 from .errors import CrowdmlError
 from .parties import Worker
 
+WORK = "work"  # `_advance`'s answer when the task's job is due
+
 
 class Agent:
     def __init__(self, worker: Worker, *, mine_when_idle: bool | None = None,
@@ -30,7 +32,6 @@ class Agent:
         self.mine_when_idle = on_local_network() if mine_when_idle is None else mine_when_idle
         self._next_block = self.board.start_block
         self._watching: set[int] = set()
-        self._refused: set[int] = set()
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -43,17 +44,44 @@ class Agent:
         self._next_block = head + 1
 
     def step(self) -> bool:
-        """Advance every watched task by at most one action; True if anything was sent."""
+        """Advance every watched task by at most one action; True if anything was sent.
+
+        The actions bound to a deadline (join, reveal, settle, abort, claim) go first for
+        every task; then at most one job runs. A long job can hold up the agent, but never
+        between a task's reveal phase opening and its reveal.
+        """
         self._discover()
         acted = False
+        ready_to_work = []
         for task_id in sorted(self._watching):
-            try:
-                acted |= self._advance(task_id)
-            except CrowdmlError as exc:
-                self.log(f"task {task_id}: {exc}")
+            outcome = self._guarded(self._advance, task_id)
+            if outcome is WORK:
+                ready_to_work.append(task_id)
+            else:
+                acted |= bool(outcome)
+        if ready_to_work:
+            acted |= bool(self._guarded(self._work, ready_to_work[0]))
         return acted
 
-    def _advance(self, task_id: int) -> bool:
+    def _guarded(self, action, task_id: int):
+        # A long-running worker must outlive one task's trouble, a node's hiccup included:
+        # log it and carry on, so that the other tasks' reveals are not missed.
+        try:
+            return action(task_id)
+        except CrowdmlError as exc:
+            self.log(f"task {task_id}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self.log(f"task {task_id}: {type(exc).__name__}: {text}")
+        return False
+
+    def _work(self, task_id: int) -> bool:
+        digest = self.worker.work(task_id)
+        self.log(f"task {task_id}: committed to 0x{digest.hex()}")
+        return True
+
+    def _advance(self, task_id: int):
+        """Send the task's next deadline-bound action; WORK when its job is due instead."""
         worker, me = self.worker, self.worker.account.address
         phase = self.board.phase(task_id)
         status = self.board.worker_status(task_id, me)
@@ -65,7 +93,6 @@ class Agent:
                 worker.join(task_id)
             except CrowdmlError as exc:
                 self._watching.discard(task_id)
-                self._refused.add(task_id)
                 self.log(f"task {task_id}: not joining: {exc}")
                 return False
             self.log(f"task {task_id}: joined")
@@ -78,9 +105,7 @@ class Agent:
             self.log(f"task {task_id}: window closed, {worker.board.abort(worker.account, task_id).label}")
             return True
         if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
-            digest = worker.work(task_id)
-            self.log(f"task {task_id}: committed to 0x{digest.hex()}")
-            return True
+            return WORK
         if status == WorkerStatus.COMMITTED and phase == Phase.REVEAL:
             digest = worker.reveal(task_id)
             self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")

@@ -152,21 +152,16 @@ class Board:
         return f"<Board {self.address}>"
 
     @classmethod
-    def deploy(cls, sender, sink: str | None = None) -> Board:
-        """Deploy a board whose forfeited deposits go to `sink` (default: the sender).
+    def deploy(cls, sender, sink: str) -> Board:
+        """Deploy a board whose forfeited deposits go to `sink`.
 
-        A sink other than any party of a task is the point (see TaskBoard.vy): a requester
-        that is also the sink would profit from sabotage. So the default is refused on a live
-        network, where it would be a real account.
+        The sink may neither publish nor join (the board refuses it): a requester that
+        collected forfeits would profit from sabotaging its own task.
         """
         from ape import chain
 
-        if sink is None and not on_local_network():
-            raise TaskRejected("name a forfeit sink (--sink) that no requester or worker "
-                               "controls; the deploying account is a default for local chains only")
-
         with transaction("deploy"):
-            contract = taskboard_container().deploy(sink or sender.address, sender=sender)
+            contract = taskboard_container().deploy(sink, sender=sender)
         # The head is at or after the deployment block, and the board has no events yet.
         return cls(contract.address, start_block=chain.blocks.head.number)
 
@@ -221,6 +216,13 @@ class Board:
     def _events(self, event: str, task_id: int):
         return getattr(self.contract, event).range(
             self.start_block, self.head + 1, search_topics={"task_id": task_id})
+
+    def common_knowledge(self, task_id: int) -> set[bytes]:
+        """E_ck: the results the board counts as no submission — the empty digest, the
+        task's spec and data digests, and the list published with it."""
+        task = self.task(task_id)
+        listed = [bytes(d) for log in self._events("Published", task_id) for d in log.trivial]
+        return {b"\x00" * 32, task.spec, task.data, *listed}
 
     def roster(self, task_id: int) -> list[str]:
         """Workers in joining order."""

@@ -55,7 +55,7 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         "in ape-config.yaml, pass --board, or run `ape crowdml deploy`")
 
 
-def deploy_board(account, sink: str | None = None, *, config: CrowdmlConfig | None = None,
+def deploy_board(account, sink: str, *, config: CrowdmlConfig | None = None,
                  store: Store | None = None) -> Board:
     """Deploy a board and remember it for this chain, so later commands find it."""
     config = config or crowdml_config()
@@ -150,7 +150,7 @@ class Requester(Party):
             trivial=trivial)
 
     def release_coin(self, task_id: int) -> bytes:
-        """Open the stored coin once the roster is full; returns the coin."""
+        """Open the stored coin once the roster is full; returns the task's coin."""
         task = self.board.task(task_id)
         opening = self.store.coin(self.board.chain_id, self.board.address, task.coin_hash)
         if task.coin_hash == NO_COIN:
@@ -159,7 +159,7 @@ class Requester(Party):
             raise MissingSecret(f"no stored coin opening for task {task_id} in "
                                 f"{self.store.path}; it cannot be released")
         self.board.release_coin(self.account, task_id, opening.coin, opening.salt)
-        return opening.coin
+        return self.board.coin(task_id)  # the board mixes the opening with the chain's
 
     def abort(self, task_id: int) -> Phase:
         return self.board.abort(self.account, task_id)
@@ -217,6 +217,11 @@ class Worker(Party):
         """Store a fresh salt with `result`, THEN commit. `work` calls this with the job's
         result; calling it directly commits anything (the demo's junk worker does)."""
         task = self.board.task(task_id)
+        # Never replace a stored opening once a commitment is on chain: it is the only one.
+        self._require_status(task_id, WorkerStatus.JOINED, "commit to")
+        if result in self.board.common_knowledge(task_id):
+            raise TaskRejected(f"result 0x{result.hex()} is in task {task_id}'s common-knowledge "
+                               "set E_ck: revealing it would forfeit the whole deposit")
         stored = self.store.result(*self._key(task_id))
         coin = self.board.coin(task_id)
         if not (stored and stored.result == result and stored.coin == coin):
@@ -234,8 +239,10 @@ class Worker(Party):
             raise MissingSecret(f"no stored salt for task {task_id} and {self.account.address} "
                                 f"in {self.store.path}; the commitment cannot be opened")
         self._require_status(task_id, WorkerStatus.COMMITTED, "reveal for")
-        self.board.reveal(self.account, task_id, stored.result, stored.salt)
-        ArtifactStore(stored.artifact_store).put(stored.artifact)
+        receipt = self.board.reveal(self.account, task_id, stored.result, stored.salt)
+        # A result the board judged trivial earns nothing: the requester gets no artifact.
+        if not receipt.decode_logs(self.board.contract.Revealed)[0].trivial:
+            ArtifactStore(stored.artifact_store).put(stored.artifact)
         return stored.result
 
     def _require_status(self, task_id: int, status: WorkerStatus, action: str) -> None:

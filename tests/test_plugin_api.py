@@ -6,9 +6,10 @@ import sys
 
 import pytest
 
-from ape_crowdml.board import Phase, WorkerStatus
+from ape_crowdml.agent import Agent
+from ape_crowdml.board import Phase, WorkerStatus, commitment
 from ape_crowdml.config import CrowdmlConfig
-from ape_crowdml.errors import MissingSecret, PolicyRefused, SpecError
+from ape_crowdml.errors import MissingSecret, PolicyRefused, SpecError, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board, find_board
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 
@@ -79,12 +80,80 @@ def test_salt_is_on_disk_before_commit_is_sent(board, accounts, config, tmp_path
     assert board.worker_status(task, accounts[1].address) == WorkerStatus.COMMITTED
 
 
-def test_reveal_without_stored_salt_is_refused(board, accounts, config, tmp_path):
-    spec = tiny_spec_file(tmp_path)
+def two_worker_task(board, accounts, config, tmp_path):
+    """A chain-coin task whose roster (accounts 1 and 2) is full: the commit phase is open."""
     task = Requester(board, accounts[0], config=config).publish(
-        spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)
+    board.join(accounts[1], task)
+    board.join(accounts[2], task)
+    return task
+
+
+def test_reveal_without_stored_salt_is_refused(board, accounts, config, tmp_path):
+    task = two_worker_task(board, accounts, config, tmp_path)
+    Worker(board, accounts[1], config=config).commit_result(task, b"\x11" * 32, b"artifact")
+    machine_lost_its_state = isolated_config(tmp_path / "new-machine")
     with pytest.raises(MissingSecret, match="no stored salt for task"):
-        Worker(board, accounts[1], config=config).reveal(task)
+        Worker(board, accounts[1], config=machine_lost_its_state).reveal(task)
+
+
+def test_a_trivial_result_is_never_committed(board, accounts, config, tmp_path):
+    task = two_worker_task(board, accounts, config, tmp_path)
+    worker = Worker(board, accounts[1], config=config)
+    with pytest.raises(TaskRejected, match="common-knowledge set E_ck"):
+        worker.commit_result(task, board.task(task).spec, b"artifact")
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED
+    assert worker.store.result(board.chain_id, board.address, task, accounts[1].address) is None
+
+
+def test_a_committed_opening_is_never_replaced(board, accounts, config, tmp_path):
+    task = two_worker_task(board, accounts, config, tmp_path)
+    worker = Worker(board, accounts[1], config=config)
+    worker.commit_result(task, b"\x11" * 32, b"artifact")
+    key = (board.chain_id, board.address, task, accounts[1].address)
+    opening = worker.store.result(*key)
+    with pytest.raises(TaskRejected, match="is committed, not joined"):
+        worker.commit_result(task, b"\x22" * 32, b"other artifact")
+    assert worker.store.result(*key) == opening
+
+
+def test_agent_reveals_before_it_starts_another_job(board, accounts, config, tmp_path, monkeypatch):
+    waiting = two_worker_task(board, accounts, config, tmp_path / "b")  # the lower id
+    revealing = two_worker_task(board, accounts, config, tmp_path / "a")
+    me = Worker(board, accounts[1], config=config)
+    me.commit_result(revealing, b"\x11" * 32, b"artifact")
+    board.commit(accounts[2], revealing, commitment(b"\x11" * 32, b"\x01" * 32, accounts[2].address, revealing))
+    assert board.phase(revealing) == Phase.REVEAL and board.phase(waiting) == Phase.COMMIT
+
+    started = []
+
+    def work(task_id):
+        started.append((task_id, board.worker_status(revealing, accounts[1].address)))
+        return b"\x33" * 32
+
+    monkeypatch.setattr(me, "work", work)
+    agent = Agent(me, mine_when_idle=False, log=lambda line: None)
+    assert agent.step()
+    assert started == [(waiting, WorkerStatus.REVEALED)]
+
+
+def test_agent_outlives_a_failing_node_call(board, accounts, config, tmp_path, monkeypatch):
+    broken = two_worker_task(board, accounts, config, tmp_path / "a")
+    other = two_worker_task(board, accounts, config, tmp_path / "b")
+    me = Worker(board, accounts[1], config=config)
+    phase = type(board).phase
+
+    def flaky_phase(self, task_id):
+        if task_id == broken:
+            raise ConnectionError("node went away")
+        return phase(self, task_id)
+
+    monkeypatch.setattr(type(board), "phase", flaky_phase)
+    monkeypatch.setattr(me, "work", lambda task_id: started.append(task_id) or b"\x33" * 32)
+    started, lines = [], []
+    Agent(me, mine_when_idle=False, log=lines.append).step()
+    assert started == [other]
+    assert f"task {broken}: ConnectionError: node went away" in lines
 
 
 def test_job_outside_the_allowlist_is_refused_before_deposit(board, accounts, config, tmp_path):
@@ -118,10 +187,3 @@ def test_starting_ape_with_the_plugin_does_not_import_jax(project):
                          cwd=project.path, check=True).stdout.split()
     assert out == ["0", "False", "False"]
 
-
-def test_live_network_deploy_needs_a_sink(accounts, monkeypatch):
-    from ape_crowdml import board as board_module
-
-    monkeypatch.setattr(board_module, "on_local_network", lambda: False)
-    with pytest.raises(board_module.TaskRejected, match="forfeit sink"):
-        board_module.Board.deploy(accounts[0])
