@@ -254,25 +254,36 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
 @click.option("--data-uri", metavar="URL",
               help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")
+@click.option("--canary", "canary_hparams", metavar="JSON",
+              help="Add a canary: hyperparameter overrides for a tiny run (e.g. '{\"epochs\": 1}') "
+                   "whose digest, computed here, workers must reproduce before committing.")
 @click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
               show_default=True)
-def make_spec(job, data, hparams, profile, store, data_uri, digits, out):
+def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, digits, out):
     """Write a job spec for JOB on DATA (computes both digests); prints its digest."""
     import json
 
     from ape_crowdml.errors import SpecError
     from ape_crowdml.spec import make_spec as build, save_spec
 
-    try:
-        parsed = json.loads(hparams)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"--hparams is not JSON: {exc.msg}") from None
+    def parse(option, text):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"{option} is not JSON: {exc.msg}") from None
+
+    parsed = parse("--hparams", hparams)
     if digits:
         from ape_crowdml.data import export_digits
 
         export_digits(data)
     spec = build(job, data, parsed, profile=profile, store=store, data_uri=data_uri)
+    if canary_hparams is not None:
+        from ape_crowdml.runner import with_canary
+
+        # A fixed, public coin: the canary checks the machine, not the worker's honesty.
+        spec = with_canary(spec, bytes(32), parse("--canary", canary_hparams))
     save_spec(spec, out)
     click.echo(f"{out}: spec 0x{spec.digest().hex()}")
 

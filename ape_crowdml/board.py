@@ -317,24 +317,6 @@ class Board:
             if bar:
                 bar.close()
 
-    def wait_past_deadline(self, task_id: int, progress: bool = False) -> None:
-        """Let the current phase's window close (its deadline is its last block)."""
-        task = self.task(task_id)
-        if task.deadline:
-            self.wait_until_block(task.deadline + 1, f"task {task_id}: {task.phase.label} window",
-                                  progress)
-
-    def wait_for_phase(self, task_id: int, phases: set[Phase], timeout: float | None = None,
-                       poll_seconds: float = 1.0) -> Phase:
-        """Poll until the task reaches one of `phases` (other parties must act)."""
-        started = time.monotonic()
-        while (phase := self.phase(task_id)) not in phases:
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise TaskRejected(f"task {task_id} still in phase {phase.label} after "
-                                   f"{timeout:.0f} s")
-            time.sleep(poll_seconds)
-        return phase
-
 
 class _BlockBar:
     def __init__(self, description: str, start: int, target: int):

@@ -77,3 +77,24 @@ def test_make_spec_writes_what_publish_reads(state):
     spec = load_spec(state / "made.json")
     assert result.output.strip() == f"{state / 'made.json'}: spec 0x{spec.digest().hex()}"
     assert spec.hparams == {"epochs": 1} and spec.job == "jobs/train_classifier.py"
+
+
+def test_make_spec_with_a_canary_that_workers_reproduce(state):
+    from ape_crowdml.runner import check_canary
+
+    result = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--digits", "--hparams", '{"epochs": 2, "hidden": [16]}', "--canary", '{"epochs": 1}',
+        "--out", str(state / "made.json")])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(state / "made.json")
+    assert spec.canary.hparams == {"epochs": 1} and spec.canary.coin == "0x" + "00" * 32
+    assert check_canary(spec).digest.hex() == spec.canary.digest[2:]
+
+
+def test_make_spec_rejects_a_malformed_canary(state):
+    result = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--digits", "--canary", "{epochs", "--out", str(state / "made.json")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: --canary is not JSON: Expecting property name enclosed in double quotes"]
