@@ -1,8 +1,10 @@
-"""`ape crowdml demo`: two rounds of a training task on a local chain, told as it happens.
+"""`ape crowdml demo`: a training task played three ways on a local chain, told as it happens.
 
 Round 1: three honest workers train the same MLP on the digits set with the requester's coin,
 agree on one digest and share the reward. Round 2: one worker reveals junk instead; the results
 differ, so every worker gets only half its deposit back and the requester keeps its reward.
+Round 3, the paper's other instance: the requester has round 1's model evaluated on a
+coin-chosen test subset and reads its precision off the agreed correctness bitstring.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .parties import Requester, Worker, deploy_board
 from .render import short, wei
 from .store import Store
 
-DEMO_HPARAMS = {"hidden": [32], "epochs": 3, "batch_size": 64}
+DEMO_HPARAMS = {"hidden": [32], "epochs": 10, "batch_size": 64}
+EVALUATED_SAMPLES = 200
 REWARD = 3 * 10**16
 DEPOSIT = 2 * 10**16
 WORKERS = 3
@@ -61,7 +64,7 @@ def _payouts(board: Board, task_id: int, parties: dict[str, object], stakes: dic
 
 
 def _play_round(console: Console, board: Board, requester: Requester, workers: dict[str, Worker],
-                spec_file: Path, junk_worker: str | None) -> None:
+                spec_file: Path, junk_worker: str | None) -> int:
     timeline = Timeline(board)
     task = requester.publish(spec_file, reward=REWARD, deposit=DEPOSIT, workers=len(workers))
     timeline.add("requester", f"publishes task {task}: reward {wei(REWARD)}, deposit "
@@ -75,11 +78,11 @@ def _play_round(console: Console, board: Board, requester: Requester, workers: d
     for name, worker in workers.items():
         if name == junk_worker:
             worker.commit_result(task, keccak_of_junk(), JUNK)
-            timeline.add(name, "commits to junk without training")
+            timeline.add(name, "commits to junk without running the job")
             continue
-        console.print(f"[bold]{name}[/] trains with coin {short(coin)}")
+        console.print(f"[bold]{name}[/] runs the job with coin {short(coin)}")
         digest = worker.work(task, progress=True)
-        timeline.add(name, f"trains, stores salt, commits to {short(digest)}")
+        timeline.add(name, f"runs the job, stores salt, commits to {short(digest)}")
     for name, worker in workers.items():
         digest = worker.reveal(task)
         timeline.add(name, f"reveals {short(digest)}")
@@ -102,12 +105,17 @@ def _play_round(console: Console, board: Board, requester: Requester, workers: d
     for name, worker in workers.items():
         digests.add_row(f"{name} revealed", hex32(reveals[worker.account.address][0]))
     if outcome.name == "AGREED":
-        params = requester.fetch(task)
-        kernel = params["params"]["Dense_0"]["kernel"]
-        digests.add_row("fetched model", f"verified; Dense_0 kernel {kernel.shape}")
+        result = requester.fetch(task)
+        if isinstance(result, dict):
+            kernel = result["params"]["Dense_0"]["kernel"]
+            digests.add_row("fetched model", f"verified; Dense_0 kernel {kernel.shape}")
+        else:
+            digests.add_row("fetched bitstring", f"verified; {int(result.sum())} of {len(result)} "
+                                                 f"right: precision {result.mean():.1%}")
     console.print(digests)
     stakes = {"requester": REWARD, **{name: DEPOSIT for name in workers}}
     console.print(_payouts(board, task, parties, stakes))
+    return task
 
 
 def keccak_of_junk() -> bytes:
@@ -150,7 +158,16 @@ def run_demo(console: Console | None = None) -> None:
         workers = {f"worker {i}": Worker(board, test[i], config=config, store=store)
                    for i in range(1, WORKERS + 1)}
         console.rule("round 1: three honest workers")
-        _play_round(console, board, requester, workers, spec_file, junk_worker=None)
+        trained = _play_round(console, board, requester, workers, spec_file, junk_worker=None)
         console.rule("round 2: worker 3 reveals junk")
         _play_round(console, board, requester, workers, spec_file, junk_worker="worker 3")
+
+        console.rule(f"round 3: evaluating round 1's model on {EVALUATED_SAMPLES} test samples")
+        model_file = Path(tmp) / "model.crowdml"
+        model_file.write_bytes(requester.fetch_bytes(trained))
+        evaluation = make_spec(config.jobs_folder / "evaluate_classifier.py", data_file, {
+            "model_uri": str(model_file), "model_digest": hex32(board.result(trained)),
+            "subset_size": EVALUATED_SAMPLES})
+        _play_round(console, board, requester, workers, save_spec(evaluation, Path(tmp) / "eval.json"),
+                    junk_worker=None)
         store.close()

@@ -19,6 +19,11 @@ def test_demo_pays_agreement_and_penalises_junk(networks, project):
     assert re.search(r"payouts \(agreed\)", out) and re.search(r"payouts \(disagreed\)", out)
     # Round 1: each of 3 workers nets reward/3 = 0.01 ETH; round 2: each loses d/2 = 0.01 ETH
     # and 3 × 0.01 ETH go to the sink.
-    round_1, round_2 = out.split("round 2")
+    round_1, rest = out.split("round 2")
+    round_2, round_3 = rest.split("round 3")
     assert round_1.count("+0.01 ETH") == 3 and "fetched model" in round_1
     assert round_2.count("-0.01 ETH") == 3 and re.search(r"forfeit sink.*\+0\.03 ETH", round_2)
+    # Round 3 evaluates round 1's model: the workers agree on its correctness bitstring.
+    assert re.search(r"payouts \(agreed\)", round_3) and round_3.count("+0.01 ETH") == 3
+    right = re.search(r"fetched bitstring.*verified; (\d+) of 200 right: precision ([\d.]+)%", round_3)
+    assert right and int(right[1]) > 160  # over 80 %: chance is 10 %
