@@ -13,14 +13,16 @@ per idle poll, standing in for a live chain's block time. On a live network it o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from .board import Phase, WorkerStatus, on_local_network
-from .errors import CrowdmlError
+from .errors import CrowdmlError, first_line
 from .parties import Worker
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
+logger = logging.getLogger(__name__)
 
 
 class Agent:
@@ -32,6 +34,7 @@ class Agent:
         self.mine_when_idle = on_local_network() if mine_when_idle is None else mine_when_idle
         self._next_block = self.board.start_block
         self._watching: set[int] = set()
+        self._given_up: set[int] = set()
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -47,8 +50,9 @@ class Agent:
         """Advance every watched task by at most one action; True if anything was sent.
 
         The actions bound to a deadline (join, reveal, settle, abort, claim) go first for
-        every task; then at most one job runs. A long job can hold up the agent, but never
-        between a task's reveal phase opening and its reveal.
+        every task; then at most one job runs, the one whose commit window closes first.
+        So reveals already due never wait behind a job; a reveal window that opens and
+        closes while a long job runs is still missed (see the README's known limits).
         """
         self._discover()
         acted = False
@@ -60,7 +64,8 @@ class Agent:
             else:
                 acted |= bool(outcome)
         if ready_to_work:
-            acted |= bool(self._guarded(self._work, ready_to_work[0]))
+            task_id = min(ready_to_work, key=lambda t: self.board.task(t).deadline)
+            acted |= bool(self._guarded(self._work, task_id))
         return acted
 
     def _guarded(self, action, task_id: int):
@@ -71,12 +76,18 @@ class Agent:
         except CrowdmlError as exc:
             self.log(f"task {task_id}: {exc}")
         except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            self.log(f"task {task_id}: {type(exc).__name__}: {text}")
+            logger.debug("agent step failed", exc_info=True)
+            self.log(f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
         return False
 
     def _work(self, task_id: int) -> bool:
-        digest = self.worker.work(task_id)
+        try:
+            digest = self.worker.work(task_id)
+        except CrowdmlError:
+            # Refusals (canary, E_ck, policy, data) repeat on every try: give the job up, so
+            # that it does not hold up the other tasks' jobs; the task is still followed.
+            self._given_up.add(task_id)
+            raise
         self.log(f"task {task_id}: committed to 0x{digest.hex()}")
         return True
 
@@ -105,7 +116,7 @@ class Agent:
             self.log(f"task {task_id}: window closed, {worker.board.abort(worker.account, task_id).label}")
             return True
         if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
-            return WORK
+            return False if task_id in self._given_up else WORK
         if status == WorkerStatus.COMMITTED and phase == Phase.REVEAL:
             digest = worker.reveal(task_id)
             self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")

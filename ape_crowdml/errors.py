@@ -48,3 +48,9 @@ class PolicyRefused(CrowdmlError):
 
 class ArtifactMissing(CrowdmlError):
     """The artifact store has no file for this digest, or the file does not match it."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type's name."""
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

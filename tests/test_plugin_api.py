@@ -9,7 +9,7 @@ import pytest
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase, WorkerStatus, commitment
 from ape_crowdml.config import CrowdmlConfig
-from ape_crowdml.errors import MissingSecret, PolicyRefused, SpecError, TaskRejected
+from ape_crowdml.errors import CanaryMismatch, MissingSecret, PolicyRefused, SpecError, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board, find_board
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 
@@ -187,3 +187,23 @@ def test_starting_ape_with_the_plugin_does_not_import_jax(project):
                          cwd=project.path, check=True).stdout.split()
     assert out == ["0", "False", "False"]
 
+
+
+def test_a_job_that_keeps_failing_does_not_hold_up_the_others(board, accounts, config, tmp_path,
+                                                              monkeypatch):
+    failing = two_worker_task(board, accounts, config, tmp_path / "a")  # its window closes first
+    other = two_worker_task(board, accounts, config, tmp_path / "b")
+    me = Worker(board, accounts[1], config=config)
+    started = []
+
+    def work(task_id):
+        started.append(task_id)
+        if task_id == failing:
+            raise CanaryMismatch("this machine does not reproduce the canary")
+        return b"\x33" * 32
+
+    monkeypatch.setattr(me, "work", work)
+    agent = Agent(me, mine_when_idle=False, log=lambda line: None)
+    for _ in range(3):
+        agent.step()
+    assert started[:2] == [failing, other] and started.count(failing) == 1
