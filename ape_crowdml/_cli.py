@@ -274,16 +274,20 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, digi
             raise SpecError(f"{option} is not JSON: {exc.msg}") from None
 
     parsed = parse("--hparams", hparams)
+    canary = None if canary_hparams is None else parse("--canary", canary_hparams)
     if digits:
         from ape_crowdml.data import export_digits
 
         export_digits(data)
-    spec = build(job, data, parsed, profile=profile, store=store, data_uri=data_uri)
-    if canary_hparams is not None:
+    spec = build(job, data, parsed, profile=profile, store=store)
+    if canary is not None:
         from ape_crowdml.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
-        spec = with_canary(spec, bytes(32), parse("--canary", canary_hparams))
+        # It runs on the local copy: the data need not be uploaded yet.
+        spec = with_canary(spec, bytes(32), canary)
+    if data_uri:
+        spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)
     click.echo(f"{out}: spec 0x{spec.digest().hex()}")
 

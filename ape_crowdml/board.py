@@ -8,7 +8,6 @@ node before its reveal.
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -18,7 +17,7 @@ from eth_abi import encode
 from eth_utils import to_checksum_address
 
 from .digest import keccak_digest
-from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask
+from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
 
 
 class Phase(IntEnum):
@@ -107,7 +106,7 @@ def transaction(action: str):
     except ContractLogicError as exc:
         raise TaskRejected(f"{action} refused by the board: {exc.message}") from None
     except (AccountsError, TransactionError) as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = first_line(exc)
         if "balance" in text.lower() or "funds" in text.lower():
             raise InsufficientFunds(f"{action}: insufficient funds ({text})") from None
         raise TaskRejected(f"{action} failed: {text}") from None
@@ -219,10 +218,17 @@ class Board:
 
     def common_knowledge(self, task_id: int) -> set[bytes]:
         """E_ck: the results the board counts as no submission — the empty digest, the
-        task's spec and data digests, and the list published with it."""
+        task's spec and data digests, and the list published with it.
+
+        Built from the Published event rather than by asking the `is_trivial` view about a
+        result: that would send the result to a node before its reveal.
+        """
         task = self.task(task_id)
-        listed = [bytes(d) for log in self._events("Published", task_id) for d in log.trivial]
-        return {b"\x00" * 32, task.spec, task.data, *listed}
+        published = list(self._events("Published", task_id))
+        if not published:
+            raise TaskRejected(f"task {task_id}'s Published event is not after block "
+                               f"{self.start_block}; its E_ck list cannot be read")
+        return {b"\x00" * 32, task.spec, task.data, *(bytes(d) for d in published[0].trivial)}
 
     def roster(self, task_id: int) -> list[str]:
         """Workers in joining order."""
@@ -292,44 +298,3 @@ class Board:
         with transaction(f"abort task {task_id}"):
             self.contract.abort(task_id, sender=sender)
         return self.phase(task_id)
-
-    # ------------------------------------------------------------------ time
-
-    def wait_until_block(self, block: int, description: str = "waiting", progress: bool = False,
-                         poll_seconds: float = 2.0) -> None:
-        """Return once the chain's head is at `block` or later: mined here on a local chain,
-        waited for on a live one (with a progress bar over the blocks)."""
-        from ape import chain
-
-        start = self.head
-        if start >= block:
-            return
-        if on_local_network():
-            chain.mine(block - start)
-            return
-        bar = _BlockBar(description, start, block) if progress else None
-        try:
-            while (head := self.head) < block:
-                if bar:
-                    bar.update(head)
-                time.sleep(poll_seconds)
-        finally:
-            if bar:
-                bar.close()
-
-
-class _BlockBar:
-    def __init__(self, description: str, start: int, target: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TextColumn("blocks"), transient=True)
-        self._start = start
-        self._task = self._progress.add_task(description, total=target - start)
-        self._progress.start()
-
-    def update(self, head: int) -> None:
-        self._progress.update(self._task, completed=head - self._start)
-
-    def close(self) -> None:
-        self._progress.stop()

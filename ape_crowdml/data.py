@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .digest import file_digest, keccak_digest
-from .errors import DataDigestMismatch
+from .errors import DataDigestMismatch, first_line
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # Every fifth digit goes to the test set: a fixed rule, and the writers of sklearn's digits are
@@ -24,13 +24,6 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def local_path(uri: str) -> Path:
-    """A local path for a `file://` URI or a plain path."""
-    if is_remote(uri):
-        raise DataDigestMismatch(f"data URI {uri} is not a local file")
-    return Path(uri.removeprefix("file://"))
-
-
 def cache_folder() -> Path:
     """Where remote files are kept under their digest ($CROWDML_CACHE, or ~/.cache/crowdml)."""
     return Path(os.environ.get("CROWDML_CACHE", Path.home() / ".cache" / "crowdml")) / "by-digest"
@@ -40,50 +33,48 @@ def _as_digest(digest: str | bytes) -> bytes:
     return digest if isinstance(digest, bytes) else bytes.fromhex(digest.removeprefix("0x"))
 
 
-def _fetch(uri: str, expected: bytes) -> bytes:
-    """A remote file's bytes, from the content-addressed cache or else through fsspec.
-
-    Only bytes that match the digest are cached, so a cached file is always the requester's;
-    the job's child process then finds it there without downloading again.
-    """
-    cached = cache_folder() / expected.hex()
-    if cached.is_file():
-        return cached.read_bytes()
+def _read(uri: str) -> bytes:
+    if not is_remote(uri):
+        path = Path(uri.removeprefix("file://"))
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise DataDigestMismatch(f"cannot read {path}: {exc.strerror}") from None
     import fsspec
 
     try:
         with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except Exception as exc:  # fsspec backends raise their own errors; the message says which
-        raise DataDigestMismatch(f"cannot fetch {uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if keccak_digest(data) == expected:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(f".{os.getpid()}.part")
-        partial.write_bytes(data)
-        partial.replace(cached)
-    return data
+            return f.read()
+    except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own errors
+        raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(exc)}") from None
 
 
-def read_verified(uri: str, expected_digest: str | bytes) -> bytes:
+def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True) -> bytes:
     """The file's bytes, after checking their keccak256 against `expected_digest`.
 
     `uri` is a local path, a `file://` URI, or any fsspec URL (https://, s3://, gs://, …).
+    Remote bytes that match are kept in a content-addressed cache, where the job's child
+    process then finds them; `cached=False` asks the URI itself (a requester checking that
+    it serves the data).
     """
     expected = _as_digest(expected_digest)
-    if is_remote(uri):
-        data = _fetch(uri, expected)
-    else:
-        path = local_path(uri)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise DataDigestMismatch(f"cannot read {path}: {exc.strerror}") from None
+    copy = cache_folder() / expected.hex()
+    if cached and is_remote(uri) and copy.is_file():
+        data = copy.read_bytes()
+        if keccak_digest(data) == expected:
+            return data
+    data = _read(uri)
     actual = keccak_digest(data)
     if actual != expected:
         raise DataDigestMismatch(
             f"{uri} has keccak256 0x{actual.hex()}, the spec expects 0x{expected.hex()}; "
             "fetch the requester's file again"
         )
+    if is_remote(uri):
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        partial = copy.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        partial.replace(copy)
     return data
 
 

@@ -132,8 +132,8 @@ class Requester(Party):
         the board derives the coin from the block that fills the roster.
         """
         spec = as_spec(spec)
-        # Workers fetch the data from the spec's URI: check it serves the spec's bytes.
-        read_verified(spec.data_uri, spec.data_digest)
+        # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
+        read_verified(spec.data_uri, spec.data_digest, cached=False)
         # Workers look specs up by digest in their configured store and the spec's own.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
@@ -221,7 +221,8 @@ class Worker(Party):
         self._require_status(task_id, WorkerStatus.JOINED, "commit to")
         if result in self.board.common_knowledge(task_id):
             raise TaskRejected(f"result 0x{result.hex()} is in task {task_id}'s common-knowledge "
-                               "set E_ck: revealing it would forfeit the whole deposit")
+                               "set E_ck: the board counts it as no submission, so committing "
+                               "it would only spend gas")
         stored = self.store.result(*self._key(task_id))
         coin = self.board.coin(task_id)
         if not (stored and stored.result == result and stored.coin == coin):

@@ -35,7 +35,7 @@ def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config
     assert sum("revealed" in line for line in lines) == 2
 
 
-def test_agents_abort_a_withheld_coin_and_take_the_reward(board, accounts, config, tmp_path):
+def test_agents_abort_a_withheld_coin_and_take_the_reward(board, accounts, config, tmp_path, chain):
     task = Requester(board, accounts[0], config=config).publish(
         tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, join_blocks=4)
     lines = []
@@ -43,7 +43,7 @@ def test_agents_abort_a_withheld_coin_and_take_the_reward(board, accounts, confi
     for _ in range(12):
         for agent in agents:
             if not agent.step():
-                board.wait_until_block(board.head + 1)
+                chain.mine(1)
     assert board.phase(task) == Phase.COIN_WITHHELD
     assert f"task {task}: window closed, coin withheld" in lines
     assert board.claims(task) == {accounts[i].address: DEPOSIT + REWARD // 2 for i in (1, 2)}

@@ -85,11 +85,13 @@ def test_make_spec_with_a_canary_that_workers_reproduce(state):
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
         "--digits", "--hparams", '{"epochs": 2, "hidden": [16]}', "--canary", '{"epochs": 1}',
-        "--out", str(state / "made.json")])
-    assert result.exit_code == 0, result.output
+        "--data-uri", "https://data.example/digits.npz", "--out", str(state / "made.json")])
+    assert result.exit_code == 0, result.output  # the canary ran on the local copy
     spec = load_spec(state / "made.json")
+    assert spec.data_uri == "https://data.example/digits.npz"
     assert spec.canary.hparams == {"epochs": 1} and spec.canary.coin == "0x" + "00" * 32
-    assert check_canary(spec).digest.hex() == spec.canary.digest[2:]
+    on_this_machine = spec.model_copy(update={"data_uri": str(state / "data" / "digits.npz")})
+    assert check_canary(on_this_machine).digest.hex() == spec.canary.digest[2:]
 
 
 def test_make_spec_rejects_a_malformed_canary(state):

@@ -43,8 +43,20 @@ def test_remote_data_gives_the_local_result_and_is_cached(tmp_path, served):
 
     assert run_job(remote_spec, COIN).digest == run_job(local_spec, COIN).digest
     assert (cache_folder() / digest.hex()).read_bytes() == local.read_bytes()
-    (folder / "digits.npz").unlink()  # once cached, the server is no longer needed
+    (folder / "digits.npz").unlink()  # once cached, the server is no longer needed ...
     assert read_verified(remote_spec.data_uri, digest) == local.read_bytes()
+    with pytest.raises(DataDigestMismatch, match="cannot fetch"):  # ... unless asked directly
+        read_verified(remote_spec.data_uri, digest, cached=False)
+
+
+def test_a_corrupted_cache_copy_is_fetched_again(tmp_path, served):
+    folder, url = served
+    digest = export_digits(folder / "digits.npz")
+    original = (folder / "digits.npz").read_bytes()
+    read_verified(f"{url}/digits.npz", digest)
+    (cache_folder() / digest.hex()).write_bytes(b"rotten")
+    assert read_verified(f"{url}/digits.npz", digest) == original
+    assert (cache_folder() / digest.hex()).read_bytes() == original
 
 
 def test_tampered_remote_data_is_refused_and_not_cached(tmp_path, served):
