@@ -125,7 +125,7 @@ def keccak_of_junk() -> bytes:
 
 
 def run_demo(console: Console | None = None) -> None:
-    """Deploy a board on the connected local chain and play both rounds."""
+    """Deploy a board on the connected local chain and play the three rounds."""
     from ape import accounts, networks
     from ape.logging import LogLevel, logger
 

@@ -341,8 +341,7 @@ def join(task_id: uint256):
     @dev The join that fills the roster fixes a chain coin when the requester
          committed none: prevrandao mixed with the task id and the block. Nobody
          can predict it at publish, but the block's proposer, and a filling
-         worker that times its join, can bias it; a requester coin (which is
-         mixed with the chain's) removes that.
+         worker that times its join, can bias it.
     @param task_id The task to join.
     """
     p: Progress = self._load_known(task_id)
@@ -374,8 +373,9 @@ def release_coin(task_id: uint256, coin: bytes32, salt: bytes32):
     @dev The task's coin is the requester's mixed with prevrandao and the task
          id. The requester alone knows its coin at publish, when it also names
          E_ck: unmixed, it could list the true result as trivial and take the
-         work while every honest worker forfeits. Mixed, neither the requester
-         nor the block proposer alone can predict or choose the coin.
+         work while every honest worker forfeits. Mixed, the coin is unknown at
+         publish; the requester can still bias it by choosing its release block
+         (about join_blocks candidates), or withhold it and pay the workers.
     @param task_id The task whose roster is full.
     @param coin The coin committed at publish.
     @param salt The salt committed with it.
