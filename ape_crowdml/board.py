@@ -112,6 +112,8 @@ def transaction(action: str):
         raise TaskRejected(f"{action} failed: {text}") from None
 
 
+NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
+
 PACKAGED_TASKBOARD = Path(__file__).with_name("TaskBoard.json")
 # What the plugin needs to deploy and call the board; the compiler's maps stay out.
 PACKAGED_FIELDS = {"name", "source_id", "abi", "deployment_bytecode", "runtime_bytecode",
@@ -216,19 +218,18 @@ class Board:
         return getattr(self.contract, event).range(
             self.start_block, self.head + 1, search_topics={"task_id": task_id})
 
-    def common_knowledge(self, task_id: int) -> set[bytes]:
+    def common_knowledge(self, task: TaskInfo) -> set[bytes]:
         """E_ck: the results the board counts as no submission — the empty digest, the
         task's spec and data digests, and the list published with it.
 
         Built from the Published event rather than by asking the `is_trivial` view about a
         result: that would send the result to a node before its reveal.
         """
-        task = self.task(task_id)
-        published = list(self._events("Published", task_id))
+        published = list(self._events("Published", task.task_id))
         if not published:
-            raise TaskRejected(f"task {task_id}'s Published event is not after block "
+            raise TaskRejected(f"task {task.task_id}'s Published event is not after block "
                                f"{self.start_block}; its E_ck list cannot be read")
-        return {b"\x00" * 32, task.spec, task.data, *(bytes(d) for d in published[0].trivial)}
+        return {NO_DIGEST, task.spec, task.data, *(bytes(d) for d in published[0].trivial)}
 
     def roster(self, task_id: int) -> list[str]:
         """Workers in joining order."""
@@ -251,7 +252,7 @@ class Board:
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,
-                coin_hash: bytes = b"\x00" * 32, trivial: tuple[bytes, ...] = ()) -> int:
+                coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = ()) -> int:
         """Publish a task escrowing `reward`; returns its id (read from the Published event:
         a state-changing call's return value is not reliable on every provider)."""
         with transaction("publish"):

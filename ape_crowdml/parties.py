@@ -17,16 +17,13 @@ import secrets
 from pathlib import Path
 
 from .artifacts import ArtifactStore
-from .board import Board, Phase, TaskInfo, WorkerStatus, coin_hash, commitment, hex32
+from .board import NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus, coin_hash, commitment, hex32
 from .config import CrowdmlConfig, crowdml_config
 from .data import read_verified
 from .errors import BoardNotConfigured, DataDigestMismatch, MissingSecret, SpecError, TaskRejected
 from .policy import check_policy
 from .spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
-
-NO_COIN = b"\x00" * 32
-
 
 def network_key() -> str:
     """The key of the connected network in the config's `boards`: ecosystem:network."""
@@ -137,7 +134,7 @@ class Requester(Party):
         # Workers look specs up by digest in their configured store and the spec's own.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
-        hidden_coin = NO_COIN
+        hidden_coin = NO_DIGEST
         if requester_coin:
             opening = CoinOpening(secrets.token_bytes(32), secrets.token_bytes(32))
             hidden_coin = coin_hash(opening.coin, opening.salt)
@@ -153,7 +150,7 @@ class Requester(Party):
         """Open the stored coin once the roster is full; returns the task's coin."""
         task = self.board.task(task_id)
         opening = self.store.coin(self.board.chain_id, self.board.address, task.coin_hash)
-        if task.coin_hash == NO_COIN:
+        if task.coin_hash == NO_DIGEST:
             raise TaskRejected(f"task {task_id} uses a chain coin; there is nothing to release")
         if opening is None:
             raise MissingSecret(f"no stored coin opening for task {task_id} in "
@@ -209,28 +206,34 @@ class Worker(Party):
         else:
             job = run_job(spec, coin, progress=progress)
             result, artifact = job.digest, job.artifact
-        self.commit_result(task_id, result, artifact, store_url=self.artifacts_for(spec).url)
+        self._store_then_commit(task, coin, result, artifact, self.artifacts_for(spec).url)
         return result
 
     def commit_result(self, task_id: int, result: bytes, artifact: bytes, *,
                       store_url: str | None = None) -> None:
-        """Store a fresh salt with `result`, THEN commit. `work` calls this with the job's
-        result; calling it directly commits anything (the demo's junk worker does)."""
+        """Store a fresh salt with `result`, THEN commit; `work` does this with the job's
+        result. Called directly it commits anything (the demo's junk worker does)."""
         task = self.board.task(task_id)
-        # Never replace a stored opening once a commitment is on chain: it is the only one.
         self._require_status(task_id, WorkerStatus.JOINED, "commit to")
-        if result in self.board.common_knowledge(task_id):
-            raise TaskRejected(f"result 0x{result.hex()} is in task {task_id}'s common-knowledge "
-                               "set E_ck: the board counts it as no submission, so committing "
-                               "it would only spend gas")
-        stored = self.store.result(*self._key(task_id))
-        coin = self.board.coin(task_id)
+        self._store_then_commit(task, self.board.coin(task_id), result, artifact,
+                                store_url or self.artifacts.url)
+
+    def _store_then_commit(self, task: TaskInfo, coin: bytes, result: bytes, artifact: bytes,
+                           store_url: str) -> None:
+        # The callers checked the seat is JOINED: a stored opening is never replaced once a
+        # commitment is on chain, for it is the only one.
+        if result in self.board.common_knowledge(task):
+            raise TaskRejected(f"result 0x{result.hex()} is in task {task.task_id}'s "
+                               "common-knowledge set E_ck: the board counts it as no "
+                               "submission, so committing it would only spend gas")
+        key = self._key(task.task_id)
+        stored = self.store.result(*key)
         if not (stored and stored.result == result and stored.coin == coin):
             stored = StoredResult(task.spec, coin, result, secrets.token_bytes(32), artifact,
-                                  store_url or self.artifacts.url)
-            self.store.save_result(*self._key(task_id), stored)
-        self.board.commit(self.account, task_id,
-                          commitment(result, stored.salt, self.account.address, task_id))
+                                  store_url)
+            self.store.save_result(*key, stored)
+        self.board.commit(self.account, task.task_id,
+                          commitment(result, stored.salt, self.account.address, task.task_id))
 
     def reveal(self, task_id: int) -> bytes:
         """Open the stored commitment, then publish the artifact; returns the result digest."""
