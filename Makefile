@@ -12,16 +12,24 @@ CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_
 	tests/test_cli_errors.py tests/test_cli_demo.py tests/test_plugin_api.py \
 	tests/test_agent.py tests/test_agent_recovery.py
 
-.PHONY: all env demo test test-local test-anvil bench taskboard clean
+.PHONY: all env lock demo test test-local test-anvil bench taskboard clean
 
 all: test
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+# Every package from the lock, each checked against its hash; then the plugin itself, built
+# with the locked setuptools (no isolated build env fetching an unpinned one).
+$(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -r requirements.txt
-	$(VENV)/bin/pip install --quiet --no-deps -e .
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+# After editing pyproject.toml's dependencies: pin everything again, with hashes.
+lock:
+	$(PYTHON) -m venv .cache/pip-tools
+	.cache/pip-tools/bin/pip install --quiet pip-tools==7.6.2
+	.cache/pip-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --all-extras --all-build-deps \
+		--strip-extras -o requirements.lock pyproject.toml
 
 $(TOOLS)/node_modules/.bin/anvil:
 	npm install --silent --prefix $(TOOLS) @foundry-rs/anvil@$(ANVIL_VERSION)

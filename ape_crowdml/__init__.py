@@ -1,11 +1,46 @@
 """crowdml: outsource randomized ML jobs to n paid workers through a public blockchain.
 
-This module only registers the plugin with ape; everything heavy is imported inside the hook so
-that `ape --help` stays fast. The CLI is registered through the `ape_cli_subcommands` entry point
-in pyproject.toml.
+The public API is importable from here (`from ape_crowdml import Board, Requester, Worker`), but
+lazily: each name is imported on first use, so that registering the plugin (which ape does at
+every start) loads neither web3 contracts nor jax and `ape --help` stays fast. The CLI is
+registered through the `ape_cli_subcommands` entry point in pyproject.toml.
 """
 
+from importlib import import_module
+
 from ape import plugins
+
+# name -> the module that defines it
+_API = {
+    "Agent": "agent",
+    "Board": "board",
+    "Phase": "board",
+    "WorkerStatus": "board",
+    "Requester": "parties",
+    "Worker": "parties",
+    "deploy_board": "parties",
+    "find_board": "parties",
+    "load_spec": "spec",
+    "make_spec": "spec",
+    "CrowdmlConfig": "config",
+    "CrowdmlError": "errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    try:
+        module = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'ape_crowdml' has no attribute {name!r}") from None
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
 
 
 @plugins.register(plugins.Config)

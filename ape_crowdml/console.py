@@ -9,18 +9,14 @@ Enable it in ape-config.yaml:
 or in a running console: `%load_ext ape_crowdml.console`.
 """
 
+import ape_crowdml
+
 NAMES = ("Agent", "Board", "Phase", "Requester", "Worker", "WorkerStatus", "deploy_board",
          "find_board", "load_spec", "make_spec")
 
 
 def crowdml_namespace() -> dict:
-    from .agent import Agent
-    from .board import Board, Phase, WorkerStatus
-    from .parties import Requester, Worker, deploy_board, find_board
-    from .spec import load_spec, make_spec
-
-    namespace = locals()
-    return {name: namespace[name] for name in NAMES}
+    return {name: getattr(ape_crowdml, name) for name in NAMES}
 
 
 def load_ipython_extension(ipython) -> None:

@@ -22,3 +22,23 @@ def test_extension_pushes_the_api(accounts, project, tmp_path):
     with project.temp_config(crowdml={"state_folder": str(tmp_path)}):
         board = shell.user_ns["deploy_board"](accounts[0], accounts[9].address)
         assert shell.user_ns["find_board"]().address == board.address
+
+
+def test_public_api_is_importable_from_the_package_lazily():
+    import subprocess
+    import sys
+
+    probe = ("import sys, ape_crowdml; heavy = {'ape_crowdml.parties', 'jax'} & set(sys.modules); "
+             "assert not heavy, heavy; from ape_crowdml import Board, Requester, Worker, Agent, "
+             "find_board, deploy_board; assert Worker.__module__ == 'ape_crowdml.parties'; "
+             "assert 'ape_crowdml.parties' in sys.modules and 'jax' not in sys.modules")
+    subprocess.run([sys.executable, "-c", probe], check=True)
+
+
+def test_unknown_name_is_an_attribute_error():
+    import pytest
+
+    import ape_crowdml
+
+    with pytest.raises(AttributeError, match="no attribute 'Wroker'"):
+        ape_crowdml.Wroker
