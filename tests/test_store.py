@@ -43,8 +43,8 @@ def test_coin_openings_and_boards(tmp_path):
     store = Store(tmp_path)
     opening = CoinOpening(b"\x01" * 32, b"\x02" * 32)
     store.save_coin(1337, BOARD, b"\x03" * 32, ALICE, opening)
-    assert store.coin(1337, BOARD, b"\x03" * 32) == opening
-    assert store.coin(1337, BOARD, b"\x04" * 32) is None
+    assert store.coin(1337, BOARD, b"\x03" * 32, ALICE) == opening
+    assert store.coin(1337, BOARD, b"\x04" * 32, ALICE) is None
     store.add_board(1337, BOARD, 1)
     store.add_board(1337, BOB, 7)
     assert store.boards(1337) == [(BOB, 7), (BOARD, 1)]
