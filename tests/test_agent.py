@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase
 from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.render import wei
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 
 
@@ -61,10 +62,11 @@ def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path,
         overrides["foundry"] = {"host": networks.provider.uri}
     with project.temp_config(**overrides):
         result = CliRunner().invoke(ape_cli, [
-            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--board", board.address,
+            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
+            "--board", board.address,
             "--account", "TEST::1", "--network", networks.provider.network_choice,
         ], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert board.phase(task) == Phase.FAILED
     assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
-    assert f"task {task}: claimed {DEPOSIT // 2} wei (failed)" in result.output
+    assert f"task {task}: claimed {wei(DEPOSIT // 2)} (failed)" in result.output
