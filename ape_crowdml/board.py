@@ -277,14 +277,16 @@ class Board:
     def _simulate(self, action: str, method: str, args: tuple, sender, value: int) -> None:
         """eth_call the transaction; TaskRejected with the board's reason if it would revert.
 
-        Through web3 rather than ape's `.call()`: ape's providers print the call trace of a
-        reverting call, several lines of it, before raising."""
+        On the pending block, the one the transaction lands in at the earliest: on the latest,
+        a call at a window's edge would be judged one block early. Through web3 rather than
+        ape's `.call()`: ape's providers print the call trace of a reverting call, several
+        lines of it, before raising."""
         from ape import chain
 
         call = {"from": sender.address, "to": self.address, "value": value,
                 "data": getattr(self.contract, method).encode_input(*args)}
         try:
-            chain.provider.web3.eth.call(call)
+            chain.provider.web3.eth.call(call, "pending")
         except Exception as exc:
             if (reason := revert_reason(exc)) is None:
                 raise

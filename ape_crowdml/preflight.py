@@ -129,10 +129,13 @@ def check_reveal(task: TaskInfo, next_block: int, status: WorkerStatus) -> None:
                            "nothing to reveal")
     if status != WorkerStatus.COMMITTED:
         raise TaskRejected(f"this account has already revealed for task {task.task_id}")
-    if task.phase == Phase.COMMIT and next_block <= task.deadline:
-        raise TaskRejected(
-            f"task {task.task_id}'s reveal opens when all {task.workers} workers have committed "
-            f"({task.committed} so far) or at block {task.deadline + 1}: wait, then reveal")
+    if task.phase == Phase.COMMIT:
+        if next_block <= task.deadline:
+            raise TaskRejected(
+                f"task {task.task_id}'s reveal opens when all {task.workers} workers have "
+                f"committed ({task.committed} so far) or at block {task.deadline + 1}: wait, "
+                "then reveal")
+        return  # the commit window has closed by the block this reveal lands in
     if task.phase == Phase.SETTLEABLE or next_block > task.deadline:
         raise TaskRejected(f"task {task.task_id}'s reveal window closed at block {task.deadline}")
 
