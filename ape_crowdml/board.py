@@ -126,6 +126,22 @@ def transaction(action: str):
         raise TaskRejected(f"{action} failed: {text}") from None
 
 
+def mined(action: str, receipt):
+    """The receipt of a transaction in a block, its logs with it.
+
+    On a chain that mines on a clock (`anvil --block-time 1`), ape's providers hand back a
+    receipt as soon as the node accepted the transaction, before any block holds it (and a
+    deployment's address with it): wait for the block instead."""
+    from ape import chain
+
+    if receipt.block_number is None or receipt.block_number < 0:
+        receipt = chain.provider.get_receipt(receipt.txn_hash)
+    if receipt.failed:
+        raise TaskRejected(f"{action} failed on chain in block {receipt.block_number}: the chain "
+                           "moved on after its simulation; check the task and try again")
+    return receipt
+
+
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
 
 PACKAGED_TASKBOARD = Path(__file__).with_name("TaskBoard.json")
@@ -166,12 +182,11 @@ class Board:
         The sink may neither publish nor join (the board refuses it): a requester that
         collected forfeits would profit from sabotaging its own task.
         """
-        from ape import chain
-
         with transaction("deploy"):
-            contract = taskboard_container().deploy(sink, sender=sender)
-        # The head is at or after the deployment block, and the board has no events yet.
-        return cls(contract.address, start_block=chain.blocks.head.number)
+            constructor = taskboard_container().constructor
+            receipt = mined("deploy", sender.call(
+                constructor.serialize_transaction(sink, sender=sender)))
+        return cls(receipt.contract_address, start_block=receipt.block_number)
 
     @property
     def chain_id(self) -> int:
@@ -295,7 +310,7 @@ class Board:
     def _send(self, action: str, method: str, *args, sender, value: int = 0):
         self._simulate(action, method, args, sender, value)
         with transaction(action):
-            return getattr(self.contract, method)(*args, value=value, sender=sender)
+            return mined(action, getattr(self.contract, method)(*args, value=value, sender=sender))
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,

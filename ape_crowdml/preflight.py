@@ -65,13 +65,13 @@ def check_join(task: TaskInfo, next_block: int, status: WorkerStatus, *, is_sink
                balance: int) -> None:
     if task.phase.ended:
         raise _ended(task)
+    if status != WorkerStatus.NONE:
+        raise TaskRejected(f"this account has already joined task {task.task_id}")
     if task.phase != Phase.JOINING:
         raise TaskRejected(f"task {task.task_id}'s roster is full ({task.workers} workers): "
                            "it takes no more")
     if next_block > task.deadline:
         raise TaskRejected(f"task {task.task_id}'s join window closed at block {task.deadline}")
-    if status != WorkerStatus.NONE:
-        raise TaskRejected(f"this account has already joined task {task.task_id}")
     if is_sink:
         raise TaskRejected("the board's forfeit sink cannot take part in a task")
     if balance < task.deposit:
