@@ -232,3 +232,10 @@ def test_withheld_coin_says_to_abort():
     task = task_info(Phase.AWAITING_COIN)
     with pytest.raises(TaskRejected, match="did not release the coin by block 100: abort"):
         preflight.check_commit(task, 101, WorkerStatus.JOINED)
+
+
+def test_phases_and_statuses_print_by_name():
+    # An IntEnum prints as its number since Python 3.11: `alice.settle(task)` showed "6".
+    assert (str(Phase.AGREED), f"{Phase.COIN_WITHHELD}", f"{WorkerStatus.COMMITTED:>10}") == \
+        ("AGREED", "COIN_WITHHELD", " COMMITTED")
+    assert repr(Phase.AGREED) == "<Phase.AGREED: 6>" and Phase.AGREED == 6
