@@ -182,6 +182,7 @@ class Board:
         The sink may neither publish nor join (the board refuses it): a requester that
         collected forfeits would profit from sabotaging its own task.
         """
+        preflight.check_deploy(sink, sender.address)
         with transaction("deploy"):
             constructor = taskboard_container().constructor
             receipt = mined("deploy", sender.call(

@@ -42,6 +42,17 @@ def _awaiting_coin(task: TaskInfo, next_block: int) -> TaskRejected:
                         f"block {task.deadline}")
 
 
+def check_deploy(sink: str, deployer: str) -> None:
+    """deploy: a sink the board accepts, and that leaves its deployer able to publish."""
+    if int(sink, 16) == 0:
+        raise TaskRejected("the forfeit sink cannot be the zero address; "
+                           "0x000000000000000000000000000000000000dEaD burns forfeits")
+    if sink.lower() == deployer.lower():
+        raise TaskRejected("the forfeit sink may neither publish nor join: with this account as "
+                           "its sink, every publish from it would fail; name an address no "
+                           "party controls")
+
+
 def check_amounts(*, reward: int, deposit: int, workers: int, windows: dict[str, int],
                   balance: int) -> None:
     """publish: the terms the board accepts, and the reward in the account."""

@@ -69,6 +69,13 @@ def publish(requester, spec, **terms):
     return requester.publish(spec, **{"reward": REWARD, "deposit": DEPOSIT, "workers": 2, **terms})
 
 
+def test_deploy_refusals(accounts, refused):
+    deployer = accounts[0]
+    refused(deployer, lambda: Board.deploy(deployer, deployer.address),
+            "every publish from it would fail")
+    refused(deployer, lambda: Board.deploy(deployer, "0x" + "00" * 20), "zero address")
+
+
 def test_publish_refusals(requester, spec, refused):
     me = requester.account
     refused(me, lambda: publish(requester, spec, deposit=DEPOSIT + 1), "must be positive and even")
