@@ -5,7 +5,7 @@ secret (reveal, release-coin) is not even simulated until the local checks say i
 import pytest
 
 from ape_crowdml import preflight
-from ape_crowdml.board import Board, Phase, TaskInfo, WorkerStatus, commitment
+from ape_crowdml.board import Board, Phase, TaskInfo, WorkerStatus
 from ape_crowdml.errors import CrowdmlError, InsufficientFunds, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
