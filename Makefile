@@ -10,7 +10,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH
 # Suites that touch the chain also run on anvil (ethereum:local:foundry).
 CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_cli.py \
 	tests/test_cli_errors.py tests/test_cli_demo.py tests/test_plugin_api.py \
-	tests/test_agent.py tests/test_agent_recovery.py
+	tests/test_agent.py tests/test_agent_recovery.py tests/test_preflight.py \
+	tests/test_readme.py::test_console_example_runs_as_written
 
 .PHONY: all env lock demo test test-local test-anvil bench taskboard clean
 

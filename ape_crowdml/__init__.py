@@ -6,9 +6,15 @@ every start) loads neither web3 contracts nor jax and `ape --help` stays fast. T
 registered through the `ape_cli_subcommands` entry point in pyproject.toml.
 """
 
+import warnings
 from importlib import import_module
 
 from ape import plugins
+
+# ape-vyper's config declares `import_remapping` with a forward reference that pydantic-settings
+# warns about whenever ape builds its config: on every `ape crowdml …` start, a line the user can
+# do nothing about. Plugins load before any config is built, so the filter is in place in time.
+warnings.filterwarnings("ignore", message="Field 'import_remapping'", category=UserWarning)
 
 # name -> the module that defines it
 _API = {

@@ -1,5 +1,6 @@
 """`ape crowdml …`: a thin skin over ape_crowdml.parties. Every user mistake is one line
-(`Error: …`, exit status 2), never a traceback."""
+(`ERROR: …`, exit status 1, as ape's own commands abort), never a traceback; status 2 is
+click's, for a malformed command line."""
 
 from __future__ import annotations
 
@@ -7,16 +8,14 @@ from pathlib import Path
 
 import click
 from ape.cli import ConnectedProviderCommand, account_option, network_option
-
-EXIT_BAD_INPUT = 2
-
-
-class UserError(click.ClickException):
-    exit_code = EXIT_BAD_INPUT
+from ape.exceptions import Abort
 
 
 class CrowdmlGroup(click.Group):
-    """Turns every CrowdmlError raised by a command into a one-line error."""
+    """Turns every CrowdmlError raised by a command into ape's one-line `Abort`.
+
+    Raised as it is, ape's root command would print the frames of the plugin's own files
+    first (it shows the frames under the project folder of any ape exception)."""
 
     def invoke(self, ctx):
         from ape_crowdml.errors import CrowdmlError
@@ -24,7 +23,7 @@ class CrowdmlGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CrowdmlError as exc:
-            raise UserError(str(exc)) from None
+            raise Abort(str(exc)) from None
 
 
 class Wei(click.ParamType):
@@ -187,8 +186,10 @@ def settle(account, board_address, task_id):
 @task_argument
 def claim(account, board_address, task_id):
     """Withdraw what the task owes this account."""
+    from ape_crowdml.render import wei
+
     paid = _requester(board_address, account).claim(task_id)
-    click.echo(f"claimed {paid} wei from task {task_id}")
+    click.echo(f"claimed {wei(paid)} from task {task_id}")
 
 
 @connected()
@@ -317,13 +318,17 @@ def run_job(spec_file, coin, out):
 @click.option("--tasks", type=click.IntRange(min=1),
               help="Stop once this many of its tasks have ended (default: run forever).")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between idle polls.")
-def agent(account, board_address, tasks, poll):
+@click.option("--mine-when-idle", is_flag=True,
+              help="Mine a block at every idle poll, for a local chain nobody else uses (on a "
+                   "shared one it closes the others' windows while they train).")
+def agent(account, board_address, tasks, poll, mine_when_idle):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim."""
     from ape_crowdml.agent import Agent
 
     worker = _worker(board_address, account)
     click.echo(f"agent {account.address} watching board {worker.board.address}")
-    Agent(worker, log=click.echo).run(tasks=tasks, poll_seconds=poll)
+    Agent(worker, mine_when_idle=mine_when_idle, log=click.echo).run(tasks=tasks,
+                                                                     poll_seconds=poll)
 
 
 @cli.command(cls=ConnectedProviderCommand)

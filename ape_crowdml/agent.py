@@ -5,10 +5,11 @@ It keeps no state of its own beyond the Store: on restart it rediscovers its tas
 events and its seat on each from `worker_status`, and reveals from the stored salt. That is
 what makes killing it after a commit safe.
 
-On a local chain (ethereum:local:*) nothing makes blocks unless someone sends a transaction, so
-a deadline would never pass while every other party is idle (a requester that never
-releases its coin, a roster that never fills); there the agent mines one block
-per idle poll, standing in for a live chain's block time. On a live network it only waits.
+It leaves the chain's clock alone: it only waits for blocks. On a local chain that mines only
+when a transaction arrives, a deadline then passes only when someone sends one; start anvil
+with a block time (`anvil --block-time 1`) when several parties share it. `mine_when_idle`
+(`--mine-when-idle`) mines a block at every idle poll instead, for a chain nobody else uses: on
+a shared one it would close other workers' windows while they train.
 """
 
 from __future__ import annotations
@@ -17,21 +18,22 @@ import logging
 import time
 from collections.abc import Callable
 
-from .board import Phase, WorkerStatus, on_local_network
+from .board import Phase, WorkerStatus
 from .errors import CrowdmlError, first_line
 from .parties import Worker
+from .render import wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, worker: Worker, *, mine_when_idle: bool | None = None,
+    def __init__(self, worker: Worker, *, mine_when_idle: bool = False,
                  log: Callable[[str], None] = print):
         self.worker = worker
         self.board = worker.board
         self.log = log
-        self.mine_when_idle = on_local_network() if mine_when_idle is None else mine_when_idle
+        self.mine_when_idle = mine_when_idle
         self._next_block = self.board.start_block
         self._watching: set[int] = set()
         self._given_up: set[int] = set()
@@ -126,7 +128,7 @@ class Agent:
             return True
         if phase.ended:
             if worker.owed(task_id):
-                self.log(f"task {task_id}: claimed {worker.claim(task_id)} wei ({phase.label})")
+                self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
             self._watching.discard(task_id)
             self.finished.append(task_id)
             return True

@@ -35,6 +35,13 @@ class Phase(IntEnum):
     ABORTED = 9
     COIN_WITHHELD = 10
 
+    def __str__(self) -> str:
+        # An IntEnum prints as its number since Python 3.11; a phase reads better by name.
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", " ")
@@ -52,6 +59,12 @@ class WorkerStatus(IntEnum):
     COMMITTED = 2
     REVEALED = 3
     TRIVIAL = 4
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
     @property
     def label(self) -> str:
@@ -98,7 +111,8 @@ def hex32(value: bytes) -> str:
 
 @contextmanager
 def transaction(action: str):
-    """Turn ape's errors for a failed transaction into one line that names the action."""
+    """Turn ape's errors for a failed transaction into one line that names the action: a call
+    that passed its simulation can still fail, when the chain moved on in between."""
     from ape.exceptions import AccountsError, ContractLogicError, TransactionError
 
     try:
@@ -110,6 +124,22 @@ def transaction(action: str):
         if "balance" in text.lower() or "funds" in text.lower():
             raise InsufficientFunds(f"{action}: insufficient funds ({text})") from None
         raise TaskRejected(f"{action} failed: {text}") from None
+
+
+def mined(action: str, receipt):
+    """The receipt of a transaction in a block, its logs with it.
+
+    On a chain that mines on a clock (`anvil --block-time 1`), ape's providers hand back a
+    receipt as soon as the node accepted the transaction, before any block holds it (and a
+    deployment's address with it): wait for the block instead."""
+    from ape import chain
+
+    if receipt.block_number is None or receipt.block_number < 0:
+        receipt = chain.provider.get_receipt(receipt.txn_hash)
+    if receipt.failed:
+        raise TaskRejected(f"{action} failed on chain in block {receipt.block_number}: the chain "
+                           "moved on after its simulation; check the task and try again")
+    return receipt
 
 
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
@@ -126,13 +156,6 @@ def taskboard_container():
     from ethpm_types import ContractType
 
     return ContractContainer(ContractType.model_validate_json(PACKAGED_TASKBOARD.read_text()))
-
-
-def on_local_network() -> bool:
-    """On a local chain nobody else makes blocks, so waiting for a deadline means mining."""
-    from ape import networks
-
-    return networks.provider.network.name == "local"
 
 
 class Board:
@@ -159,18 +182,23 @@ class Board:
         The sink may neither publish nor join (the board refuses it): a requester that
         collected forfeits would profit from sabotaging its own task.
         """
-        from ape import chain
-
+        preflight.check_deploy(sink, sender.address)
         with transaction("deploy"):
-            contract = taskboard_container().deploy(sink, sender=sender)
-        # The head is at or after the deployment block, and the board has no events yet.
-        return cls(contract.address, start_block=chain.blocks.head.number)
+            constructor = taskboard_container().constructor
+            receipt = mined("deploy", sender.call(
+                constructor.serialize_transaction(sink, sender=sender)))
+        return cls(receipt.contract_address, start_block=receipt.block_number)
 
     @property
     def chain_id(self) -> int:
         from ape import chain
 
         return chain.chain_id
+
+    @property
+    def sink(self) -> str:
+        """FORFEIT_SINK: where forfeited deposits go; it may neither publish nor join."""
+        return self.contract.FORFEIT_SINK()
 
     @property
     def head(self) -> int:
@@ -202,14 +230,18 @@ class Board:
         return WorkerStatus(self.contract.worker_status(task_id, worker))
 
     def coin(self, task_id: int) -> bytes:
-        with transaction(f"coin of task {task_id}"):
-            return bytes(self.contract.coin_of(task_id))
+        """The task's coin; TaskRejected while it is not fixed (or if it never was)."""
+        phase = self.task(task_id).phase
+        if phase in (Phase.JOINING, Phase.AWAITING_COIN, Phase.ABORTED, Phase.COIN_WITHHELD):
+            raise TaskRejected(f"task {task_id}'s coin is not fixed: it is {phase.label}")
+        return bytes(self.contract.coin_of(task_id))
 
     def result(self, task_id: int) -> bytes:
         """The agreed result digest; TaskRejected unless the task ended agreed."""
-        self.task(task_id)
-        with transaction(f"result of task {task_id}"):
-            return bytes(self.contract.result_of(task_id))
+        phase = self.task(task_id).phase
+        if phase != Phase.AGREED:
+            raise TaskRejected(f"task {task_id} has no agreed result: it is {phase.label}")
+        return bytes(self.contract.result_of(task_id))
 
     def owed(self, task_id: int, account: str) -> int:
         return self.contract.owed(task_id, account)
@@ -249,53 +281,146 @@ class Board:
         return {log.account: log.amount for log in self._events("Claimed", task_id)}
 
     # ------------------------------------------------------------------ transactions
+    #
+    # Every state-changing call goes the same way: the local checks of `preflight` (no secret
+    # involved), then a simulation of the exact transaction (an eth_call from the sender), and
+    # only then the transaction. A refused call sends nothing: no gas spent, no nonce used, and
+    # no result or coin opening in a failed transaction's calldata for others to read.
+
+    def _next_block(self) -> int:
+        return self.head + 1
+
+    def _simulate(self, action: str, method: str, args: tuple, sender, value: int) -> None:
+        """eth_call the transaction; TaskRejected with the board's reason if it would revert.
+
+        On the pending block, the one the transaction lands in at the earliest: on the latest,
+        a call at a window's edge would be judged one block early. Through web3 rather than
+        ape's `.call()`: ape's providers print the call trace of a reverting call, several
+        lines of it, before raising."""
+        from ape import chain
+
+        call = {"from": sender.address, "to": self.address, "value": value,
+                "data": getattr(self.contract, method).encode_input(*args)}
+        try:
+            chain.provider.web3.eth.call(call, "pending")
+        except Exception as exc:
+            if (reason := revert_reason(exc)) is None:
+                raise
+            raise TaskRejected(f"{action} refused by the board: {reason}") from None
+
+    def _send(self, action: str, method: str, *args, sender, value: int = 0):
+        self._simulate(action, method, args, sender, value)
+        with transaction(action):
+            return mined(action, getattr(self.contract, method)(*args, value=value, sender=sender))
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,
                 coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = ()) -> int:
         """Publish a task escrowing `reward`; returns its id (read from the Published event:
         a state-changing call's return value is not reliable on every provider)."""
-        with transaction("publish"):
-            receipt = self.contract.publish(
-                spec, data, workers, deposit, join_blocks, commit_blocks, reveal_blocks,
-                coin_hash, list(trivial), value=reward, sender=sender)
+        preflight.check_amounts(
+            reward=reward, deposit=deposit, workers=workers, balance=sender.balance,
+            windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
+        receipt = self._send("publish", "publish", spec, data, workers, deposit, join_blocks,
+                             commit_blocks, reveal_blocks, coin_hash, list(trivial),
+                             sender=sender, value=reward)
         return receipt.decode_logs(self.contract.Published)[0].task_id
 
     def join(self, sender, task_id: int):
-        deposit = self.task(task_id).deposit
-        with transaction(f"join task {task_id}"):
-            return self.contract.join(task_id, value=deposit, sender=sender)
+        task = self.task(task_id)
+        preflight.check_join(task, self._next_block(), self.worker_status(task_id, sender.address),
+                             is_sink=sender.address == self.sink,
+                             balance=sender.balance)
+        return self._send(f"join task {task_id}", "join", task_id, sender=sender,
+                          value=task.deposit)
+
+    def check_release_coin(self, sender, task_id: int) -> TaskInfo:
+        """The release checks alone, before the opening is even looked up."""
+        task = self.task(task_id)
+        preflight.check_release_coin(task, self._next_block(), sender.address)
+        return task
 
     def release_coin(self, sender, task_id: int, coin: bytes, salt: bytes):
-        self.task(task_id)
-        with transaction(f"release the coin of task {task_id}"):
-            return self.contract.release_coin(task_id, coin, salt, sender=sender)
+        """Open the requester's coin. The opening reaches a node (even as a simulation) only
+        after the local checks say the board is due to accept it."""
+        task = self.check_release_coin(sender, task_id)
+        if coin_hash(coin, salt) != task.coin_hash:
+            raise TaskRejected(f"this coin opening does not match task {task_id}'s coin hash")
+        return self._send(f"release the coin of task {task_id}", "release_coin", task_id, coin,
+                          salt, sender=sender)
+
+    def check_commit(self, sender, task_id: int, min_blocks: int = 1) -> TaskInfo:
+        """The commit checks alone, for a worker about to train (see `preflight`)."""
+        task = self.task(task_id)
+        preflight.check_commit(task, self._next_block(),
+                               self.worker_status(task_id, sender.address), min_blocks)
+        return task
 
     def commit(self, sender, task_id: int, commitment_: bytes):
-        self.task(task_id)
-        with transaction(f"commit to task {task_id}"):
-            return self.contract.commit(task_id, commitment_, sender=sender)
+        self.check_commit(sender, task_id)
+        return self._send(f"commit to task {task_id}", "commit", task_id, commitment_,
+                          sender=sender)
+
+    def commitment_of(self, task_id: int, worker: str) -> bytes | None:
+        """The commitment `worker` put on chain for the task, from its Committed event."""
+        logs = self.contract.Committed.range(
+            self.start_block, self.head + 1, search_topics={"task_id": task_id, "worker": worker})
+        return next((bytes(log.commitment) for log in logs), None)
+
+    def check_reveal(self, sender, task_id: int) -> TaskInfo:
+        """The reveal checks alone, before the salt is even looked up."""
+        task = self.task(task_id)
+        preflight.check_reveal(task, self._next_block(),
+                               self.worker_status(task_id, sender.address))
+        return task
 
     def reveal(self, sender, task_id: int, result: bytes, salt: bytes):
-        self.task(task_id)
-        with transaction(f"reveal for task {task_id}"):
-            return self.contract.reveal(task_id, result, salt, sender=sender)
+        """Open a commitment. Like the coin, the opening reaches a node only once the local
+        checks say the reveal is due, and only if it opens the commitment on chain."""
+        self.check_reveal(sender, task_id)
+        if commitment(result, salt, sender.address, task_id) != self.commitment_of(
+                task_id, sender.address):
+            raise TaskRejected(f"this opening does not match {sender.address}'s commitment on "
+                               f"task {task_id}")
+        return self._send(f"reveal for task {task_id}", "reveal", task_id, result, salt,
+                          sender=sender)
 
     def settle(self, sender, task_id: int) -> Phase:
-        self.task(task_id)
-        with transaction(f"settle task {task_id}"):
-            self.contract.settle(task_id, sender=sender)
+        preflight.check_settle(self.task(task_id), self._next_block())
+        self._send(f"settle task {task_id}", "settle", task_id, sender=sender)
         return self.phase(task_id)
 
     def claim(self, sender, task_id: int) -> int:
         """Withdraw what the task owes `sender`; returns the wei paid."""
-        self.task(task_id)
-        with transaction(f"claim from task {task_id}"):
-            receipt = self.contract.claim(task_id, sender=sender)
+        preflight.check_claim(self.task(task_id), self.owed(task_id, sender.address))
+        receipt = self._send(f"claim from task {task_id}", "claim", task_id, sender=sender)
         return receipt.decode_logs(self.contract.Claimed)[0].amount
 
     def abort(self, sender, task_id: int) -> Phase:
-        self.task(task_id)
-        with transaction(f"abort task {task_id}"):
-            self.contract.abort(task_id, sender=sender)
+        preflight.check_abort(self.task(task_id), self._next_block(), sender.address)
+        self._send(f"abort task {task_id}", "abort", task_id, sender=sender)
         return self.phase(task_id)
+
+
+def revert_reason(exc: BaseException) -> str | None:
+    """The board's reason if `exc` is a simulated call's revert, else None.
+
+    web3 raises ContractLogicError for a node's revert (anvil, a live node); ape's local test
+    chain, eth-tester, raises TransactionFailed. Both say "execution reverted: <reason>"."""
+    from web3.exceptions import ContractLogicError
+
+    reverts: tuple[type, ...] = (ContractLogicError,)
+    try:
+        from eth_tester.exceptions import TransactionFailed
+
+        reverts += (TransactionFailed,)
+    except ImportError:  # eth-tester comes with ape's test provider, not with every install
+        pass
+    if not isinstance(exc, reverts):
+        return None
+    text = str(exc.args[0]) if exc.args else ""
+    return text.removeprefix("execution reverted").lstrip(": ") or "reverted without a reason"
+
+
+# The checks take the types defined above, so the module is imported after them.
+from . import preflight  # noqa: E402

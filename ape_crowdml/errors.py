@@ -1,9 +1,15 @@
-"""Errors a user can act on. Each message names what is wrong and what to do next; the CLI prints
-it as one line (no traceback) and exits with status 2."""
+"""Errors a user can act on. Each message names what is wrong and what to do next.
+
+They are ape exceptions: `ape crowdml …` prints one as a single `ERROR:` line, as ape's own
+commands print an `Abort`, and exits with status 1 (status 2 stays click's, for a malformed
+command line); in `ape console` they are ape errors like any other.
+"""
+
+from ape.exceptions import ApeException
 
 
-class CrowdmlError(Exception):
-    """Base class: bad input or a failed reproducibility check."""
+class CrowdmlError(ApeException):
+    """Base class: bad input, a refused call, or a failed reproducibility check."""
 
 
 class SpecError(CrowdmlError):
@@ -31,7 +37,8 @@ class UnknownTask(CrowdmlError):
 
 
 class TaskRejected(CrowdmlError):
-    """The board reverted the transaction: wrong phase, deadline passed, wrong deposit, …"""
+    """The board refuses the call (wrong phase, deadline passed, wrong deposit, …): found by the
+    local checks or by simulating the transaction, before anything is sent."""
 
 
 class InsufficientFunds(CrowdmlError):

@@ -17,7 +17,8 @@ import secrets
 from pathlib import Path
 
 from .artifacts import ArtifactStore
-from .board import NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus, coin_hash, commitment, hex32
+from . import preflight
+from .board import NO_DIGEST, Board, Phase, TaskInfo, coin_hash, commitment, hex32
 from .config import CrowdmlConfig, crowdml_config
 from .data import read_verified
 from .errors import BoardNotConfigured, DataDigestMismatch, MissingSecret, SpecError, TaskRejected
@@ -47,9 +48,14 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
     for stored, deployed_block in store.boards(chain.chain_id):
         if deployed_block <= chain.blocks.head.number and chain.provider.get_code(stored):
             return Board(stored, start_block=deployed_block)
+    hint = ""
+    if chain.provider.network.name == "local" and chain.provider.name == "test":
+        # ape's default local chain lives only as long as this command: its board is gone.
+        hint = ("; ethereum:local:test lasts one command: pass --network "
+                "ethereum:local:foundry to reach a running anvil")
     raise BoardNotConfigured(
         f"no task board configured for {network_key()}: set crowdml.boards['{network_key()}'] "
-        "in ape-config.yaml, pass --board, or run `ape crowdml deploy`")
+        f"in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
 
 
 def deploy_board(account, sink: str, *, config: CrowdmlConfig | None = None,
@@ -129,6 +135,10 @@ class Requester(Party):
         the board derives the coin from the block that fills the roster.
         """
         spec = as_spec(spec)
+        # The terms first, before anything is stored or uploaded.
+        preflight.check_amounts(
+            reward=reward, deposit=deposit, workers=workers, balance=self.account.balance,
+            windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
         read_verified(spec.data_uri, spec.data_digest, cached=False)
         # Workers look specs up by digest in their configured store and the spec's own.
@@ -148,13 +158,13 @@ class Requester(Party):
 
     def release_coin(self, task_id: int) -> bytes:
         """Open the stored coin once the roster is full; returns the task's coin."""
-        task = self.board.task(task_id)
-        opening = self.store.coin(self.board.chain_id, self.board.address, task.coin_hash)
-        if task.coin_hash == NO_DIGEST:
-            raise TaskRejected(f"task {task_id} uses a chain coin; there is nothing to release")
+        task = self.board.check_release_coin(self.account, task_id)
+        opening = self.store.coin(self.board.chain_id, self.board.address, task.coin_hash,
+                                  self.account.address)
         if opening is None:
-            raise MissingSecret(f"no stored coin opening for task {task_id} in "
-                                f"{self.store.path}; it cannot be released")
+            raise MissingSecret(f"no coin opening for task {task_id} stored by "
+                                f"{self.account.address} in {self.store.path}; "
+                                "it cannot be released")
         self.board.release_coin(self.account, task_id, opening.coin, opening.salt)
         return self.board.coin(task_id)  # the board mixes the opening with the chain's
 
@@ -181,6 +191,12 @@ class Worker(Party):
         return task, spec
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None) -> None:
+        # The board's own terms first: they are cheap, and the canary is not.
+        task = self.board.task(task_id)
+        preflight.check_join(task, self.board.head + 1,
+                             self.board.worker_status(task_id, self.account.address),
+                             is_sink=self.account.address == self.board.sink,
+                             balance=self.account.balance)
         self.check(task_id, spec)
         self.board.join(self.account, task_id)
 
@@ -197,8 +213,9 @@ class Worker(Party):
         """
         from .runner import run_job
 
+        # Before any training: the coin is fixed, this seat can commit, and the window is open.
+        self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
         task, spec = self.check(task_id, spec)
-        self._require_status(task_id, WorkerStatus.JOINED, "work on")
         coin = self.board.coin(task_id)
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
@@ -213,15 +230,14 @@ class Worker(Party):
                       store_url: str | None = None) -> None:
         """Store a fresh salt with `result`, THEN commit; `work` does this with the job's
         result. Called directly it commits anything (the demo's junk worker does)."""
-        task = self.board.task(task_id)
-        self._require_status(task_id, WorkerStatus.JOINED, "commit to")
+        task = self.board.check_commit(self.account, task_id)
         self._store_then_commit(task, self.board.coin(task_id), result, artifact,
                                 store_url or self.artifacts.url)
 
     def _store_then_commit(self, task: TaskInfo, coin: bytes, result: bytes, artifact: bytes,
                            store_url: str) -> None:
-        # The callers checked the seat is JOINED: a stored opening is never replaced once a
-        # commitment is on chain, for it is the only one.
+        # The callers checked the seat can commit (it is JOINED): a stored opening is never
+        # replaced once a commitment is on chain, for it is the only one.
         if result in self.board.common_knowledge(task):
             raise TaskRejected(f"result 0x{result.hex()} is in task {task.task_id}'s "
                                "common-knowledge set E_ck: the board counts it as no "
@@ -237,20 +253,13 @@ class Worker(Party):
 
     def reveal(self, task_id: int) -> bytes:
         """Open the stored commitment, then publish the artifact; returns the result digest."""
-        self.board.task(task_id)
+        self.board.check_reveal(self.account, task_id)
         stored = self.store.result(*self._key(task_id))
         if stored is None:
             raise MissingSecret(f"no stored salt for task {task_id} and {self.account.address} "
                                 f"in {self.store.path}; the commitment cannot be opened")
-        self._require_status(task_id, WorkerStatus.COMMITTED, "reveal for")
         receipt = self.board.reveal(self.account, task_id, stored.result, stored.salt)
         # A result the board judged trivial earns nothing: the requester gets no artifact.
         if not receipt.decode_logs(self.board.contract.Revealed)[0].trivial:
             ArtifactStore(stored.artifact_store).put(stored.artifact)
         return stored.result
-
-    def _require_status(self, task_id: int, status: WorkerStatus, action: str) -> None:
-        actual = self.board.worker_status(task_id, self.account.address)
-        if actual != status:
-            raise TaskRejected(f"cannot {action} task {task_id}: {self.account.address} is "
-                               f"{actual.label}, not {status.label}")

@@ -62,24 +62,42 @@ class StoredResult:
 
 
 class Store:
-    """One sqlite file under the state folder."""
+    """One sqlite file under the state folder, created by the first write: commands that only
+    read leave no folder behind.
+
+    Each secret is handed only to the account that stored it: another account using the same
+    folder (a requester and its workers on one machine) gets None, as if it were not there.
+    """
 
     def __init__(self, folder: str | Path):
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "state.sqlite3"
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self.path = Path(folder) / "state.sqlite3"
+        self._db: sqlite3.Connection | None = None
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _connection(self, *, create: bool) -> sqlite3.Connection | None:
+        if self._db is None:
+            if not create and not self.path.exists():
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        return self._db
 
     def _write(self, sql: str, args: tuple) -> None:
         # One transaction per write: when this returns, the row is on disk.
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(sql, args)
+        db = self._connection(create=True)
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, args)
+
+    def _read_one(self, sql: str, args: tuple) -> tuple | None:
+        db = self._connection(create=False)
+        return None if db is None else db.execute(sql, args).fetchone()
 
     def add_board(self, chain_id: int, address: str, deployed_block: int) -> None:
         self._write("INSERT OR REPLACE INTO boards VALUES (?, ?, ?)",
@@ -87,7 +105,10 @@ class Store:
 
     def boards(self, chain_id: int) -> list[tuple[str, int]]:
         """(address, deployed block) of boards deployed from here, newest first."""
-        rows = self._db.execute(
+        db = self._connection(create=False)
+        if db is None:
+            return []
+        rows = db.execute(
             "SELECT address, deployed_block FROM boards WHERE chain_id = ? "
             "ORDER BY deployed_block DESC, rowid DESC", (chain_id,))
         return list(rows)
@@ -97,10 +118,12 @@ class Store:
         self._write("INSERT OR REPLACE INTO coins VALUES (?, ?, ?, ?, ?, ?)",
                     (chain_id, board, coin_hash, account, opening.coin, opening.salt))
 
-    def coin(self, chain_id: int, board: str, coin_hash: bytes) -> CoinOpening | None:
-        row = self._db.execute(
-            "SELECT coin, salt FROM coins WHERE chain_id = ? AND board = ? AND coin_hash = ?",
-            (chain_id, board, coin_hash)).fetchone()
+    def coin(self, chain_id: int, board: str, coin_hash: bytes,
+             account: str) -> CoinOpening | None:
+        """The opening `account` stored for `coin_hash`; None for any other account."""
+        row = self._read_one(
+            "SELECT coin, salt FROM coins WHERE chain_id = ? AND board = ? AND coin_hash = ? "
+            "AND account = ?", (chain_id, board, coin_hash, account))
         return CoinOpening(*row) if row else None
 
     def save_result(self, chain_id: int, board: str, task_id: int, account: str,
@@ -111,8 +134,9 @@ class Store:
              stored.salt, stored.artifact, stored.artifact_store))
 
     def result(self, chain_id: int, board: str, task_id: int, account: str) -> StoredResult | None:
-        row = self._db.execute(
+        """The result and salt `account` stored for the task; None for any other account."""
+        row = self._read_one(
             "SELECT spec, coin, result, salt, artifact, artifact_store FROM results "
             "WHERE chain_id = ? AND board = ? AND task_id = ? AND account = ?",
-            (chain_id, board, task_id, account)).fetchone()
+            (chain_id, board, task_id, account))
         return StoredResult(*row) if row else None

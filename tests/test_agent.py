@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase
 from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.render import wei
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 
 
@@ -61,10 +62,36 @@ def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path,
         overrides["foundry"] = {"host": networks.provider.uri}
     with project.temp_config(**overrides):
         result = CliRunner().invoke(ape_cli, [
-            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--board", board.address,
+            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
+            "--board", board.address,
             "--account", "TEST::1", "--network", networks.provider.network_choice,
         ], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert board.phase(task) == Phase.FAILED
     assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
-    assert f"task {task}: claimed {DEPOSIT // 2} wei (failed)" in result.output
+    assert f"task {task}: claimed {wei(DEPOSIT // 2)} (failed)" in result.output
+
+
+class Polls(Exception):
+    """Ends an agent's run loop after a few idle polls."""
+
+
+@pytest.mark.parametrize("mine_when_idle", [False, True])
+def test_an_idle_agent_leaves_the_chain_clock_alone(board, accounts, config, chain, monkeypatch,
+                                                    mine_when_idle):
+    """Several parties may share a local chain: an idle agent must not close their windows by
+    mining, unless asked to (a chain nobody else uses)."""
+    polls = []
+
+    def sleep(seconds):
+        polls.append(seconds)
+        if len(polls) == 3:
+            raise Polls
+
+    monkeypatch.setattr("ape_crowdml.agent.time.sleep", sleep)
+    head = chain.blocks.head.number
+    agent = Agent(Worker(board, accounts[1], config=config), mine_when_idle=mine_when_idle,
+                  log=lambda line: None)
+    with pytest.raises(Polls):
+        agent.run(poll_seconds=0)
+    assert chain.blocks.head.number == head + (3 if mine_when_idle else 0)

@@ -1,4 +1,4 @@
-"""Every user mistake the CLI knows gets one line (`Error: …`, exit 2), no traceback."""
+"""Every user mistake the CLI knows gets one line (`ERROR: …`, exit 1), no traceback."""
 
 import re
 
@@ -6,7 +6,9 @@ import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
+from ape_crowdml.board import commitment
 from ape_crowdml.digest import file_digest
+from ape_crowdml.parties import find_board
 from ape_crowdml.spec import load_spec, save_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
@@ -16,10 +18,9 @@ def fails(ape):
     """Run a command that must fail; returns its one error line."""
 
     def run(*args, account=None):
-        output = ape(*args, account=account, expect=2)
-        errors = [line for line in output.splitlines() if line.startswith("Error: ")]
-        assert len(errors) == 1 and "Traceback" not in output, output
-        return errors[0]
+        output = ape(*args, account=account, expect=1)
+        assert output.startswith("ERROR: ") and output.count("\n") == 1, output
+        return output.strip()
 
     return run
 
@@ -38,7 +39,9 @@ def spec(state):
 def publish(ape, board, spec):
     def _publish(spec_file=spec, **terms):
         terms = {"reward": REWARD, "deposit": DEPOSIT, "workers": 2, **terms}
-        options = [x for name, value in terms.items() for x in (f"--{name.replace('_', '-')}", value)]
+        options = []
+        for name, value in terms.items():  # a True value is a flag
+            options += [f"--{name.replace('_', '-')}"] + ([] if value is True else [value])
         output = ape("publish", spec_file, *options, account=0)
         return int(re.search(r"task (\d+) published", output).group(1))
 
@@ -50,20 +53,33 @@ def test_board_not_configured_for_this_network(fails):
 
 
 def test_unknown_task(fails, board):
-    assert re.fullmatch(r"Error: task 7 does not exist on board 0x\w{40} \(tasks 1\.\.0\)",
+    assert re.fullmatch(r"ERROR: +task 7 does not exist on board 0x\w{40} \(tasks 1\.\.0\)",
                         fails("status", 7))
 
 
-def test_wrong_phase_is_the_boards_reason(fails, publish):
+def test_wrong_phase_says_what_to_do(fails, publish):
     task = publish()
-    assert fails("settle", task, account=0).endswith(f"settle task {task} refused by the board: "
-                                                       "not settleable")
+    assert fails("settle", task, account=0).endswith(f"task {task} has not started work "
+                                                       "(joining); there is nothing to settle")
 
 
-def test_deadline_passed_is_the_boards_reason(fails, publish, chain):
+def test_deadline_passed_names_the_block(fails, publish, chain):
     task = publish(join_blocks=2)
-    chain.mine(3)
-    assert fails("join", task, account=1).endswith("join window closed")
+    deadline = chain.blocks.head.number + 2  # the publish block + join_blocks
+    chain.mine(2)
+    assert fails("join", task, account=1).endswith(
+        f"task {task}'s join window closed at block {deadline}")
+
+
+def test_a_refusal_only_the_board_knows_is_found_by_simulation(fails, board, spec, accounts,
+                                                               chain):
+    """The local checks do not know every limit: the simulated call brings the board's reason,
+    and still nothing is sent."""
+    nonce, head = accounts[0].nonce, chain.blocks.head.number
+    line = fails("publish", spec, "--reward", REWARD, "--deposit",
+                 2**129, "--workers", 2, account=0)
+    assert line.endswith("publish refused by the board: deposit too large")
+    assert (accounts[0].nonce, chain.blocks.head.number) == (nonce, head)
 
 
 def test_insufficient_funds(fails, board, spec, accounts):
@@ -72,8 +88,14 @@ def test_insufficient_funds(fails, board, spec, accounts):
     assert "insufficient funds" in line.lower()
 
 
-def test_no_stored_salt(fails, publish):
-    task = publish()
+def test_no_stored_salt(fails, publish, accounts):
+    """Both workers committed, but worker 1's salt is not on this machine."""
+    board = find_board()
+    task = publish(chain_coin=True)
+    for worker in accounts[1], accounts[2]:
+        board.join(worker, task)
+    for worker in accounts[1], accounts[2]:
+        board.commit(worker, task, commitment(b"\x11" * 32, b"\x22" * 32, worker.address, task))
     assert f"no stored salt for task {task}" in fails("reveal", task, account=1)
 
 
@@ -105,5 +127,5 @@ def test_job_not_on_allowlist_is_refused_before_deposit(fails, publish, state, a
 
 def test_bad_coin_for_run_job(state, spec):
     result = CliRunner().invoke(ape_cli, ["crowdml", "run-job", str(spec), "--coin", "0x12"])
-    assert result.exit_code == 2
-    assert result.output.strip() == "Error: coin must be 32 bytes (64 hex digits), got 1"
+    assert result.exit_code == 1
+    assert re.fullmatch(r"ERROR: +coin must be 32 bytes \(64 hex digits\), got 1\n", result.output)

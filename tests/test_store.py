@@ -43,8 +43,8 @@ def test_coin_openings_and_boards(tmp_path):
     store = Store(tmp_path)
     opening = CoinOpening(b"\x01" * 32, b"\x02" * 32)
     store.save_coin(1337, BOARD, b"\x03" * 32, ALICE, opening)
-    assert store.coin(1337, BOARD, b"\x03" * 32) == opening
-    assert store.coin(1337, BOARD, b"\x04" * 32) is None
+    assert store.coin(1337, BOARD, b"\x03" * 32, ALICE) == opening
+    assert store.coin(1337, BOARD, b"\x04" * 32, ALICE) is None
     store.add_board(1337, BOARD, 1)
     store.add_board(1337, BOB, 7)
     assert store.boards(1337) == [(BOB, 7), (BOARD, 1)]
@@ -65,3 +65,22 @@ def test_artifact_store_round_trip_and_tamper(tmp_path):
 def test_artifact_store_takes_fsspec_urls():
     artifacts = ArtifactStore("memory://crowdml-test")
     assert artifacts.get(artifacts.put(b"in memory")) == b"in memory"
+
+
+def test_a_secret_is_handed_only_to_the_account_that_stored_it(tmp_path):
+    store = Store(tmp_path)
+    opening = CoinOpening(b"\x01" * 32, b"\x02" * 32)
+    store.save_coin(1337, BOARD, b"\x03" * 32, ALICE, opening)
+    store.save_result(1337, BOARD, 4, ALICE, stored(1))
+    assert store.coin(1337, BOARD, b"\x03" * 32, BOB) is None
+    assert store.result(1337, BOARD, 4, BOB) is None
+    assert store.coin(1337, BOARD, b"\x03" * 32, ALICE) == opening
+
+
+def test_reading_creates_no_folder(tmp_path):
+    store = Store(tmp_path / "state")
+    assert store.boards(1337) == [] and store.result(1337, BOARD, 4, ALICE) is None
+    assert store.coin(1337, BOARD, b"\x03" * 32, ALICE) is None
+    assert not (tmp_path / "state").exists()
+    store.add_board(1337, BOARD, 1)
+    assert store.path.exists() and store.boards(1337) == [(BOARD, 1)]

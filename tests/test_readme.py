@@ -1,0 +1,237 @@
+"""The README's "Using it" examples run as written.
+
+The console example runs in process on the suite's network. The command-line walkthrough runs
+as a user would: a persistent anvil with a block time, every command its own `ape` process, in
+a fresh project folder (requester TEST::0, workers TEST::1..3). Between its lines, the common
+mistakes: each must print one line, exit with status 1, and send nothing; at the end no block
+holds a failed transaction.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ape_crowdml.board import Phase
+from ape_crowdml.console import load_ipython_extension
+from crowdml_support import tiny_spec_file
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+NETWORK = "ethereum:local:foundry"
+
+
+def using_it_blocks(language: str) -> list[str]:
+    """The fenced blocks of the README's "Using it" section in `language` ("" for none)."""
+    text = README.read_text()
+    section = text[text.index("## Using it"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks, current, fence = [], [], None
+    for line in section.splitlines():
+        if line.startswith("```"):
+            if fence is None:
+                fence, current = line[3:].strip(), []
+            else:
+                if fence == language:
+                    blocks.append("\n".join(current) + "\n")
+                fence = None
+        elif fence is not None:
+            current.append(line)
+    return blocks
+
+
+class Shell:
+    def __init__(self, namespace: dict):
+        self.user_ns = namespace
+
+    def push(self, names: dict) -> None:
+        self.user_ns.update(names)
+
+
+def test_console_example_runs_as_written(project, tmp_path, monkeypatch):
+    from ape import accounts
+
+    (example,) = using_it_blocks("python")
+    # The example's spec.json, with the repository's job: a tiny one, to keep the test short.
+    tiny_spec_file(tmp_path, job=ROOT / "jobs" / "train_classifier.py")
+    monkeypatch.chdir(tmp_path)
+    namespace = {"accounts": accounts}
+    load_ipython_extension(Shell(namespace))  # what `ape console` loads
+    with project.temp_config(crowdml={"state_folder": str(tmp_path / "state")}):
+        exec(compile(example, str(README), "exec"), namespace)
+        task, alice = namespace["task"], namespace["alice"]
+        assert alice.board.phase(task) == Phase.AGREED
+    assert namespace["params"]["Dense_0"]["kernel"].shape == (64, 16)
+    assert alice.board.claims(task) == {accounts.test_accounts[1].address: 3 * 10**16}
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Anvil:
+    """anvil with a block time, and the JSON-RPC calls the test checks the chain with."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        anvil = shutil.which("anvil")
+        if anvil is None:
+            pytest.skip("anvil is not on PATH")
+        self.process = subprocess.Popen([anvil, "--port", str(self.port), "--block-time", "1"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                self.head()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("anvil did not start")
+
+    def rpc(self, method: str, *params):
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        request = urllib.request.Request(self.url, body.encode(),
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())["result"]
+
+    def head(self) -> int:
+        return int(self.rpc("eth_blockNumber"), 16)
+
+    def nonce(self, address: str) -> int:
+        return int(self.rpc("eth_getTransactionCount", address, "latest"), 16)
+
+    def failed_transactions(self) -> list[str]:
+        failed = []
+        for number in range(self.head() + 1):
+            for tx in self.rpc("eth_getBlockByNumber", hex(number), False)["transactions"]:
+                if self.rpc("eth_getTransactionReceipt", tx)["status"] != "0x1":
+                    failed.append(tx)
+        return failed
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def anvil():
+    node = Anvil()
+    yield node
+    node.stop()
+
+
+def walkthrough_commands() -> list[list[str]]:
+    """The walkthrough's `ape` commands, `for w in …` loops unrolled: one process each."""
+    chain, commands = using_it_blocks("sh")[:2]
+    assert "anvil --block-time 1" in chain  # the chain the test starts
+    argvs = []
+    for line in commands.strip().splitlines():
+        loop = re.fullmatch(r"for w in ([\d ]+); do (.*); done", line.strip())
+        for w in loop.group(1).split() if loop else [None]:
+            command = loop.group(2).replace("$w", w) if loop else line
+            argvs.append(shlex.split(command, comments=True))
+    return argvs
+
+
+def verb_and_account(argv: list[str]) -> tuple[str, str | None]:
+    account = argv[argv.index("--account") + 1] if "--account" in argv else None
+    return argv[2], account
+
+
+# After the command (verb, account) of the walkthrough: mistakes, each (account, arguments,
+# what its one line must say).
+PUBLISH = ["publish", "spec.json", "--reward", "0.03 ether", "--account", "TEST::0"]
+MISTAKES = {
+    ("publish", "TEST::0"): [
+        ("TEST::0", [*PUBLISH, "--deposit", "3", "--workers", "3"],
+         "the deposit must be positive and even"),
+        ("TEST::0", [*PUBLISH, "--deposit", "0.02 ether", "--workers", "1"],
+         "a task needs at least 2 workers, not 1"),
+    ],
+    ("join", "TEST::1"): [
+        ("TEST::1", ["join", "1", "--account", "TEST::1"], "has already joined task 1"),
+    ],
+    ("join", "TEST::3"): [
+        ("TEST::1", ["work", "1", "--account", "TEST::1"],
+         r"awaits the requester's coin: wait for it until block \d+"),
+        ("TEST::1", ["release-coin", "1", "--account", "TEST::1"],
+         "only task 1's requester 0x"),
+    ],
+    ("work", "TEST::1"): [
+        ("TEST::1", ["reveal", "1", "--account", "TEST::1"],
+         r"reveal opens when all 3 workers have committed \(1 so far\) or at block \d+"),
+    ],
+    ("reveal", "TEST::3"): [
+        ("TEST::1", ["claim", "1", "--account", "TEST::1"],
+         r"has not ended \(settleable\): claim after it is settled"),
+    ],
+    ("status", None): [
+        ("TEST::1", ["work", "1", "--account", "TEST::1"], "task 1 has ended: agreed"),
+    ],
+}
+
+
+def test_cli_walkthrough_runs_as_written_and_mistakes_send_nothing(anvil, tmp_path, accounts):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "ape-config.yaml", project)
+    shutil.copytree(ROOT / "jobs", project / "jobs")
+    env = {**os.environ, "APE_FOUNDRY_HOST": anvil.url,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    addresses = {f"TEST::{i}": accounts[i].address for i in range(4)}
+
+    def ape(argv: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    def mistake(account: str, args: list[str], says: str) -> str:
+        nonce = anvil.nonce(addresses[account])
+        run = ape(["ape", "crowdml", *args, "--network", NETWORK])
+        output = run.stdout + run.stderr
+        assert run.returncode == 1, (args, output)
+        assert re.fullmatch(rf"ERROR: +.*{says}.*\n", output), (args, output)
+        assert anvil.nonce(addresses[account]) == nonce, args
+        return output
+
+    # Read-only, without a board or --network: one line that hints at --network, no folder.
+    run = ape(["ape", "crowdml", "status", "1"])
+    output = run.stdout + run.stderr
+    assert run.returncode == 1 and "--network ethereum:local:foundry" in output, output
+    assert output.count("\n") == 1 and not (project / ".crowdml").exists()
+
+    refusals, said = [], {}
+    for argv in walkthrough_commands():
+        run = ape(argv)
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, (argv, output)
+        assert "Traceback" not in output and "Warning" not in output, (argv, output)
+        said[verb_and_account(argv)] = output
+        for account, args, says in MISTAKES.get(verb_and_account(argv), []):
+            refusals.append(mistake(account, args, says))
+    assert len(refusals) == sum(map(len, MISTAKES.values()))
+    assert "task 1 settled: agreed" in said["settle", "TEST::0"]
+    assert "claimed 0.03 ETH from task 1" in said["claim", "TEST::3"]  # deposit + reward / 3
+    assert (project / "model.crowdml").exists()
+    assert anvil.failed_transactions() == []
+
+    # The refusals the README shows are ones the commands print (numbers and addresses aside).
+    (shown,) = using_it_blocks("")
+    for line in shown.splitlines():
+        pattern = re.sub(r"0x[0-9a-fA-F]{40}|\d+", "@", line)
+        assert any(re.sub(r"0x[0-9a-fA-F]{40}|\d+", "@", seen.strip()) == pattern
+                   for seen in refusals), line
