@@ -10,7 +10,7 @@ contracts/ModelPurchase.vy, with the evaluation run by a TaskBoard's workers.
     alice.release_data(order)                   # the evaluation task goes on the board
     ...                                         # workers join, work, reveal (Worker / Agent)
     bob.advance(order); bob.finalize(order)     # anyone; the contract counts the bitstring
-    bob.withdraw()
+    bob.claim(order)
 
 The evaluation spec is fixed by the buyer as a template: the canonical JSON of an
 `evaluate_classifier.py` spec, cut around the model's digest and URI (`split_template`). The
@@ -69,7 +69,7 @@ class Stage(IntEnum):
 
 @dataclass(frozen=True)
 class OrderInfo:
-    """ModelPurchase.orders(), with the stage decoded."""
+    """ModelPurchase.order(), with the stage decoded."""
 
     order_id: int
     buyer: str
@@ -225,7 +225,7 @@ class Market:
         if not 1 <= order_id <= count:
             raise CrowdmlError(f"order {order_id} does not exist on market {self.address} "
                                f"(orders 1..{count})")
-        view = self.contract.orders(order_id)
+        view = self.contract.order(order_id)
         fields = {name: getattr(view, name) for name in OrderInfo.__dataclass_fields__
                   if name != "order_id"}
         fields["stage"] = Stage(fields["stage"])
@@ -260,16 +260,16 @@ class Market:
                             f"events give {hex32(spec.digest())}")
         return spec
 
-    def credit(self, account: str) -> int:
-        return self.contract.credit(account)
+    def owed(self, order_id: int, account: str) -> int:
+        return self.contract.owed(order_id, account)
 
 
 # ---------------------------------------------------------------- the parties
 
 
 class Trader:
-    """What buyers and sellers share: a market, an account, the config; anyone may `advance`,
-    `finalize` and `withdraw`."""
+    """What buyers and sellers share: a market, an account, the config; anyone may `advance` and
+    `finalize`; the payee may `claim`."""
 
     def __init__(self, market: Market, account, *, config: CrowdmlConfig | None = None):
         self.market = market
@@ -316,12 +316,15 @@ class Trader:
         self._send(f"finalize order {order_id}", "finalize", order_id, bits_body(bits))
         return self.market.order(order_id).stage
 
-    def withdraw(self) -> int:
-        """Collect what ended orders credited to this account; returns the wei paid."""
-        owed = self.market.credit(self.account.address)
+    def claim(self, order_id: int) -> int:
+        """Collect an ended order's escrow (the seller's price, or the buyer's refund);
+        returns the wei paid."""
+        order = self.market.order(order_id)
+        owed = self.market.owed(order_id, self.account.address)
         if not owed:
-            raise TaskRejected(f"{self.account.address} has nothing to withdraw")
-        self._send("withdraw", "withdraw")
+            raise TaskRejected(f"order {order_id} ({order.stage.label}) owes "
+                               f"{self.account.address} nothing")
+        self._send(f"claim from order {order_id}", "claim", order_id)
         return owed
 
 

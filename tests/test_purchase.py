@@ -1,6 +1,6 @@
 """ModelPurchase on chain: the precision bar, the bitstring encoding, every board outcome, each
-sabotage and deadline path, and the ether invariant (the contract's balance equals the escrow of
-its live orders plus unpaid credits) after every transaction."""
+sabotage and deadline path, and the ether invariant (the contract's balance equals the sum of its
+orders' escrows: live ones, and ended ones not yet claimed) after every transaction."""
 
 import random
 
@@ -60,13 +60,11 @@ def market(project, board, buyer):
 class Ledger:
     """Checks the ether invariant after each transaction it is handed."""
 
-    def __init__(self, market, accounts):
+    def __init__(self, market):
         self.market = market
-        self.accounts = list(accounts)
 
     def owed(self) -> int:
-        escrow = sum(self.market.orders(i).escrow for i in range(1, self.market.order_count() + 1))
-        return escrow + sum(self.market.credit(a) for a in self.accounts)
+        return sum(self.market.order(i).escrow for i in range(1, self.market.order_count() + 1))
 
     def check(self, receipt=None):
         assert self.market.balance == self.owed()
@@ -74,8 +72,8 @@ class Ledger:
 
 
 @pytest.fixture
-def ledger(market, accounts):
-    return Ledger(market, [accounts[i] for i in range(10)])
+def ledger(market):
+    return Ledger(market)
 
 
 def open_order(market, buyer, template, ledger, *, price=PRICE, threshold=THRESHOLD,
@@ -141,7 +139,7 @@ def test_offer_fills_the_template_on_chain_as_python_does(market, buyer, seller,
     spec = fill_template(head, tail, MODEL, MODEL_URI)
     assert spec.hparams == {"model_digest": "0x" + MODEL.hex(), "model_uri": MODEL_URI,
                             "subset_size": SAMPLES}
-    assert market.orders(order_id).spec == spec.digest()
+    assert market.order(order_id).spec == spec.digest()
     assert market.spec_digest(head, MODEL, MODEL_URI, tail) == spec.digest()
     assert spec.data_digest == "0x" + test_data.hex()
 
@@ -184,16 +182,20 @@ def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, templa
     local = (head, tail, template[2])
     order_id = released(market, buyer, seller, local, ledger, samples=samples, threshold=threshold)
     bits = bits_with(correct, samples)
-    agree_on(board, market.orders(order_id).task_id, crew, bits, chain)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
     ledger.check(market.advance(order_id, sender=seller))  # settles the board task
     receipt = ledger.check(market.finalize(order_id, bits_body(bits), sender=seller))
     log = receipt.decode_logs(market.Finalized)[0]
     assert (log.correct, log.samples, log.bought) == (correct, samples, bought)
     payee = seller if bought else buyer
-    assert market.credit(payee) == PRICE
-    assert market.orders(order_id).stage == (Stage.BOUGHT if bought else Stage.REFUSED)
+    assert market.owed(order_id, payee) == PRICE
+    assert market.order(order_id).stage == (Stage.BOUGHT if bought else Stage.REFUSED)
+    other = buyer if bought else seller
+    assert market.owed(order_id, other) == 0
+    with ape.reverts("not the payee"):
+        market.claim(order_id, sender=other)
     before = payee.balance
-    receipt = ledger.check(market.withdraw(sender=payee))
+    receipt = ledger.check(market.claim(order_id, sender=payee))
     assert payee.balance - before + receipt.total_fees_paid == PRICE
     assert market.balance == 0
 
@@ -209,7 +211,7 @@ def test_a_bitstring_that_is_not_the_agreed_one_is_refused(market, board, buyer,
                                                            template, ledger, chain):
     order_id = released(market, buyer, seller, template, ledger)
     bits = bits_with(185)
-    agree_on(board, market.orders(order_id).task_id, crew, bits, chain)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
     body = bits_body(bits)
     flipped = bytearray(body)
     flipped[0] ^= 0x80
@@ -227,7 +229,7 @@ def test_a_bitstring_that_is_not_the_agreed_one_is_refused(market, board, buyer,
     with ape.reverts("bitstring does not match"):
         market.finalize(order_id, bytes(padded), sender=seller)
     ledger.check(market.finalize(order_id, body, sender=seller))
-    assert market.orders(order_id).stage == Stage.BOUGHT
+    assert market.order(order_id).stage == Stage.BOUGHT
 
 
 def test_padding_bits_never_count_as_samples(market, board, buyer, seller, crew, template, ledger,
@@ -238,11 +240,11 @@ def test_padding_bits_never_count_as_samples(market, board, buyer, seller, crew,
     body = bytearray(bits_body(bits))
     body[-1] = 0xFF  # 200 bits end in the 7th word: its last 56 bits are padding
     encoding = b"crowdml/bits/v2\n" + SAMPLES.to_bytes(32, "big") + bytes(body)
-    play(board, market.orders(order_id).task_id, crew, [keccak(encoding)] * 3, chain)
+    play(board, market.order(order_id).task_id, crew, [keccak(encoding)] * 3, chain)
     market.advance(order_id, sender=seller)
     receipt = ledger.check(market.finalize(order_id, bytes(body), sender=seller))
     assert receipt.decode_logs(market.Finalized)[0].correct == 179
-    assert market.orders(order_id).stage == Stage.REFUSED
+    assert market.order(order_id).stage == Stage.REFUSED
 
 
 @pytest.fixture
@@ -287,7 +289,7 @@ def test_only_the_buyer_releases_and_not_before_an_offer(market, buyer, seller, 
 def test_release_publishes_a_chain_coin_task_with_the_orders_terms(market, board, buyer, seller,
                                                                    template, ledger):
     order_id = released(market, buyer, seller, template, ledger)
-    order = market.orders(order_id)
+    order = market.order(order_id)
     task = board.task(order.task_id)
     assert (task.requester, task.spec, task.data) == (market.address, order.spec, template[2])
     assert (task.workers, task.deposit, task.reward) == (3, DEPOSIT, REWARD)
@@ -336,7 +338,7 @@ def junk(worker) -> bytes:
 
 def fail_round(board, market, order_id, crew, how, chain):
     """Make the order's current task end DISAGREED, FAILED or ABORTED."""
-    task_id = market.orders(order_id).task_id
+    task_id = market.order(order_id).task_id
     truth = keccak(encode_bits(bits_with(190)))
     if how == DISAGREED:
         play(board, task_id, crew, [truth, truth, junk(crew[2])], chain)
@@ -353,7 +355,7 @@ def test_a_task_that_does_not_agree_is_retried_then_refunds_the_buyer(
     order_id = released(market, buyer, seller, template, ledger)
     tasks = []
     for round_ in range(1, ROUNDS + 1):
-        order = market.orders(order_id)
+        order = market.order(order_id)
         assert order.rounds == round_ and order.stage == Stage.EVALUATING
         tasks.append(order.task_id)
         fail_round(board, market, order_id, crew, how, chain)
@@ -361,10 +363,10 @@ def test_a_task_that_does_not_agree_is_retried_then_refunds_the_buyer(
         assert board.phase(tasks[-1]) == how
         assert receipt.decode_logs(market.RoundFailed)[0].outcome == how
     assert len(set(tasks)) == ROUNDS  # a fresh task (fresh coin, fresh roster) each round
-    order = market.orders(order_id)
-    assert order.stage == Stage.UNEVALUATED and order.escrow == 0
-    assert market.credit(buyer) == PRICE + REWARD and market.credit(seller) == 0
-    ledger.check(market.withdraw(sender=buyer))
+    order = market.order(order_id)
+    assert order.stage == Stage.UNEVALUATED and order.escrow == PRICE + REWARD
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    ledger.check(market.claim(order_id, sender=buyer))
     assert market.balance == 0
 
 
@@ -378,13 +380,13 @@ def test_a_seller_sabotaging_a_bad_model_is_never_paid(market, board, buyer, sel
     flattering = keccak(encode_bits([1] * SAMPLES))
     lost = 0
     for _ in range(ROUNDS):
-        task_id = market.orders(order_id).task_id
+        task_id = market.order(order_id).task_id
         play(board, task_id, crew, [truth, truth, flattering], chain)
         ledger.check(market.advance(order_id, sender=buyer))
         assert board.phase(task_id) == DISAGREED
         lost += DEPOSIT - board.owed(task_id, seller)
-    assert market.orders(order_id).stage == Stage.UNEVALUATED
-    assert market.credit(seller) == 0 and market.credit(buyer) == PRICE + REWARD
+    assert market.order(order_id).stage == Stage.UNEVALUATED
+    assert market.owed(order_id, seller) == 0 and market.owed(order_id, buyer) == PRICE + REWARD
     # Honest, the refused seller would have lost nothing; sabotaging, it lost d/2 a round.
     assert lost == ROUNDS * DEPOSIT // 2
 
@@ -396,13 +398,13 @@ def test_a_buyer_sabotaging_a_good_model_ends_behind_paying(market, board, buyer
     order_id = released(market, buyer, seller, template, ledger)
     truth = keccak(encode_bits(bits_with(195)))
     for _ in range(ROUNDS):
-        task_id = market.orders(order_id).task_id
+        task_id = market.order(order_id).task_id
         play(board, task_id, crew, [truth, truth, junk(buyer)], chain)
         ledger.check(market.advance(order_id, sender=seller))
         assert board.owed(task_id, buyer) == DEPOSIT // 2
-    assert market.orders(order_id).stage == Stage.UNEVALUATED
-    refund = market.credit(buyer)
-    assert refund == PRICE + REWARD and market.credit(seller) == 0
+    assert market.order(order_id).stage == Stage.UNEVALUATED
+    refund = market.owed(order_id, buyer)
+    assert refund == PRICE + REWARD and market.owed(order_id, seller) == 0
     # Net of the refund, sabotage cost ROUNDS * d/2; honesty would have cost price + reward.
     sabotage_cost = PRICE + REWARD - refund + ROUNDS * DEPOSIT // 2
     assert sabotage_cost >= PRICE + REWARD
@@ -414,11 +416,11 @@ def test_a_retry_that_agrees_decides_as_usual(market, board, buyer, seller, crew
     fail_round(board, market, order_id, crew, DISAGREED, chain)
     ledger.check(market.advance(order_id, sender=seller))
     bits = bits_with(181)
-    agree_on(board, market.orders(order_id).task_id, crew, bits, chain)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
     ledger.check(market.advance(order_id, sender=seller))
     ledger.check(market.finalize(order_id, bits_body(bits), sender=buyer))
-    assert market.orders(order_id).stage == Stage.BOUGHT and market.credit(seller) == PRICE
-    assert market.orders(order_id).rounds == 2
+    assert market.order(order_id).stage == Stage.BOUGHT and market.owed(order_id, seller) == PRICE
+    assert market.order(order_id).rounds == 2
 
 
 # ---------------------------------------------------------------- deadlines
@@ -428,7 +430,7 @@ def test_buyer_cancels_before_any_offer_anyone_after_the_offer_deadline(
         market, buyer, seller, template, ledger, chain):
     first = open_order(market, buyer, template, ledger)
     ledger.check(market.cancel(first, sender=buyer))
-    assert market.orders(first).stage == Stage.CANCELLED and market.credit(buyer) == PRICE + REWARD
+    assert market.order(first).stage == Stage.CANCELLED and market.owed(first, buyer) == PRICE + REWARD
     second = open_order(market, buyer, template, ledger)
     with ape.reverts("offer window still open"):
         market.cancel(second, sender=seller)
@@ -437,7 +439,7 @@ def test_buyer_cancels_before_any_offer_anyone_after_the_offer_deadline(
     with ape.reverts("offer deadline passed"):
         market.offer(second, MODEL, MODEL_URI, head, tail, sender=seller)
     ledger.check(market.cancel(second, sender=seller))
-    assert market.credit(buyer) == 2 * (PRICE + REWARD)
+    assert market.owed(second, buyer) == PRICE + REWARD
     with ape.reverts("evaluation already started"):
         market.cancel(second, sender=buyer)
 
@@ -451,15 +453,15 @@ def test_an_offer_whose_data_is_never_released_lapses(market, buyer, seller, tem
     with ape.reverts("release window closed"):
         market.release_data(order_id, sender=buyer)
     ledger.check(market.cancel(order_id, sender=seller))
-    assert market.orders(order_id).stage == Stage.LAPSED
-    assert market.credit(buyer) == PRICE + REWARD and market.credit(seller) == 0
+    assert market.order(order_id).stage == Stage.LAPSED
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
 
 
 def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, buyer, seller, crew,
                                                                 template, ledger, chain):
     order_id = released(market, buyer, seller, template, ledger)
     bits = bits_with(199)
-    agree_on(board, market.orders(order_id).task_id, crew, bits, chain)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
     receipt = ledger.check(market.advance(order_id, sender=buyer))
     deadline = receipt.decode_logs(market.AgreementSeen)[0].finalize_deadline
     with ape.reverts("finalize window still open"):
@@ -471,8 +473,8 @@ def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, 
     with ape.reverts("finalize window closed"):
         market.finalize(order_id, bits_body(bits), sender=seller)
     ledger.check(market.advance(order_id, sender=buyer))
-    assert market.orders(order_id).stage == Stage.UNEVALUATED
-    assert market.credit(buyer) == PRICE and market.credit(seller) == 0  # the reward paid the workers
+    assert market.order(order_id).stage == Stage.UNEVALUATED
+    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0  # the reward paid the workers
 
 
 def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template, ledger, chain):
@@ -481,7 +483,7 @@ def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template
         market.advance(order_id, sender=seller)
     offer(market, seller, order_id, template, ledger)
     ledger.check(market.release_data(order_id, sender=buyer))
-    task_id = market.orders(order_id).task_id
+    task_id = market.order(order_id).task_id
     with ape.reverts("evaluation still running"):  # joining, join window open
         market.advance(order_id, sender=seller)
     for w in crew:
@@ -492,9 +494,14 @@ def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template
         market.finalize(order_id, bits_body(bits_with(190)), sender=seller)
 
 
-def test_withdraw_pays_once(market, buyer, template, ledger):
+def test_claim_pays_once_and_only_after_the_end(market, buyer, seller, template, ledger):
     order_id = open_order(market, buyer, template, ledger)
+    with ape.reverts("order not ended"):
+        market.claim(order_id, sender=buyer)
     ledger.check(market.cancel(order_id, sender=buyer))
-    ledger.check(market.withdraw(sender=buyer))
-    with ape.reverts("nothing to withdraw"):
-        market.withdraw(sender=buyer)
+    with ape.reverts("not the payee"):
+        market.claim(order_id, sender=seller)
+    ledger.check(market.claim(order_id, sender=buyer))
+    with ape.reverts("nothing to claim"):
+        market.claim(order_id, sender=buyer)
+    assert market.owed(order_id, buyer) == 0
