@@ -21,6 +21,7 @@ set" and nothing else. A seller checks the template (`check_template`) before of
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -155,6 +156,18 @@ def check_template(order: OrderInfo, head: bytes, tail: bytes, jobs_folder: Path
 # ---------------------------------------------------------------- the contract
 
 
+@contextmanager
+def market_transaction(action: str):
+    """board.transaction's one-line errors, naming the market as the one that refused."""
+    from ape.exceptions import ContractLogicError
+
+    with transaction(action):
+        try:
+            yield
+        except ContractLogicError as exc:
+            raise TaskRejected(f"{action} refused by the market: {exc.message}") from None
+
+
 def purchase_container():
     """The ModelPurchase contract container, from the compiled type shipped with the package."""
     from ape.contracts import ContractContainer
@@ -216,7 +229,7 @@ class Market:
     def deploy(cls, sender, board: Board) -> Market:
         from ape import chain
 
-        with transaction("deploy the market"):
+        with market_transaction("deploy the market"):
             contract = purchase_container().deploy(board.address, sender=sender)
         return cls(contract.address, start_block=min(board.start_block, chain.blocks.head.number))
 
@@ -281,7 +294,7 @@ class Trader:
         return f"<{type(self).__name__} {self.account.address} on {self.market.address}>"
 
     def _send(self, action: str, function: str, *args, **kwargs):
-        with transaction(action):
+        with market_transaction(action):
             return getattr(self.market.contract, function)(*args, sender=self.account, **kwargs)
 
     def _publish_spec(self, spec: JobSpec) -> None:
