@@ -402,3 +402,39 @@ class Seller(Trader):
         self._publish_spec(spec)
         self._send(f"offer a model to order {order_id}", "offer", order_id, model, uri, head, tail)
         return spec.digest()
+
+
+def order_table(market: Market, order_id: int):
+    """What `ape crowdml order status` prints: stage, terms, the step's deadline, evaluation."""
+    from rich.table import Table
+
+    from .render import wei
+
+    order = market.order(order_id)
+    head = market.board.head
+    table = Table(title=f"order {order_id} on {market.address} (block {head})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    deadline = {Stage.OPEN: order.offer_deadline,
+                Stage.OFFERED: order.step_start + order.release_blocks}.get(order.stage)
+    if order.stage == Stage.EVALUATING and order.agreed_at:
+        deadline = order.agreed_at + order.finalize_blocks
+    rows = [
+        ("stage", order.stage.label),
+        ("deadline", f"block {deadline}" if deadline else "—"),
+        ("buyer", order.buyer),
+        ("price", wei(order.price)),
+        ("bar", f"{order.threshold / 100:g} % of {order.samples} samples"),
+        ("test data", hex32(order.test_data)),
+        ("evaluation", f"{order.workers} workers, reward {wei(order.reward)}, deposit "
+                       f"{wei(order.deposit)}, round {order.rounds} of {order.max_rounds}"),
+        ("escrow", wei(order.escrow)),
+    ]
+    if order.stage >= Stage.OFFERED and order.seller != "0x" + "0" * 40:
+        rows += [("seller", order.seller), ("model", hex32(order.model)),
+                 ("spec", hex32(order.spec))]
+    if order.task_id:
+        rows.append(("task", f"{order.task_id} ({market.board.phase(order.task_id).label})"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
