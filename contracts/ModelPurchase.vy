@@ -311,6 +311,7 @@ def open_order(
     assert msg.value == price + evaluation.reward, "send price + reward"
     assert threshold > 0 and threshold <= BPS, "threshold out of range"
     assert samples > 0 and samples <= MAX_SAMPLES, "samples out of range"
+    assert test_data != empty(bytes32), "empty test data digest"
     assert evaluation.workers >= 2, "need at least 2 workers"
     assert evaluation.reward > 0 and evaluation.reward % evaluation.workers == 0, "reward must split evenly"
     assert evaluation.deposit > 0 and evaluation.deposit % 2 == 0, "deposit must be even"
