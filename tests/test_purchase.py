@@ -175,6 +175,9 @@ def test_offer_needs_the_orders_template(market, buyer, seller, template, ledger
     (256, 5000, 128, True),     # a whole word
     (9, 5000, 4, False),        # a length that is not a multiple of 8
     (9, 5000, 5, True),
+    (4096, 9000, 3687, True),   # 4096 * 0.9 = 3686.4
+    (4096, 9000, 3686, False),
+    (16384, 5000, 8192, True),  # the most samples an order takes: 64 words
 ])
 def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, template, ledger, chain,
                                       samples, threshold, correct, bought, tmp_path):
