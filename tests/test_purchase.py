@@ -473,7 +473,8 @@ def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, 
         market.finalize(order_id, bits_body(bits), sender=seller)
     ledger.check(market.advance(order_id, sender=buyer))
     assert market.order(order_id).stage == Stage.UNEVALUATED
-    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0  # the reward paid the workers
+    # The price goes back; the reward paid the workers.
+    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0
 
 
 def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template, ledger, chain):
