@@ -52,9 +52,10 @@ bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'
 	python bench/train.py
 
-# After editing contracts/TaskBoard.vy: ship the new bytecode with the plugin.
+# After editing contracts/*.vy: ship the new bytecode with the plugin.
 taskboard: env
 	ape run export_taskboard
+	ape run export_purchase
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .build

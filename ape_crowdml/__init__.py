@@ -30,6 +30,12 @@ _API = {
     "make_spec": "spec",
     "CrowdmlConfig": "config",
     "CrowdmlError": "errors",
+    "Buyer": "purchase",
+    "Market": "purchase",
+    "Seller": "purchase",
+    "Stage": "purchase",
+    "deploy_market": "purchase",
+    "find_market": "purchase",
 }
 
 __all__ = sorted(_API)

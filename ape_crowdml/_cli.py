@@ -338,3 +338,7 @@ def demo():
     from ape_crowdml.demo import run_demo
 
     run_demo()
+
+
+# The model-purchase commands live in their own module and attach themselves to `cli`.
+from ape_crowdml import _cli_purchase  # noqa: E402,F401

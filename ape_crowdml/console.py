@@ -12,7 +12,8 @@ or in a running console: `%load_ext ape_crowdml.console`.
 import ape_crowdml
 
 NAMES = ("Agent", "Board", "Phase", "Requester", "Worker", "WorkerStatus", "deploy_board",
-         "find_board", "load_spec", "make_spec")
+         "find_board", "load_spec", "make_spec",
+         "Buyer", "Market", "Seller", "Stage", "deploy_market", "find_market")
 
 
 def crowdml_namespace() -> dict:

@@ -3,8 +3,10 @@
 Round 1: three honest workers train the same MLP on the digits set with the requester's coin,
 agree on one digest and share the reward. Round 2: one worker reveals junk instead; the results
 differ, so every worker gets only half its deposit back and the requester keeps its reward.
-Round 3, the paper's other instance: the requester has round 1's model evaluated on a
-coin-chosen test subset and reads its precision off the agreed correctness bitstring.
+Round 3, the paper's other instance, decided on chain: a buyer orders a model that must be right
+on 85 % of a coin-chosen test subset; a seller offers round 1's model, the workers evaluate it, and
+the ModelPurchase contract counts the agreed bitstring and pays the seller. A second seller offers
+a broken model (its output layer zeroed); the contract refuses it and the buyer gets its price back.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ from .board import Board, hex32
 from .config import crowdml_config
 from .errors import CrowdmlError
 from .parties import Requester, Worker, deploy_board
+from .purchase import Buyer, Market, Seller
 from .render import short, wei
 from .store import Store
 
 DEMO_HPARAMS = {"hidden": [32], "epochs": 10, "batch_size": 64}
 EVALUATED_SAMPLES = 200
+PRICE = 3 * 10**16
+THRESHOLD_BPS = 8500  # round 1's 10-epoch MLP is right on about 90 % of the test set
+EVAL_REWARD = 3 * 10**15
+EVAL_ROUNDS = 4  # EVAL_ROUNDS * DEPOSIT / 2 >= PRICE + EVAL_REWARD: sabotage costs the buyer more
 REWARD = 3 * 10**16
 DEPOSIT = 2 * 10**16
 WORKERS = 3
@@ -105,17 +112,70 @@ def _play_round(console: Console, board: Board, requester: Requester, workers: d
     for name, worker in workers.items():
         digests.add_row(f"{name} revealed", hex32(reveals[worker.account.address][0]))
     if outcome.name == "AGREED":
-        result = requester.fetch(task)
-        if isinstance(result, dict):
-            kernel = result["params"]["Dense_0"]["kernel"]
-            digests.add_row("fetched model", f"verified; Dense_0 kernel {kernel.shape}")
-        else:
-            digests.add_row("fetched bitstring", f"verified; {int(result.sum())} of {len(result)} "
-                                                 f"right: precision {result.mean():.1%}")
+        kernel = requester.fetch(task)["params"]["Dense_0"]["kernel"]
+        digests.add_row("fetched model", f"verified; Dense_0 kernel {kernel.shape}")
     console.print(digests)
     stakes = {"requester": REWARD, **{name: DEPOSIT for name in workers}}
     console.print(_payouts(board, task, parties, stakes))
     return task
+
+
+def _buy(console: Console, market: Market, buyer: Buyer, seller: Seller, workers: dict[str, Worker],
+         template, model_file: Path, label: str) -> None:
+    """One order, from open to claim: a seller offers `model_file`, the workers evaluate it, the
+    contract decides."""
+    timeline = Timeline(market.board)
+    order = buyer.open(template, price=PRICE, threshold_bps=THRESHOLD_BPS, reward=EVAL_REWARD,
+                       deposit=DEPOSIT, workers=len(workers), max_rounds=EVAL_ROUNDS)
+    timeline.add("buyer", f"opens order {order}: price {wei(PRICE)} if precision ≥ "
+                          f"{THRESHOLD_BPS / 100:g} % on {EVALUATED_SAMPLES} test samples; escrows "
+                          f"price + evaluation reward {wei(EVAL_REWARD)}")
+    seller.offer(order, model_file)
+    timeline.add("seller", f"checks the order's template, locks {label} "
+                           f"{short(market.order(order).model)}")
+    task = buyer.release_data(order)
+    timeline.add("buyer", f"releases its test data; the contract publishes evaluation task {task}")
+    for name, worker in workers.items():
+        worker.join(task)
+    timeline.add("workers", f"{len(workers)} join task {task} (chain coin fixed by the last join)")
+    for name, worker in workers.items():
+        console.print(f"[bold]{name}[/] evaluates the model with coin {short(market.board.coin(task))}")
+        digest = worker.work(task)
+    timeline.add("workers", f"evaluate and commit to {short(digest)}")
+    for worker in workers.values():
+        worker.reveal(task)
+    timeline.add("workers", "reveal; they agree")
+    seller.advance(order)
+    timeline.add("seller", f"advances order {order}: the board settles task {task} "
+                           f"({market.board.phase(task).label})")
+    bits = seller.agreed_bits(order)
+    stage = seller.finalize(order, bits)
+    timeline.add("seller", f"hands the contract the agreed bitstring: {int(bits.sum())} of "
+                           f"{len(bits)} right = {bits.mean():.1%}; the contract decides: "
+                           f"{stage.label}")
+    payee = seller if stage.name == "BOUGHT" else buyer
+    paid = payee.claim(order)
+    timeline.add("seller" if payee is seller else "buyer", f"claims {wei(paid)}")
+    for name, worker in workers.items():
+        worker.claim(task)
+    timeline.add("workers", f"claim deposit + reward / {len(workers)} each")
+    console.print(timeline.table(f"order {order} ({label}): timeline"))
+    console.print(f"order {order}: {int(bits.sum())} of {len(bits)} right, bar "
+                  f"{THRESHOLD_BPS / 100:g} %: {stage.label}; {wei(paid)} to the "
+                  f"{'seller' if payee is seller else 'buyer'}", soft_wrap=True)
+
+
+def _zeroed_output(model_bytes: bytes) -> bytes:
+    """A broken model: the trained one with its output layer zeroed (predicts one class)."""
+    import numpy as np
+
+    from .digest import decode_pytree, encode_pytree
+
+    tree = decode_pytree(model_bytes)
+    layers = tree["params"]
+    last = max(layers, key=lambda name: int(name.removeprefix("Dense_")))
+    layers[last] = {name: np.zeros_like(value) for name, value in layers[last].items()}
+    return encode_pytree(tree)
 
 
 def keccak_of_junk() -> bytes:
@@ -162,12 +222,18 @@ def run_demo(console: Console | None = None) -> None:
         console.rule("round 2: worker 3 reveals junk")
         _play_round(console, board, requester, workers, spec_file, junk_worker="worker 3")
 
-        console.rule(f"round 3: evaluating round 1's model on {EVALUATED_SAMPLES} test samples")
-        model_file = Path(tmp) / "model.crowdml"
-        model_file.write_bytes(requester.fetch_bytes(trained))
-        evaluation = make_spec(config.jobs_folder / "evaluate_classifier.py", data_file, {
-            "model_uri": str(model_file), "model_digest": hex32(board.result(trained)),
-            "subset_size": EVALUATED_SAMPLES})
-        _play_round(console, board, requester, workers, save_spec(evaluation, Path(tmp) / "eval.json"),
-                    junk_worker=None)
+        console.rule(f"round 3: buying a model only if it is right on ≥ {THRESHOLD_BPS / 100:g} % "
+                     f"of {EVALUATED_SAMPLES} test samples")
+        market = Market.deploy(test[0], board)
+        console.print(f"model market {market.address} on board {board.address}")
+        good = Path(tmp) / "model.crowdml"
+        good.write_bytes(requester.fetch_bytes(trained))
+        broken = Path(tmp) / "broken.crowdml"
+        broken.write_bytes(_zeroed_output(good.read_bytes()))
+        buyer = Buyer(market, test[0], config=config)
+        template = buyer.template(data_file, samples=EVALUATED_SAMPLES)
+        _buy(console, market, buyer, Seller(market, test[5], config=config), workers, template,
+             good, "round 1's model")
+        _buy(console, market, buyer, Seller(market, test[6], config=config), workers, template,
+             broken, "a broken model")
         store.close()

@@ -1,6 +1,7 @@
 """Canonical bytes of a job result, and keccak256 digests.
 
-A result digest is keccak256 over one of two encodings. All integers are unsigned little-endian.
+A result digest is keccak256 over one of two encodings. Integers are unsigned little-endian, but
+for the bitstring's count.
 
 Parameter pytree (`encode_pytree`)::
 
@@ -12,12 +13,13 @@ Parameter pytree (`encode_pytree`)::
         u32 ndim, ndim × u64    shape
         u64 length, data        raw C-order bytes in that dtype
 
-Bitstring (`encode_bits`)::
+Bitstring (`encode_bits`), shaped for a contract (contracts/ModelPurchase.vy recomputes the
+digest with one concat and counts the ones a 32-byte word at a time)::
 
-    b"crowdml/bits/v1\\n"                      magic
-    u64 bit count n
-    ceil(n/8) bytes             bit i is bit (7 - i % 8) of byte i // 8 (MSB first, as
-                                numpy.packbits writes it); padding bits are zero
+    b"crowdml/bits/v2\\n"                      magic (16 bytes)
+    u256 bit count n, big-endian (32 bytes)    as Solidity/Vyper write a uint256
+    32 * ceil(n/256) bytes      bit i is bit (7 - i % 8) of byte i // 8 (MSB first, as
+                                numpy.packbits writes it), zero-padded to whole 32-byte words
 
 Not flax.serialization.to_bytes: msgpack's layout is an implementation detail of flax, and it does
 not say how dtype or byte order are written. This format is small enough to reimplement anywhere.
@@ -32,7 +34,8 @@ import numpy as np
 from eth_hash.auto import keccak
 
 PYTREE_MAGIC = b"crowdml/pytree/v1\n"
-BITS_MAGIC = b"crowdml/bits/v1\n"
+BITS_MAGIC = b"crowdml/bits/v2\n"
+WORD = 32  # a bitstring body is whole EVM words
 _CHUNK = 1 << 20
 
 
@@ -149,7 +152,13 @@ def encode_bits(bits) -> bytes:
     bits = np.asarray(bits)
     if bits.ndim != 1 or not np.isin(bits, (0, 1)).all():
         raise ValueError("a bitstring is a 1-D array of 0/1 values")
-    return BITS_MAGIC + struct.pack("<Q", bits.size) + np.packbits(bits.astype(np.uint8)).tobytes()
+    return BITS_MAGIC + bits.size.to_bytes(WORD, "big") + bits_body(bits)
+
+
+def bits_body(bits) -> bytes:
+    """The bits MSB first, zero-padded to whole 32-byte words: what ModelPurchase.finalize takes."""
+    packed = np.packbits(np.asarray(bits).astype(np.uint8)).tobytes()
+    return packed.ljust(-(-len(packed) // WORD) * WORD, b"\x00")
 
 
 def decode_bits(data: bytes) -> np.ndarray:
@@ -158,11 +167,14 @@ def decode_bits(data: bytes) -> np.ndarray:
         raise ValueError("not a crowdml bitstring encoding (bad magic)")
     reader = _Reader(data)
     reader.take(len(BITS_MAGIC))
-    (n,) = reader.unpack("<Q")
-    packed = np.frombuffer(reader.take((n + 7) // 8), dtype=np.uint8)
+    n = int.from_bytes(reader.take(WORD), "big")
+    body = reader.take(-(-n // (8 * WORD)) * WORD)
     if reader.pos != len(reader.data):
         raise ValueError("trailing bytes after crowdml bitstring encoding")
-    return np.unpackbits(packed, count=n)
+    bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8))
+    if bits[n:].any():
+        raise ValueError("non-zero padding in crowdml bitstring encoding")
+    return bits[:n]
 
 
 def decode_result(data: bytes):

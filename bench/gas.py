@@ -75,5 +75,75 @@ def main():
         print(f"worker total growth n={max(SIZES)} vs n={min(SIZES)}: {growth:+.2%} (target ≤ +2%)")
 
 
+# ---------------------------------------------------------------- model purchase
+
+PURCHASE_SAMPLES = (256, 1024, 4096)
+TARGET_FINALIZE_4096 = 60_000  # beyond the calldata
+PRICE = 3 * 10**16
+REWARD = 3 * 10**15
+
+
+def calldata_gas(data: bytes) -> int:
+    """The intrinsic cost of a transaction: 21,000 plus 16 gas per non-zero byte, 4 per zero."""
+    return 21_000 + sum(16 if b else 4 for b in data)
+
+
+def purchase_round(market, board, buyer, seller, crew, samples):
+    """One whole purchase of a model right on every sample; returns gas per step."""
+    from ape import chain
+
+    from ape_crowdml.digest import bits_body, encode_bits
+
+    head, tail = b'{"hparams":{"model_digest":"0x', b'","subset_size":' + str(samples).encode() + b"}}"
+    gas = {}
+    receipt = market.open_order(
+        PRICE, 9000, samples, keccak(b"test data"), head, tail, (len(crew), DEPOSIT, REWARD, WINDOW, WINDOW, WINDOW),
+        (chain.blocks.head.number + WINDOW, WINDOW, WINDOW, 4), value=PRICE + REWARD, sender=buyer)
+    gas["open"] = receipt.gas_used
+    order_id = receipt.decode_logs(market.OrderOpened)[0].order_id
+    gas["offer"] = market.offer(order_id, keccak(b"model"), "https://models.example/m.crowdml", head, tail,
+                                sender=seller).gas_used
+    gas["release"] = market.release_data(order_id, sender=buyer).gas_used
+    task_id = market.order(order_id).task_id
+    bits = [1] * samples
+    result = keccak(encode_bits(bits))
+    workers = [board.join(task_id, value=DEPOSIT, sender=w) for w in crew]
+    workers += [board.commit(task_id, board.commitment_of(result, keccak(w.address.encode()), w, task_id),
+                             sender=w) for w in crew]
+    workers += [board.reveal(task_id, result, keccak(w.address.encode()), sender=w) for w in crew]
+    gas["advance"] = market.advance(order_id, sender=seller).gas_used
+    workers += [board.claim(task_id, sender=w) for w in crew]
+    gas["workers"] = sum(receipt.gas_used for receipt in workers)
+    receipt = market.finalize(order_id, bits_body(bits), sender=seller)
+    gas["finalize"] = receipt.gas_used
+    gas["finalize calldata"] = calldata_gas(bytes(receipt.transaction.data))
+    gas["claim"] = market.claim(order_id, sender=seller).gas_used
+    return gas
+
+
+def purchase_figures():
+    """Gas of a model purchase: each step for n = 3, and finalize (digest check + popcount) for
+    256, 1,024 and 4,096 evaluated samples, beyond its calldata (21,000 + 16/4 gas a byte)."""
+    with networks.parse_network_choice("ethereum:local:test"):
+        buyer, seller = accounts.test_accounts[0], accounts.test_accounts[8]
+        crew = [accounts.test_accounts[i] for i in (1, 2, 3)]
+        board = project.TaskBoard.deploy(accounts.test_accounts[9], sender=buyer)
+        market = project.ModelPurchase.deploy(board, sender=buyer)
+        purchase_round(market, board, buyer, seller, crew, 8)  # first-use storage out of the way
+        print(f"{'samples':>7} {'open':>7} {'offer':>7} {'release':>8} {'advance':>8} {'finalize':>9} "
+              f"{'calldata':>9} {'beyond':>7} {'claim':>7} {'purchase':>9} {'+ workers':>10}")
+        for samples in PURCHASE_SAMPLES:
+            gas = purchase_round(market, board, buyer, seller, crew, samples)
+            beyond = gas["finalize"] - gas["finalize calldata"]
+            whole = sum(gas[step] for step in ("open", "offer", "release", "advance", "finalize"))
+            print(f"{samples:>7} {gas['open']:>7} {gas['offer']:>7} {gas['release']:>8} {gas['advance']:>8} "
+                  f"{gas['finalize']:>9} {gas['finalize calldata']:>9} {beyond:>7} {gas['claim']:>7} {whole:>9} {whole + gas['workers']:>10}")
+            if samples == 4096 and beyond > TARGET_FINALIZE_4096:
+                print(f"    finalize over the {TARGET_FINALIZE_4096} target")
+        print("purchase = open + offer + release + advance (settles the board task) + finalize, n = 3; "
+              "+ workers adds the three workers' join, commit, reveal and claim on the board")
+
+
 if __name__ == "__main__":
     main()
+    purchase_figures()

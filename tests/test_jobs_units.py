@@ -64,12 +64,29 @@ def test_decode_refuses_foreign_bytes():
         digest.decode_pytree(digest.encode_pytree({"x": np.zeros(3)})[:-1])
 
 
-def test_bits_encoding_is_msb_first_with_count():
+def test_bits_encoding_is_msb_first_with_count_in_whole_words():
     encoded = digest.encode_bits([1, 0, 1, 1, 0, 0, 0, 0, 1])
-    assert encoded == b"crowdml/bits/v1\n" + struct.pack("<Q", 9) + bytes([0b10110000, 0b10000000])
+    body = bytes([0b10110000, 0b10000000]) + bytes(30)
+    assert encoded == b"crowdml/bits/v2\n" + (9).to_bytes(32, "big") + body
     assert digest.decode_bits(encoded).tolist() == [1, 0, 1, 1, 0, 0, 0, 0, 1]
     with pytest.raises(ValueError):
         digest.encode_bits([0, 2])
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 255, 256, 257, 1000])
+def test_bits_round_trip_at_word_and_byte_edges(n):
+    bits = (np.arange(n) * 7919 % 3 == 0).astype(np.uint8)
+    encoded = digest.encode_bits(bits)
+    assert len(encoded) == 16 + 32 + 32 * -(-n // 256)
+    assert digest.decode_bits(encoded).tolist() == bits.tolist()
+
+
+def test_bits_decoding_refuses_padding_and_trailing_bytes():
+    encoded = digest.encode_bits([1, 0, 1])
+    with pytest.raises(ValueError, match="padding"):
+        digest.decode_bits(encoded[:-1] + b"\x01")
+    with pytest.raises(ValueError, match="trailing"):
+        digest.decode_bits(encoded + b"\x00")
 
 
 def test_every_bit_of_the_coin_changes_the_base_key():

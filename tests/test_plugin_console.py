@@ -42,3 +42,14 @@ def test_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'Wroker'"):
         ape_crowdml.Wroker
+
+
+def test_extension_pushes_the_purchase_api(accounts, project, tmp_path):
+    shell = Shell()
+    load_ipython_extension(shell)
+    with project.temp_config(crowdml={"state_folder": str(tmp_path)}):
+        board = shell.user_ns["deploy_board"](accounts[0], accounts[9].address)
+        market = shell.user_ns["deploy_market"](accounts[0], board)
+        assert shell.user_ns["find_market"]().address == market.address
+        assert market.board.address == board.address
+        assert repr(shell.user_ns["Buyer"](market, accounts[0])).startswith("<Buyer ")

@@ -1,0 +1,440 @@
+"""Buying a model only if it is good enough: the paper's first instance (§V), decided on chain by
+contracts/ModelPurchase.vy, with the evaluation run by a TaskBoard's workers.
+
+    market = Market.deploy(accounts.test_accounts[0], board)      # or find_market()
+    alice = Buyer(market, accounts.test_accounts[0])
+    order = alice.open(alice.template("data/test.npz", samples=200), price=3 * 10**16,
+                       threshold_bps=9000, reward=3 * 10**15, deposit=2 * 10**16, workers=3)
+    bob = Seller(market, accounts.test_accounts[5])
+    bob.offer(order, "model.crowdml")           # locks the model's digest; serves nothing yet
+    alice.release_data(order)                   # the evaluation task goes on the board
+    ...                                         # workers join, work, reveal (Worker / Agent)
+    bob.advance(order); bob.finalize(order)     # anyone; the contract counts the bitstring
+    bob.claim(order)
+
+The evaluation spec is fixed by the buyer as a template: the canonical JSON of an
+`evaluate_classifier.py` spec, cut around the model's digest and URI (`split_template`). The
+seller's offer fills them in on chain, so the spec on the board is "this model on the buyer's test
+set" and nothing else. A seller checks the template (`check_template`) before offering.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from eth_utils import to_checksum_address
+
+from .artifacts import ArtifactStore
+from .board import Board, hex32, transaction
+from .config import CrowdmlConfig, crowdml_config
+from .data import read_verified
+from .digest import bits_body, decode_bits, file_digest, keccak_digest
+from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
+from .spec import JobSpec, make_spec, parse_spec
+
+PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
+EVALUATION_JOB = "evaluate_classifier.py"
+BPS = 10_000
+
+MODEL_DIGEST_KEY = b'"model_digest":"0x'
+MODEL_URI_KEY = b'","model_uri":"'  # what the contract puts between the digest and the URI
+_NO_MODEL = "0x" + "0" * 64
+_URI_MARK = "crowdml-model-uri-goes-here"
+
+
+class Stage(IntEnum):
+    """ModelPurchase order stages."""
+
+    NONE = 0
+    OPEN = 1
+    OFFERED = 2
+    EVALUATING = 3
+    BOUGHT = 4
+    REFUSED = 5
+    CANCELLED = 6
+    LAPSED = 7
+    UNEVALUATED = 8
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def ended(self) -> bool:
+        return self >= Stage.BOUGHT
+
+
+@dataclass(frozen=True)
+class OrderInfo:
+    """ModelPurchase.order(), with the stage decoded."""
+
+    order_id: int
+    buyer: str
+    seller: str
+    stage: Stage
+    price: int
+    reward: int
+    escrow: int
+    threshold: int
+    samples: int
+    test_data: bytes
+    template: bytes
+    workers: int
+    deposit: int
+    join_blocks: int
+    commit_blocks: int
+    reveal_blocks: int
+    max_rounds: int
+    rounds: int
+    offer_deadline: int
+    release_blocks: int
+    finalize_blocks: int
+    model: bytes
+    spec: bytes
+    step_start: int
+    agreed_at: int
+    task_id: int
+
+
+# ---------------------------------------------------------------- the spec template
+
+
+def check_uri(uri: str) -> None:
+    """The contract puts the URI in the JSON as it is: printable ASCII, no quote or backslash."""
+    if not uri or any(not 32 < ord(c) < 127 or c in '"\\' for c in uri):
+        raise SpecError(f"model URI {uri!r} must be printable ASCII without spaces, quotes or "
+                        "backslashes")
+
+
+def split_template(spec: JobSpec) -> tuple[bytes, bytes]:
+    """(head, tail): the spec's canonical JSON before the model digest's hex and after the
+    model URI, as ModelPurchase.offer joins them."""
+    if spec.canary is not None:
+        raise SpecError("an evaluation template has no canary: it would need the model")
+    marked = spec.model_copy(update={"hparams": {
+        **spec.hparams, "model_digest": _NO_MODEL, "model_uri": _URI_MARK}})
+    text = marked.canonical_json()
+    middle = MODEL_DIGEST_KEY + _NO_MODEL[2:].encode() + MODEL_URI_KEY + _URI_MARK.encode()
+    if text.count(middle) != 1:
+        raise SpecError("the template's hparams must hold model_digest and model_uri side by side")
+    at = text.index(middle)
+    return text[: at + len(MODEL_DIGEST_KEY)], text[at + len(middle):]
+
+
+def fill_template(head: bytes, tail: bytes, model: bytes, uri: str) -> JobSpec:
+    """The evaluation spec an offer of `model` at `uri` gets (its digest is the order's spec)."""
+    check_uri(uri)
+    text = head + model.hex().encode() + MODEL_URI_KEY + uri.encode() + tail
+    spec = parse_spec(text, "the order's evaluation template")
+    if spec.canonical_json() != text:
+        raise SpecError("the order's evaluation template is not a spec's canonical JSON")
+    return spec
+
+
+def check_template(order: OrderInfo, head: bytes, tail: bytes, jobs_folder: Path) -> JobSpec:
+    """Seller side, before offering: the template must evaluate a model with the shipped
+    evaluation job, on the order's test data, on exactly the order's number of samples."""
+    spec = fill_template(head, tail, b"\x00" * 32, _URI_MARK)
+    job = jobs_folder / EVALUATION_JOB
+    if spec.job_digest != "0x" + file_digest(job).hex():
+        raise PolicyRefused(f"order {order.order_id} runs job {spec.job} ({spec.job_digest}), "
+                            f"not {job}: refusing to offer")
+    if spec.data_digest != hex32(order.test_data):
+        raise PolicyRefused(f"order {order.order_id}'s template evaluates data "
+                            f"{spec.data_digest}, not the order's {hex32(order.test_data)}")
+    if spec.hparams.get("subset_size") != order.samples:
+        raise PolicyRefused(f"order {order.order_id}'s template evaluates "
+                            f"{spec.hparams.get('subset_size')} samples, the contract counts "
+                            f"{order.samples}")
+    return spec
+
+
+# ---------------------------------------------------------------- the contract
+
+
+@contextmanager
+def market_transaction(action: str):
+    """board.transaction's one-line errors, naming the market as the one that refused."""
+    from ape.exceptions import ContractLogicError
+
+    with transaction(action):
+        try:
+            yield
+        except ContractLogicError as exc:
+            raise TaskRejected(f"{action} refused by the market: {exc.message}") from None
+
+
+def purchase_container():
+    """The ModelPurchase contract container, from the compiled type shipped with the package."""
+    from ape.contracts import ContractContainer
+    from ethpm_types import ContractType
+
+    return ContractContainer(ContractType.model_validate_json(PACKAGED_PURCHASE.read_text()))
+
+
+def _market_file(config: CrowdmlConfig) -> Path:
+    return config.state_folder / "markets.json"
+
+
+def find_market(address: str | None = None, *, config: CrowdmlConfig | None = None) -> Market:
+    """`address`, else the market most recently deployed from this machine on this chain."""
+    from ape import chain
+
+    if address:
+        return Market(address)
+    config = config or crowdml_config()
+    path = _market_file(config)
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    entry = known.get(str(chain.chain_id))
+    if entry and entry[1] <= chain.blocks.head.number and chain.provider.get_code(entry[0]):
+        return Market(entry[0], start_block=entry[1])
+    raise BoardNotConfigured("no model market on this chain: pass --market or run "
+                             "`ape crowdml deploy-market`")
+
+
+def deploy_market(account, board: Board, *, config: CrowdmlConfig | None = None) -> Market:
+    """Deploy a ModelPurchase for `board` and remember it for this chain."""
+    config = config or crowdml_config()
+    market = Market.deploy(account, board)
+    path = _market_file(config)
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known[str(market.board.chain_id)] = [market.address, market.start_block]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(known))
+    return market
+
+
+class Market:
+    """A deployed ModelPurchase and the board it publishes evaluations on."""
+
+    def __init__(self, address: str, start_block: int = 0):
+        from ape import chain
+
+        address = to_checksum_address(address)
+        if not chain.provider.get_code(address):
+            raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}")
+        self.address = address
+        self.start_block = start_block
+        self.contract = purchase_container().at(address)
+        self.board = Board(self.contract.BOARD(), start_block=start_block)
+
+    def __repr__(self) -> str:
+        return f"<Market {self.address} on board {self.board.address}>"
+
+    @classmethod
+    def deploy(cls, sender, board: Board) -> Market:
+        from ape import chain
+
+        with market_transaction("deploy the market"):
+            contract = purchase_container().deploy(board.address, sender=sender)
+        return cls(contract.address, start_block=min(board.start_block, chain.blocks.head.number))
+
+    def order(self, order_id: int) -> OrderInfo:
+        count = self.contract.order_count()
+        if not 1 <= order_id <= count:
+            raise CrowdmlError(f"order {order_id} does not exist on market {self.address} "
+                               f"(orders 1..{count})")
+        view = self.contract.order(order_id)
+        fields = {name: getattr(view, name) for name in OrderInfo.__dataclass_fields__
+                  if name != "order_id"}
+        fields["stage"] = Stage(fields["stage"])
+        for name in ("test_data", "template", "model", "spec"):
+            fields[name] = bytes(fields[name])
+        return OrderInfo(order_id=order_id, **fields)
+
+    def _event(self, name: str, order_id: int):
+        logs = list(getattr(self.contract, name).range(
+            self.start_block, self.board.head + 1, search_topics={"order_id": order_id}))
+        if not logs:
+            raise CrowdmlError(f"order {order_id} has no {name} event after block "
+                               f"{self.start_block}")
+        return logs[-1]
+
+    def template(self, order_id: int) -> tuple[bytes, bytes]:
+        """The order's template (head, tail), read from its OrderOpened event."""
+        log = self._event("OrderOpened", order_id)
+        return bytes(log.template_head), bytes(log.template_tail)
+
+    def model_uri(self, order_id: int) -> str:
+        return self._event("Offered", order_id).model_uri
+
+    def evaluation_spec(self, order_id: int) -> JobSpec:
+        """The spec the order's evaluation tasks run, checked against the digest on chain."""
+        order = self.order(order_id)
+        if order.stage < Stage.OFFERED or order.model == b"\x00" * 32:
+            raise CrowdmlError(f"order {order_id} has no offer yet")
+        spec = fill_template(*self.template(order_id), order.model, self.model_uri(order_id))
+        if spec.digest() != order.spec:
+            raise SpecError(f"order {order_id}'s spec on chain is {hex32(order.spec)}, its "
+                            f"events give {hex32(spec.digest())}")
+        return spec
+
+    def owed(self, order_id: int, account: str) -> int:
+        return self.contract.owed(order_id, account)
+
+
+# ---------------------------------------------------------------- the parties
+
+
+class Trader:
+    """What buyers and sellers share: a market, an account, the config; anyone may `advance` and
+    `finalize`; the payee may `claim`."""
+
+    def __init__(self, market: Market, account, *, config: CrowdmlConfig | None = None):
+        self.market = market
+        self.account = account
+        self.config = config or crowdml_config()
+        self.artifacts = ArtifactStore(self.config.artifact_url())
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.account.address} on {self.market.address}>"
+
+    def _send(self, action: str, function: str, *args, **kwargs):
+        with market_transaction(action):
+            return getattr(self.market.contract, function)(*args, sender=self.account, **kwargs)
+
+    def _publish_spec(self, spec: JobSpec) -> None:
+        # Workers look the spec up by its digest in their store and in the spec's own.
+        stores = {self.artifacts.url: self.artifacts}
+        if spec.store:
+            stores[spec.store] = ArtifactStore(spec.store)
+        for store in stores.values():
+            store.put(spec.canonical_json())
+
+    def advance(self, order_id: int) -> Stage:
+        """Settle or abort a due evaluation task, retry one that did not agree, or close an
+        order whose evaluation cannot finish; returns the stage after it."""
+        self.market.order(order_id)
+        self._send(f"advance order {order_id}", "advance", order_id)
+        return self.market.order(order_id).stage
+
+    def agreed_bits(self, order_id: int):
+        """The agreed correctness bitstring, from the artifact store, verified against the
+        board's result digest."""
+        order = self.market.order(order_id)
+        spec = self.market.evaluation_spec(order_id)
+        result = self.market.board.result(order.task_id)
+        store = ArtifactStore(spec.store) if spec.store else self.artifacts
+        return decode_bits(store.get(result))
+
+    def finalize(self, order_id: int, bits=None) -> Stage:
+        """Hand the contract the agreed bitstring (fetched when not given); it counts the ones
+        and pays the seller or refunds the buyer. Returns BOUGHT or REFUSED."""
+        if bits is None:
+            bits = self.agreed_bits(order_id)
+        self._send(f"finalize order {order_id}", "finalize", order_id, bits_body(bits))
+        return self.market.order(order_id).stage
+
+    def claim(self, order_id: int) -> int:
+        """Collect an ended order's escrow (the seller's price, or the buyer's refund);
+        returns the wei paid."""
+        order = self.market.order(order_id)
+        owed = self.market.owed(order_id, self.account.address)
+        if not owed:
+            raise TaskRejected(f"order {order_id} ({order.stage.label}) owes "
+                               f"{self.account.address} nothing")
+        self._send(f"claim from order {order_id}", "claim", order_id)
+        return owed
+
+
+class Buyer(Trader):
+    def template(self, test_data: str | Path, *, samples: int, data_uri: str | None = None,
+                 profile: str = "cpu-exact", store: str | None = None) -> JobSpec:
+        """An evaluation spec of the shipped evaluate job on `test_data`, model left blank.
+        `data_uri` is where the data will be served once released (default: the file)."""
+        return make_spec(self.config.jobs_folder / EVALUATION_JOB, test_data,
+                         {"model_digest": _NO_MODEL, "model_uri": _URI_MARK,
+                          "subset_size": samples},
+                         profile=profile, store=store, data_uri=data_uri)
+
+    def open(self, template: JobSpec, *, price: int, threshold_bps: int, reward: int,
+             deposit: int, workers: int, join_blocks: int = 20, commit_blocks: int = 20,
+             reveal_blocks: int = 20, offer_blocks: int = 200, release_blocks: int = 20,
+             finalize_blocks: int = 20, max_rounds: int = 3) -> int:
+        """Open an order escrowing price + reward; returns its id."""
+        head, tail = split_template(template)
+        samples = template.hparams.get("subset_size")
+        if not isinstance(samples, int):
+            raise SpecError("the template's hparams need an integer subset_size")
+        evaluation = (workers, deposit, reward, join_blocks, commit_blocks, reveal_blocks)
+        deadlines = (self.market.board.head + offer_blocks, release_blocks, finalize_blocks,
+                     max_rounds)
+        receipt = self._send("open an order", "open_order", price, threshold_bps, samples,
+                             bytes.fromhex(template.data_digest[2:]), head, tail, evaluation,
+                             deadlines, value=price + reward)
+        return receipt.decode_logs(self.market.contract.OrderOpened)[0].order_id
+
+    def release_data(self, order_id: int) -> int:
+        """Check the test data is served at the template's URI, publish the evaluation spec,
+        then release: the first evaluation task goes on the board. Returns its task id."""
+        spec = self.market.evaluation_spec(order_id)
+        read_verified(spec.data_uri, spec.data_digest, cached=False)
+        self._publish_spec(spec)
+        self._send(f"release the data of order {order_id}", "release_data", order_id)
+        return self.market.order(order_id).task_id
+
+    def cancel(self, order_id: int) -> Stage:
+        """End an order that never started evaluating (refund)."""
+        self.market.order(order_id)
+        self._send(f"cancel order {order_id}", "cancel", order_id)
+        return self.market.order(order_id).stage
+
+
+class Seller(Trader):
+    def offer(self, order_id: int, model_file: str | Path, model_uri: str | None = None) -> bytes:
+        """Check the order's template, then lock `model_file` (served at `model_uri`, default
+        the file itself) into the order. Returns the evaluation spec's digest.
+
+        Serve the model only after the buyer released its data: until then the offer can
+        lapse, and a buyer that saw the model would keep it."""
+        order = self.market.order(order_id)
+        if order.stage != Stage.OPEN:
+            raise TaskRejected(f"order {order_id} is {order.stage.label}, not open for offers")
+        head, tail = self.market.template(order_id)
+        check_template(order, head, tail, self.config.jobs_folder)
+        model = keccak_digest(Path(model_file).read_bytes())
+        uri = model_uri or str(Path(model_file).resolve())
+        spec = fill_template(head, tail, model, uri)
+        self._publish_spec(spec)
+        self._send(f"offer a model to order {order_id}", "offer", order_id, model, uri, head, tail)
+        return spec.digest()
+
+
+def order_table(market: Market, order_id: int):
+    """What `ape crowdml order status` prints: stage, terms, the step's deadline, evaluation."""
+    from rich.table import Table
+
+    from .render import wei
+
+    order = market.order(order_id)
+    head = market.board.head
+    table = Table(title=f"order {order_id} on {market.address} (block {head})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    deadline = {Stage.OPEN: order.offer_deadline,
+                Stage.OFFERED: order.step_start + order.release_blocks}.get(order.stage)
+    if order.stage == Stage.EVALUATING and order.agreed_at:
+        deadline = order.agreed_at + order.finalize_blocks
+    rows = [
+        ("stage", order.stage.label),
+        ("deadline", f"block {deadline}" if deadline else "—"),
+        ("buyer", order.buyer),
+        ("price", wei(order.price)),
+        ("bar", f"{order.threshold / 100:g} % of {order.samples} samples"),
+        ("test data", hex32(order.test_data)),
+        ("evaluation", f"{order.workers} workers, reward {wei(order.reward)}, deposit "
+                       f"{wei(order.deposit)}, round {order.rounds} of {order.max_rounds}"),
+        ("escrow", wei(order.escrow)),
+    ]
+    if order.stage >= Stage.OFFERED and order.seller != "0x" + "0" * 40:
+        rows += [("seller", order.seller), ("model", hex32(order.model)),
+                 ("spec", hex32(order.spec))]
+    if order.task_id:
+        rows.append(("task", f"{order.task_id} ({market.board.phase(order.task_id).label})"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,507 @@
+"""ModelPurchase on chain: the precision bar, the bitstring encoding, every board outcome, each
+sabotage and deadline path, and the ether invariant (the contract's balance equals the sum of its
+orders' escrows: live ones, and ended ones not yet claimed) after every transaction."""
+
+import random
+
+import ape
+import pytest
+from eth_utils import keccak
+
+from ape_crowdml.digest import bits_body, encode_bits
+from ape_crowdml.purchase import Stage, fill_template, split_template
+from ape_crowdml.spec import make_spec
+
+PRICE = 3 * 10**16
+REWARD = 3 * 10**15  # splits evenly over 3 workers
+DEPOSIT = 2 * 10**16
+ROUNDS = 4  # ROUNDS * DEPOSIT / 2 = 0.04 ETH >= PRICE + REWARD = 0.033 ETH, as open_order requires
+WINDOW = 5
+SAMPLES = 200
+THRESHOLD = 9000
+MODEL = keccak(b"the seller's model")
+MODEL_URI = "https://models.example/mlp.crowdml"
+OFFER_BLOCKS, RELEASE_BLOCKS, FINALIZE_BLOCKS = 50, 10, 10
+
+AGREED, DISAGREED, FAILED, ABORTED = 6, 7, 8, 9
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    data = tmp_path_factory.mktemp("purchase") / "test.npz"
+    data.write_bytes(b"the buyer's test set")
+    spec = make_spec("jobs/evaluate_classifier.py", data, {
+        "model_digest": "0x" + "0" * 64, "model_uri": "x", "subset_size": SAMPLES},
+        data_uri="https://buyer.example/test.npz")
+    head, tail = split_template(spec)
+    return head, tail, keccak(b"the buyer's test set")
+
+
+@pytest.fixture
+def buyer(accounts):
+    return accounts[0]
+
+
+@pytest.fixture
+def seller(accounts):
+    return accounts[8]
+
+
+@pytest.fixture
+def crew(accounts):
+    return [accounts[1], accounts[2], accounts[3]]
+
+
+@pytest.fixture
+def market(project, board, buyer):
+    return project.ModelPurchase.deploy(board, sender=buyer)
+
+
+class Ledger:
+    """Checks the ether invariant after each transaction it is handed."""
+
+    def __init__(self, market):
+        self.market = market
+
+    def owed(self) -> int:
+        return sum(self.market.order(i).escrow for i in range(1, self.market.order_count() + 1))
+
+    def check(self, receipt=None):
+        assert self.market.balance == self.owed()
+        return receipt
+
+
+@pytest.fixture
+def ledger(market):
+    return Ledger(market)
+
+
+def open_order(market, buyer, template, ledger, *, price=PRICE, threshold=THRESHOLD,
+               samples=SAMPLES, rounds=ROUNDS, deposit=DEPOSIT, reward=REWARD, test_data=None):
+    from ape import chain
+
+    head, tail, template_data = template
+    receipt = market.open_order(
+        price, threshold, samples, test_data or template_data, head, tail,
+        (3, deposit, reward, WINDOW, WINDOW, WINDOW),
+        (chain.blocks.head.number + OFFER_BLOCKS, RELEASE_BLOCKS, FINALIZE_BLOCKS, rounds),
+        value=price + reward, sender=buyer)
+    ledger.check()
+    return receipt.decode_logs(market.OrderOpened)[0].order_id
+
+
+def offer(market, seller, order_id, template, ledger, model=MODEL, uri=MODEL_URI):
+    head, tail, _ = template
+    ledger.check(market.offer(order_id, model, uri, head, tail, sender=seller))
+
+
+def released(market, buyer, seller, template, ledger, **terms) -> int:
+    order_id = open_order(market, buyer, template, ledger, **terms)
+    offer(market, seller, order_id, template, ledger)
+    ledger.check(market.release_data(order_id, sender=buyer))
+    return order_id
+
+
+def bits_with(correct: int, samples: int = SAMPLES) -> list[int]:
+    bits = [1] * correct + [0] * (samples - correct)
+    random.Random(correct * 7 + samples).shuffle(bits)
+    return bits
+
+
+def play(board, task_id, crew, results, chain, *, join=True):
+    """Workers join, commit and reveal `results` (None: commits but never opens); the task is
+    left for the market to settle."""
+    if join:
+        for w in crew:
+            board.join(task_id, value=DEPOSIT, sender=w)
+    for w, result in zip(crew, results):
+        salt = keccak(w.address.encode())
+        board.commit(task_id, board.commitment_of(result or b"\x01" * 32, salt, w, task_id), sender=w)
+    for w, result in zip(crew, results):
+        if result is not None:
+            board.reveal(task_id, result, keccak(w.address.encode()), sender=w)
+    if None in results:
+        chain.mine(WINDOW + 1)
+
+
+def agree_on(board, task_id, crew, bits, chain):
+    digest = keccak(encode_bits(bits))
+    play(board, task_id, crew, [digest] * len(crew), chain)
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def test_offer_fills_the_template_on_chain_as_python_does(market, buyer, seller, template, ledger):
+    head, tail, test_data = template
+    order_id = open_order(market, buyer, template, ledger)
+    offer(market, seller, order_id, template, ledger)
+    spec = fill_template(head, tail, MODEL, MODEL_URI)
+    assert spec.hparams == {"model_digest": "0x" + MODEL.hex(), "model_uri": MODEL_URI,
+                            "subset_size": SAMPLES}
+    assert market.order(order_id).spec == spec.digest()
+    assert market.spec_digest(head, MODEL, MODEL_URI, tail) == spec.digest()
+    assert spec.data_digest == "0x" + test_data.hex()
+
+
+@pytest.mark.parametrize("uri", ['a"b', "a\\b", "a b", "", "\u00e9"])
+def test_a_uri_that_json_would_escape_is_refused(market, buyer, seller, template, ledger, uri):
+    order_id = open_order(market, buyer, template, ledger)
+    head, tail, _ = template
+    with ape.reverts():
+        market.offer(order_id, MODEL, uri, head, tail, sender=seller)
+
+
+def test_offer_needs_the_orders_template(market, buyer, seller, template, ledger):
+    order_id = open_order(market, buyer, template, ledger)
+    head, tail, _ = template
+    with ape.reverts("not the order's template"):
+        market.offer(order_id, MODEL, MODEL_URI, head + b" ", tail, sender=seller)
+    with ape.reverts("empty model digest"):
+        market.offer(order_id, b"\x00" * 32, MODEL_URI, head, tail, sender=seller)
+
+
+# ---------------------------------------------------------------- the bar
+
+
+@pytest.mark.parametrize("samples,threshold,correct,bought", [
+    (200, 9000, 180, True),     # exactly at the bar
+    (200, 9000, 179, False),    # one sample below
+    (200, 9000, 181, True),     # one above
+    (333, 9000, 300, True),     # 333 * 0.9 = 299.7: 300 is the first count that passes
+    (333, 9000, 299, False),
+    (257, 10000, 257, True),    # one bit into a second word; a perfect model
+    (257, 10000, 256, False),
+    (256, 5000, 128, True),     # a whole word
+    (9, 5000, 4, False),        # a length that is not a multiple of 8
+    (9, 5000, 5, True),
+    (4096, 9000, 3687, True),   # 4096 * 0.9 = 3686.4
+    (4096, 9000, 3686, False),
+    (16384, 5000, 8192, True),  # the most samples an order takes: 64 words
+])
+def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, template, ledger, chain,
+                                      samples, threshold, correct, bought, tmp_path):
+    head, tail = _template_for(samples, tmp_path)
+    local = (head, tail, template[2])
+    order_id = released(market, buyer, seller, local, ledger, samples=samples, threshold=threshold)
+    bits = bits_with(correct, samples)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
+    ledger.check(market.advance(order_id, sender=seller))  # settles the board task
+    receipt = ledger.check(market.finalize(order_id, bits_body(bits), sender=seller))
+    log = receipt.decode_logs(market.Finalized)[0]
+    assert (log.correct, log.samples, log.bought) == (correct, samples, bought)
+    payee = seller if bought else buyer
+    assert market.owed(order_id, payee) == PRICE
+    assert market.order(order_id).stage == (Stage.BOUGHT if bought else Stage.REFUSED)
+    other = buyer if bought else seller
+    assert market.owed(order_id, other) == 0
+    with ape.reverts("not the payee"):
+        market.claim(order_id, sender=other)
+    before = payee.balance
+    receipt = ledger.check(market.claim(order_id, sender=payee))
+    assert payee.balance - before + receipt.total_fees_paid == PRICE
+    assert market.balance == 0
+
+
+def _template_for(samples, tmp_path):
+    data = tmp_path / "test.npz"
+    data.write_bytes(b"the buyer's test set")
+    return split_template(make_spec("jobs/evaluate_classifier.py", data, {
+        "model_digest": "0x" + "0" * 64, "model_uri": "x", "subset_size": samples}))
+
+
+def test_a_bitstring_that_is_not_the_agreed_one_is_refused(market, board, buyer, seller, crew,
+                                                           template, ledger, chain):
+    order_id = released(market, buyer, seller, template, ledger)
+    bits = bits_with(185)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
+    body = bits_body(bits)
+    flipped = bytearray(body)
+    flipped[0] ^= 0x80
+    with ape.reverts("no agreed result"):  # the board has not settled yet
+        market.finalize(order_id, body, sender=seller)
+    market.advance(order_id, sender=seller)
+    with ape.reverts("bitstring does not match"):
+        market.finalize(order_id, bytes(flipped), sender=seller)
+    with ape.reverts("wrong bitstring length"):
+        market.finalize(order_id, body[:-1], sender=seller)
+    with ape.reverts("wrong bitstring length"):
+        market.finalize(order_id, body + b"\x00" * 32, sender=seller)
+    padded = bytearray(body)
+    padded[-1] |= 1  # a padding bit: not in the agreed encoding
+    with ape.reverts("bitstring does not match"):
+        market.finalize(order_id, bytes(padded), sender=seller)
+    ledger.check(market.finalize(order_id, body, sender=seller))
+    assert market.order(order_id).stage == Stage.BOUGHT
+
+
+def test_padding_bits_never_count_as_samples(market, board, buyer, seller, crew, template, ledger,
+                                             chain):
+    # All n workers agreeing on junk is the paper's own limit; even then, only `samples` bits count.
+    order_id = released(market, buyer, seller, template, ledger)
+    bits = bits_with(179)
+    body = bytearray(bits_body(bits))
+    body[-1] = 0xFF  # 200 bits end in the 7th word: its last 56 bits are padding
+    encoding = b"crowdml/bits/v2\n" + SAMPLES.to_bytes(32, "big") + bytes(body)
+    play(board, market.order(order_id).task_id, crew, [keccak(encoding)] * 3, chain)
+    market.advance(order_id, sender=seller)
+    receipt = ledger.check(market.finalize(order_id, bytes(body), sender=seller))
+    assert receipt.decode_logs(market.Finalized)[0].correct == 179
+    assert market.order(order_id).stage == Stage.REFUSED
+
+
+@pytest.fixture
+def words():
+    rng = random.Random(8)
+    return [0, 1, 2**255, 2**256 - 1, 2**128 - 1] + [rng.getrandbits(256) for _ in range(20)]
+
+
+def test_popcount_matches_python(market, words):
+    for word in words:
+        assert market.popcount(word) == bin(word).count("1")
+
+
+# ---------------------------------------------------------------- order of steps
+
+
+def test_no_offer_once_an_offer_is_locked_or_the_data_released(market, buyer, seller, accounts,
+                                                               template, ledger):
+    order_id = open_order(market, buyer, template, ledger)
+    offer(market, seller, order_id, template, ledger)
+    head, tail, _ = template
+    with ape.reverts("not open for offers"):
+        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, sender=accounts[7])
+    ledger.check(market.release_data(order_id, sender=buyer))
+    with ape.reverts("not open for offers"):
+        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, sender=accounts[7])
+    with ape.reverts("no offer to evaluate"):
+        market.release_data(order_id, sender=buyer)
+
+
+def test_only_the_buyer_releases_and_not_before_an_offer(market, buyer, seller, template, ledger):
+    order_id = open_order(market, buyer, template, ledger)
+    with ape.reverts("no offer to evaluate"):
+        market.release_data(order_id, sender=buyer)
+    offer(market, seller, order_id, template, ledger)
+    with ape.reverts("only the buyer"):
+        market.release_data(order_id, sender=seller)
+    with ape.reverts("unknown order"):
+        market.release_data(order_id + 1, sender=buyer)
+
+
+def test_release_publishes_a_chain_coin_task_with_the_orders_terms(market, board, buyer, seller,
+                                                                   template, ledger):
+    order_id = released(market, buyer, seller, template, ledger)
+    order = market.order(order_id)
+    task = board.task(order.task_id)
+    assert (task.requester, task.spec, task.data) == (market.address, order.spec, template[2])
+    assert (task.workers, task.deposit, task.reward) == (3, DEPOSIT, REWARD)
+    # No coin hash: the coin comes from the chain, so COIN_WITHHELD can never happen.
+    assert task.coin_hash == b"\x00" * 32
+    assert order.escrow == PRICE and board.balance == REWARD
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"price": 0}, "price must be positive"),
+    ({"threshold": 0}, "threshold out of range"),
+    ({"threshold": 10001}, "threshold out of range"),
+    ({"samples": 0}, "samples out of range"),
+    ({"samples": 16385}, "samples out of range"),
+    ({"reward": REWARD + 1}, "reward must split evenly"),
+    ({"deposit": DEPOSIT + 1}, "deposit must be even"),
+    ({"rounds": 0}, "rounds out of range"),
+    ({"test_data": b"\x00" * 32}, "empty test data digest"),
+    ({"rounds": 3}, "deposit too small for the price"),  # 3 * 0.01 < 0.033 ETH
+])
+def test_open_order_refuses_bad_terms(market, buyer, template, ledger, change, reason):
+    with ape.reverts(reason):
+        open_order(market, buyer, template, ledger, **change)
+
+
+def test_open_order_needs_price_plus_reward(market, buyer, template):
+    from ape import chain
+
+    head, tail, test_data = template
+    with ape.reverts("send price + reward"):
+        market.open_order(PRICE, THRESHOLD, SAMPLES, test_data, head, tail,
+                          (3, DEPOSIT, REWARD, WINDOW, WINDOW, WINDOW),
+                          (chain.blocks.head.number + 9, 5, 5, ROUNDS), value=PRICE, sender=buyer)
+
+
+def test_stray_ether_is_refused(market, accounts):
+    with ape.reverts("only the board pays in"):
+        accounts[5].transfer(market, 1)
+
+
+# ---------------------------------------------------------------- outcomes and sabotage
+
+
+def junk(worker) -> bytes:
+    return keccak(b"junk of " + worker.address.encode())
+
+
+def fail_round(board, market, order_id, crew, how, chain):
+    """Make the order's current task end DISAGREED, FAILED or ABORTED."""
+    task_id = market.order(order_id).task_id
+    truth = keccak(encode_bits(bits_with(190)))
+    if how == DISAGREED:
+        play(board, task_id, crew, [truth, truth, junk(crew[2])], chain)
+    elif how == FAILED:
+        play(board, task_id, crew, [truth, truth, None], chain)
+    else:
+        board.join(task_id, value=DEPOSIT, sender=crew[0])
+        chain.mine(WINDOW + 1)
+
+
+@pytest.mark.parametrize("how", [DISAGREED, FAILED, ABORTED])
+def test_a_task_that_does_not_agree_is_retried_then_refunds_the_buyer(
+        market, board, buyer, seller, crew, template, ledger, chain, how):
+    order_id = released(market, buyer, seller, template, ledger)
+    tasks = []
+    for round_ in range(1, ROUNDS + 1):
+        order = market.order(order_id)
+        assert order.rounds == round_ and order.stage == Stage.EVALUATING
+        tasks.append(order.task_id)
+        fail_round(board, market, order_id, crew, how, chain)
+        receipt = ledger.check(market.advance(order_id, sender=seller))
+        assert board.phase(tasks[-1]) == how
+        assert receipt.decode_logs(market.RoundFailed)[0].outcome == how
+    assert len(set(tasks)) == ROUNDS  # a fresh task (fresh coin, fresh roster) each round
+    order = market.order(order_id)
+    assert order.stage == Stage.UNEVALUATED and order.escrow == PRICE + REWARD
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    ledger.check(market.claim(order_id, sender=buyer))
+    assert market.balance == 0
+
+
+@pytest.mark.parametrize("saboteur,how,lost_per_round", [
+    ("buyer", "junk", DEPOSIT // 2),   # a good model: the buyer wants it unpaid
+    ("buyer", "hide", DEPOSIT),
+    ("seller", "junk", DEPOSIT // 2),  # a bad model: the seller wants it paid
+    ("seller", "hide", DEPOSIT),
+])
+def test_sabotage_never_pays(market, board, buyer, seller, accounts, template, ledger, chain,
+                             saboteur, how, lost_per_round):
+    # The saboteur holds one of the 3 seats every round; two honest workers reveal the truth:
+    # 195 of 200 right (good model) when the buyer sabotages, 150 (bad) when the seller does.
+    sabotaging = buyer if saboteur == "buyer" else seller
+    crew = [accounts[1], accounts[2], sabotaging]
+    truth = keccak(encode_bits(bits_with(195 if saboteur == "buyer" else 150)))
+    sabotage = None if how == "hide" else keccak(encode_bits([1] * SAMPLES))  # or: all right
+    order_id = released(market, buyer, seller, template, ledger)
+    lost = 0
+    for _ in range(ROUNDS):
+        task_id = market.order(order_id).task_id
+        play(board, task_id, crew, [truth, truth, sabotage], chain)
+        ledger.check(market.advance(order_id, sender=accounts[1]))
+        assert board.phase(task_id) == (FAILED if how == "hide" else DISAGREED)
+        lost += DEPOSIT - board.owed(task_id, sabotaging)
+    order = market.order(order_id)
+    assert order.stage == Stage.UNEVALUATED and order.rounds == ROUNDS
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    assert lost == ROUNDS * lost_per_round
+    if saboteur == "buyer":
+        # Refunded in full, it kept the model for `lost`; honest, it would have paid
+        # price + reward. open_order's rule makes the first at least the second.
+        assert lost >= PRICE + REWARD
+    else:
+        # Unpaid either way; honest, the refused seller would have lost nothing.
+        assert lost > 0
+
+
+def test_a_retry_that_agrees_decides_as_usual(market, board, buyer, seller, crew, template,
+                                              ledger, chain):
+    order_id = released(market, buyer, seller, template, ledger)
+    fail_round(board, market, order_id, crew, DISAGREED, chain)
+    ledger.check(market.advance(order_id, sender=seller))
+    bits = bits_with(181)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
+    ledger.check(market.advance(order_id, sender=seller))
+    ledger.check(market.finalize(order_id, bits_body(bits), sender=buyer))
+    assert market.order(order_id).stage == Stage.BOUGHT and market.owed(order_id, seller) == PRICE
+    assert market.order(order_id).rounds == 2
+
+
+# ---------------------------------------------------------------- deadlines
+
+
+def test_buyer_cancels_before_any_offer_anyone_after_the_offer_deadline(
+        market, buyer, seller, template, ledger, chain):
+    first = open_order(market, buyer, template, ledger)
+    ledger.check(market.cancel(first, sender=buyer))
+    assert market.order(first).stage == Stage.CANCELLED and market.owed(first, buyer) == PRICE + REWARD
+    second = open_order(market, buyer, template, ledger)
+    with ape.reverts("offer window still open"):
+        market.cancel(second, sender=seller)
+    chain.mine(OFFER_BLOCKS + 1)
+    head, tail, _ = template
+    with ape.reverts("offer deadline passed"):
+        market.offer(second, MODEL, MODEL_URI, head, tail, sender=seller)
+    ledger.check(market.cancel(second, sender=seller))
+    assert market.owed(second, buyer) == PRICE + REWARD
+    with ape.reverts("evaluation already started"):
+        market.cancel(second, sender=buyer)
+
+
+def test_an_offer_whose_data_is_never_released_lapses(market, buyer, seller, template, ledger, chain):
+    order_id = open_order(market, buyer, template, ledger)
+    offer(market, seller, order_id, template, ledger)
+    with ape.reverts("release window still open"):
+        market.cancel(order_id, sender=seller)
+    chain.mine(RELEASE_BLOCKS + 1)
+    with ape.reverts("release window closed"):
+        market.release_data(order_id, sender=buyer)
+    ledger.check(market.cancel(order_id, sender=seller))
+    assert market.order(order_id).stage == Stage.LAPSED
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+
+
+def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, buyer, seller, crew,
+                                                                template, ledger, chain):
+    order_id = released(market, buyer, seller, template, ledger)
+    bits = bits_with(199)
+    agree_on(board, market.order(order_id).task_id, crew, bits, chain)
+    receipt = ledger.check(market.advance(order_id, sender=buyer))
+    deadline = receipt.decode_logs(market.AgreementSeen)[0].finalize_deadline
+    with ape.reverts("finalize window still open"):
+        market.advance(order_id, sender=buyer)
+    chain.mine(deadline - 1 - chain.blocks.head.number)  # the next transaction lands at the deadline
+    with ape.reverts("finalize window still open"):
+        market.advance(order_id, sender=buyer)
+    chain.mine(1)
+    with ape.reverts("finalize window closed"):
+        market.finalize(order_id, bits_body(bits), sender=seller)
+    ledger.check(market.advance(order_id, sender=buyer))
+    assert market.order(order_id).stage == Stage.UNEVALUATED
+    # The price goes back; the reward paid the workers.
+    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0
+
+
+def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template, ledger, chain):
+    order_id = open_order(market, buyer, template, ledger)
+    with ape.reverts("not evaluating"):
+        market.advance(order_id, sender=seller)
+    offer(market, seller, order_id, template, ledger)
+    ledger.check(market.release_data(order_id, sender=buyer))
+    task_id = market.order(order_id).task_id
+    with ape.reverts("evaluation still running"):  # joining, join window open
+        market.advance(order_id, sender=seller)
+    for w in crew:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    with ape.reverts("evaluation still running"):  # commit window open
+        market.advance(order_id, sender=seller)
+    with ape.reverts("no agreed result"):
+        market.finalize(order_id, bits_body(bits_with(190)), sender=seller)
+
+
+def test_claim_pays_once_and_only_after_the_end(market, buyer, seller, template, ledger):
+    order_id = open_order(market, buyer, template, ledger)
+    with ape.reverts("order not ended"):
+        market.claim(order_id, sender=buyer)
+    ledger.check(market.cancel(order_id, sender=buyer))
+    with ape.reverts("not the payee"):
+        market.claim(order_id, sender=seller)
+    ledger.check(market.claim(order_id, sender=buyer))
+    with ape.reverts("nothing to claim"):
+        market.claim(order_id, sender=buyer)
+    assert market.owed(order_id, buyer) == 0

@@ -1,0 +1,110 @@
+"""The purchase's Python side: the spec template, the seller's checks before offering, and the
+Buyer/Seller/Market objects against a deployed ModelPurchase."""
+
+from pathlib import Path
+
+import pytest
+from eth_utils import keccak
+
+from ape_crowdml.errors import DataDigestMismatch, PolicyRefused, SpecError, TaskRejected
+from ape_crowdml.purchase import (
+    Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
+)
+from ape_crowdml.spec import Canary, make_spec
+
+SAMPLES = 20
+JOBS = Path("jobs")
+
+
+@pytest.fixture
+def test_data(tmp_path):
+    path = tmp_path / "test.npz"
+    path.write_bytes(b"the buyer's test set")
+    return path
+
+
+def evaluation(test_data, job="jobs/evaluate_classifier.py", samples=SAMPLES, **extra):
+    return make_spec(job, test_data, {"model_digest": "0x" + "0" * 64, "model_uri": "x",
+                                      "subset_size": samples, **extra})
+
+
+class FakeOrder:
+    order_id = 1
+    samples = SAMPLES
+    test_data = keccak(b"the buyer's test set")
+
+
+def test_filling_the_template_gives_the_spec_with_the_model(test_data):
+    head, tail = split_template(evaluation(test_data))
+    model = keccak(b"model")
+    spec = fill_template(head, tail, model, "https://models.example/m.crowdml")
+    expected = evaluation(test_data).model_copy(update={"hparams": {
+        "model_digest": "0x" + model.hex(), "model_uri": "https://models.example/m.crowdml",
+        "subset_size": SAMPLES}})
+    assert spec == expected and spec.digest() == expected.digest()
+
+
+def test_a_template_must_be_fillable(test_data):
+    with pytest.raises(SpecError, match="no canary"):
+        split_template(evaluation(test_data).model_copy(update={"canary": Canary(
+            coin="0x" + "1" * 64, digest="0x" + "2" * 64)}))
+    with pytest.raises(SpecError, match="side by side"):
+        split_template(evaluation(test_data, model_name="between the two"))
+    head, tail = split_template(evaluation(test_data))
+    with pytest.raises(SpecError, match="model URI"):
+        fill_template(head, tail, keccak(b"m"), "with space")
+    with pytest.raises(SpecError, match="not a spec's canonical JSON"):
+        fill_template(head.replace(b'"canary":null', b'"canary": null'), tail, keccak(b"m"), "u")
+
+
+def test_a_seller_checks_the_template_before_offering(test_data):
+    assert check_template(FakeOrder, *split_template(evaluation(test_data)), JOBS).hparams[
+        "subset_size"] == SAMPLES
+    with pytest.raises(PolicyRefused, match="runs job"):
+        check_template(FakeOrder, *split_template(
+            evaluation(test_data, job="jobs/train_classifier.py")), JOBS)
+    with pytest.raises(PolicyRefused, match="evaluates 21 samples, the contract counts 20"):
+        check_template(FakeOrder, *split_template(evaluation(test_data, samples=21)), JOBS)
+    test_data.write_bytes(b"another test set")
+    with pytest.raises(PolicyRefused, match="evaluates data"):
+        check_template(FakeOrder, *split_template(evaluation(test_data)), JOBS)
+
+
+@pytest.fixture
+def market(board, accounts):
+    from ape_crowdml.board import Board
+
+    return Market.deploy(accounts[0], Board(board.address))
+
+
+def test_buyer_and_seller_objects(market, accounts, test_data, tmp_path, project):
+    with project.temp_config(crowdml={"state_folder": str(tmp_path / "state")}):
+        buyer, seller = Buyer(market, accounts[0]), Seller(market, accounts[8])
+        order = buyer.open(buyer.template(test_data, samples=SAMPLES), price=3 * 10**16,
+                           threshold_bps=9000, reward=3 * 10**15, deposit=2 * 10**16,
+                           workers=3, max_rounds=4)
+        assert market.order(order).stage == Stage.OPEN and market.order(order).samples == SAMPLES
+        with pytest.raises(TaskRejected, match="owes"):
+            buyer.claim(order)
+        model = tmp_path / "model.crowdml"
+        model.write_bytes(b"weights")
+        spec = seller.offer(order, model)
+        assert market.order(order).spec == spec == market.evaluation_spec(order).digest()
+        assert market.evaluation_spec(order).hparams["model_uri"] == str(model.resolve())
+        with pytest.raises(TaskRejected, match="not open for offers"):
+            Seller(market, accounts[7]).offer(order, model)
+        test_data.unlink()  # the buyer does not serve its data: released, workers could not run
+        with pytest.raises(DataDigestMismatch):
+            buyer.release_data(order)
+        test_data.write_bytes(b"the buyer's test set")
+        task = buyer.release_data(order)
+        assert market.board.task(task).spec == spec
+        assert "evaluating" in _render(order_table(market, order))
+
+
+def _render(table):
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(table)
+    return console.export_text()
