@@ -7,26 +7,33 @@ replaces its whole environment with `environment_for(profile)` before jax is imp
 XLA_FLAGS and sizes its thread pools once, when its backend starts; jax and flax read their
 variables at import).
 
-What was measured (jaxlib 0.7.1, an AVX-512 Xeon with 2 cores):
+What was measured (jaxlib 0.7.1 on a 2-core AVX-512 Xeon, L1d 48 KiB; README "Agreement across
+machines" has the figures):
 
 - Thread count. XLA CPU's intra-op pool has `PJRT_NPROC` (else `NPROC`, else the process's
-  allowed-CPU count) threads, and its dot thunk shards an Eigen contraction by that count, which
-  can split the summed dimension: `a @ b` at 64×784×128, 256×784×512, 64×1024×64 and 32×16384×32
-  gives other bits with 2 threads than with 1, as does a jitted sum over 2**24 floats. The bits
-  follow the pool size, not the cores: PJRT_NPROC=1 on two cores gives the one-core bits and
-  PJRT_NPROC=2 on one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes
-  nothing. So `cpu_threads` pins both the affinity and PJRT_NPROC (bench/train.py measures the
-  cost); a machine allowing the job fewer CPUs than that is refused.
-- Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC and a persistent
-  compilation cache each changed the digest or crashed the job, so the child's environment is
-  built from an allowlist (ALLOWED_VARIABLES) plus the profile's own variables.
-- ISA. `--xla_cpu_max_isa=AVX2` keeps XLA from emitting AVX-512 code, so AVX2 and AVX-512 machines
-  agree (capping at AVX2 or AVX512 kept a 300-step MLP's bytes, AVX or SSE4_2 changed them); fast
-  math off keeps IEEE semantics.
-- CPU model (not pinned, see README "CPU model"): XLA hands large dots to Eigen, which cuts the
-  summed dimension into blocks sized from the L1/L2/L3 sizes cpuid reports, so two CPUs with the
-  same ISA and thread count but other cache sizes can sum in another order once the inner dimension
-  exceeds the smaller CPU's block; the canary, run at the job's real shapes, is the guard.
+  allowed-CPU count) threads, and a dot shards its Eigen contraction by that count, which can split
+  the summed dimension: `a @ b` at 64×784×128, 256×784×512, 64×1024×64 and 32×16384×32 gives
+  other bits with 2 threads than with 1, as does a jitted sum over 2**24 floats. The bits follow
+  the pool size, not the cores: PJRT_NPROC=1 on two cores gives the one-core bits, PJRT_NPROC=2 on
+  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. So
+  `cpu_threads` pins both the affinity and PJRT_NPROC (bench/train.py (d) measures the cost); a
+  machine allowing the job fewer CPUs is refused.
+- Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC,
+  TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL, DNNL_/ONEDNN_MAX_CPU_ISA and a persistent compilation
+  cache each change the digest or crash the job, so the child's environment is built from an
+  allowlist (ALLOWED_VARIABLES) plus the profile's own variables.
+- ISA. `--xla_cpu_max_isa=AVX2` keeps XLA's generated code from using AVX-512 (capping at AVX2 or
+  AVX512 kept a 300-step MLP's bytes and the bits of exp/log/tanh/log_softmax; AVX changed them).
+  It does not reach matmuls: XLA runs f32 dots as an Eigen contraction whose kernel is oneDNN's
+  sgemm, and oneDNN picks that kernel from the CPU it runs on (DNNL_MAX_CPU_ISA=AVX2 changes the
+  bits of a 32×16384×32 product on this AVX-512 machine). DNNL_MAX_CPU_ISA=AVX2 pins it.
+- Vector width. `--xla_cpu_prefer_vector_width=128` changes log_softmax's bits; the default
+  (256) is set explicitly rather than left to the host CPU's tuning.
+- CPU model (not pinnable, see README): the contraction cuts the summed dimension into blocks
+  (here a 64×1024×64 product equals, bit for bit, the sum of four 256-wide slices), and Eigen
+  sizes those blocks from the cache sizes cpuid reports. Two CPUs with the same ISA cap and thread
+  count but other caches may cut elsewhere once a contracted dimension exceeds one block; neither
+  XLA nor Eigen has a switch for that. The canary, run at the job's real shapes, is the guard.
 
 gpu-exact: deterministic GPU ops (no atomics-ordered reductions), TF32 off, highest matmul
 precision; never run on a GPU here.
@@ -117,8 +124,10 @@ PROFILES = {
         native=JAXLIB_NATIVE,
         code=compute_code_digest(),
         cpu_threads=1,
-        xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2"),
-        env={"JAX_PLATFORMS": "cpu"},
+        xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2",
+                   "--xla_cpu_prefer_vector_width=256"),
+        # XLA's matmuls run oneDNN's sgemm, which picks its kernel from the CPU it runs on.
+        env={"JAX_PLATFORMS": "cpu", "DNNL_MAX_CPU_ISA": "AVX2"},
         jax_config={"jax_default_matmul_precision": "highest"},
     ),
     "gpu-exact": Profile(

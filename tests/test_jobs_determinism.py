@@ -23,7 +23,8 @@ TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
 COIN = "0x" + "c0" * 32
 AFFINITIES = ("0", "1", "0,1")
 # Each of these changed the digest or crashed the job when the worker's environment leaked into
-# the job's process; PJRT_NPROC/NPROC size XLA's thread pool.
+# the job's process; PJRT_NPROC/NPROC size XLA's thread pool; the last three change the kernel of
+# XLA's matmuls (Eigen's own or oneDNN's sgemm, and which oneDNN ISA).
 LEAKY_VARIABLES = {
     "JAX_RANDOM_SEED_OFFSET": "1",
     "FLAX_FIX_RNG_SEPARATOR": "1",
@@ -35,6 +36,9 @@ LEAKY_VARIABLES = {
     "PJRT_NPROC": "2",
     "NPROC": "2",
     "XLA_FLAGS": "--xla_cpu_enable_fast_math=true --xla_cpu_max_isa=AVX512",
+    "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "0",
+    "DNNL_MAX_CPU_ISA": "SSE41",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
 }
 
 needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or

@@ -223,11 +223,12 @@ def test_worker_variables_are_not_passed_to_the_job():
               "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "EAGER_CONSTANT_FOLDING": "1",
               "JAX_NUMPY_DTYPE_PROMOTION": "strict", "JAX_COMPILATION_CACHE_DIR": "/tmp/c",
               "XLA_FLAGS": "--xla_cpu_enable_fast_math=true", "TF_CPP_MIN_LOG_LEVEL": "0",
-              "PJRT_NPROC": "2", "NPROC": "2", "JAX_PLATFORMS": "cuda"}
+              "PJRT_NPROC": "2", "NPROC": "2", "JAX_PLATFORMS": "cuda",
+              "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "0", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     env = environment_for(profile, worker)
     assert env == {"PATH": "/usr/bin", "HOME": "/home/w", "PYTHONPATH": "/src",
                    "AWS_PROFILE": "data", "JAX_PLATFORMS": "cpu", "PJRT_NPROC": "1",
-                   "XLA_FLAGS": "--xla_cpu_enable_fast_math=false --xla_cpu_max_isa=AVX2"}
+                   "DNNL_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": " ".join(profile.xla_flags)}
 
 
 def test_a_weakened_or_foreign_profile_is_refused_unless_accepted():
