@@ -72,8 +72,8 @@ JAXLIB_NATIVE = {
 COMPUTE_MODULES = ("data", "digest", "errors", "keys", "profile", "runner", "spec")
 
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
-# JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, cache folders, … Remote data credentials pass (the data's
-# digest is checked whatever serves it).
+# JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
+# (the data's digest is checked whatever serves it).
 ALLOWED_VARIABLES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM",
     "PYTHONPATH", "VIRTUAL_ENV", "CROWDML_CACHE",
@@ -154,6 +154,14 @@ def get_profile(name: str) -> Profile:
         ) from None
 
 
+def _difference(given, builtin) -> str:
+    """The entries of two field values that differ, for a one-line message."""
+    if isinstance(given, dict) and isinstance(builtin, dict):
+        keys = sorted(k for k in given.keys() | builtin.keys() if given.get(k) != builtin.get(k))
+        return ", ".join(f"{k}: {given.get(k)!r}, built in {builtin.get(k)!r}" for k in keys)
+    return f"{given!r}, built in {builtin!r}"
+
+
 def check_profile(profile: Profile, accepted: tuple[Profile, ...] | list[Profile] = ()) -> None:
     """Refuse a profile that is not, field for field, a built-in one or one in `accepted` (the
     worker's own list): a profile named cpu-exact with weaker flags would otherwise pass."""
@@ -164,9 +172,12 @@ def check_profile(profile: Profile, accepted: tuple[Profile, ...] | list[Profile
         raise EnvironmentMismatch(f"profile {profile.name!r} is neither built in nor accepted "
                                   "by this worker")
     fields = [f for f in Profile.model_fields if getattr(profile, f) != getattr(builtin, f)]
-    hint = " (another crowdml version?)" if fields == ["code"] else ""
-    raise EnvironmentMismatch(f"profile {profile.name} differs from the built-in one in "
-                              f"{', '.join(fields)}{hint}; refusing it")
+    hint = " (made by another crowdml version?)" if fields == ["code"] else ""
+    raise EnvironmentMismatch(
+        f"profile {profile.name} differs from the built-in one in {fields[0]} "
+        f"({_difference(getattr(profile, fields[0]), getattr(builtin, fields[0]))}){hint}; "
+        "refusing it"
+    )
 
 
 def environment_for(profile: Profile, parent: dict[str, str] | None = None) -> dict[str, str]:

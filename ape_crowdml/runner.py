@@ -20,15 +20,19 @@ A job is a plain Python file (see jobs/) that defines one entry function::
   the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
   named in `hparams` with their digest and read through `ape_crowdml.data.read_verified`.
 
+Optionally, `canary(config) -> dict`: the hyperparameter overrides of the job's canary, a short run
+at the job's real model and batch shapes (without it, the canary is the whole job).
+
 Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child,
 `python -m ape_crowdml.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
 profile allows (`profile.environment_for`). The child pins its CPUs and seals its environment again
 before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
-checks the environment, the job file's keccak256 and the data digest, runs the job, and writes `result.bin` (the artifact), `result.json` (digest,
-transcript, metrics) or `error.json` into DIR. The same command is the user-facing CLI: it prints
-the digest on stdout and a progress bar on stderr; bad input gives one line on stderr and exit 2.
+checks the environment, the job file's keccak256 and the data digest, runs the job, and writes
+`result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
+The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
+stderr; bad input gives one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -118,7 +122,8 @@ class Report:
             self._bar.close()
 
 
-def load_job_file(path: str | Path, expected_digest: str | None = None) -> tuple[types.ModuleType, str]:
+def load_job_file(path: str | Path,
+                  expected_digest: str | None = None) -> tuple[types.ModuleType, str]:
     """Import a job file by path; returns the module and the 0x-keccak256 of its bytes.
 
     With `expected_digest`, a file with another digest is refused before any of it runs; the

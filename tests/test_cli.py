@@ -72,7 +72,8 @@ def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
 def test_make_spec_writes_what_publish_reads(state):
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
-        "--digits", "--hparams", '{"epochs": "1"}', "--no-canary", "--out", str(state / "made.json")])
+        "--digits", "--hparams", '{"epochs": "1"}', "--no-canary",
+        "--out", str(state / "made.json")])
     assert result.exit_code == 0, result.output
     spec = load_spec(state / "made.json")
     assert result.output.strip() == f"{state / 'made.json'}: spec 0x{spec.digest().hex()}"
@@ -85,7 +86,8 @@ def test_make_spec_writes_what_publish_reads(state):
 def test_make_spec_adds_the_jobs_own_canary_by_default(state):
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
-        "--digits", "--hparams", '{"epochs": 5, "hidden": [16]}', "--out", str(state / "made.json")])
+        "--digits", "--hparams", '{"epochs": 5, "hidden": [16]}',
+        "--out", str(state / "made.json")])
     assert result.exit_code == 0, result.output
     spec = load_spec(state / "made.json")
     # A few steps at the real model and batch shapes, not a smaller model.

@@ -60,7 +60,7 @@ def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -
 
 @pytest.fixture(scope="module")
 def mnist_shaped(tmp_path_factory) -> Path:
-    """A 28×28 float32 dataset with MNIST's shapes (fewer rows); the bytes are fixed by the seed."""
+    """28×28 float32 images like MNIST's (fewer rows); the bytes are fixed by the seed."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("mnist") / "mnist-shaped.npz"
     with open(path, "wb") as f:
