@@ -252,6 +252,8 @@ def main() -> None:
           f"{unpinned['job_s'] * 1e3:.0f} ms: {pinned['job_s'] / unpinned['job_s']:.2f}x")
     print(f"    digests: pinned {pinned['digest'][:18]}…; unpinned on {unpinned['cpus']} CPUs "
           f"{unpinned['digest'][:18]}…, on 1 CPU {one_cpu['digest'][:18]}…")
+    # Other processes on the machine skew every figure above; say how busy it was.
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":
