@@ -46,6 +46,36 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or
                                     reason="needs CPUs 0 and 1")
 
 
+# A jitted matmul at MNIST's first-layer shape and a sum over 2**24 floats: both change bits with
+# XLA's thread count. With `pin`, the process applies cpu-exact as a job's process does.
+OPS_SCRIPT = """
+import hashlib, sys
+from ape_crowdml.profile import PROFILES, apply_environment
+if sys.argv[1] == "pin":
+    apply_environment(PROFILES["cpu-exact"])
+import jax, numpy as np
+rng = np.random.default_rng(0)
+a, b = rng.standard_normal((256, 784), np.float32), rng.standard_normal((784, 512), np.float32)
+x = rng.standard_normal(1 << 24, np.float32)
+product, total = jax.jit(lambda a, b: a @ b)(a, b), jax.jit(jax.numpy.sum)(x)
+print(hashlib.sha256(np.asarray(product).tobytes() + np.asarray(total).tobytes()).hexdigest())
+"""
+
+
+def op_bytes(cpus: str, mode: str) -> str:
+    child = subprocess.run(["taskset", "-c", cpus, sys.executable, "-c", OPS_SCRIPT, mode],
+                           capture_output=True, text=True, cwd=REPO)
+    assert child.returncode == 0, child.stderr
+    return child.stdout.strip()
+
+
+@needs_two_cpus
+def test_matmul_and_large_sum_give_one_result_under_every_affinity_when_pinned():
+    assert len({op_bytes(cpus, "pin") for cpus in AFFINITIES}) == 1
+    # Control: the same ops with the default thread pool differ between one and two CPUs.
+    assert op_bytes("0", "plain") != op_bytes("0,1", "plain")
+
+
 def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -> str:
     """The job's digest from `python -m ape_crowdml.runner`, under `taskset -c cpus`."""
     command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
