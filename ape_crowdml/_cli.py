@@ -256,13 +256,17 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.option("--data-uri", metavar="URL",
               help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")
 @click.option("--canary", "canary_hparams", metavar="JSON",
-              help="Add a canary: hyperparameter overrides for a tiny run (e.g. '{\"epochs\": 1}') "
-                   "whose digest, computed here, workers must reproduce before committing.")
+              help="The canary's hyperparameter overrides (default: the job's own, a few steps at "
+                   "the real model and batch shapes), e.g. '{\"epochs\": 1}'.")
+@click.option("--no-canary", is_flag=True,
+              help="Add no canary: workers then cannot check their machine before depositing.")
 @click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
               show_default=True)
-def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, digits, out):
-    """Write a job spec for JOB on DATA (computes both digests); prints its digest."""
+def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_canary, digits,
+              out):
+    """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
+    runs a canary here whose digest workers must reproduce before committing); prints its digest."""
     import json
 
     from ape_crowdml.errors import SpecError
@@ -274,6 +278,8 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, digi
         except json.JSONDecodeError as exc:
             raise SpecError(f"{option} is not JSON: {exc.msg}") from None
 
+    if no_canary and canary_hparams is not None:
+        raise SpecError("--canary and --no-canary exclude each other")
     parsed = parse("--hparams", hparams)
     canary = None if canary_hparams is None else parse("--canary", canary_hparams)
     if digits:
@@ -281,7 +287,7 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, digi
 
         export_digits(data)
     spec = build(job, data, parsed, profile=profile, store=store)
-    if canary is not None:
+    if not no_canary:
         from ape_crowdml.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.

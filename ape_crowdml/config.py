@@ -12,6 +12,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_jobs: []            # job file names or keccak256 digests; [] = all of jobs_folder
         max_deposit: 1000000000000000000   # wei
         min_reward: 1                      # wei per worker: reward // workers
+        accept_profiles: []        # environment profiles accepted besides the built-in ones
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ape.api.config import PluginConfig
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from .profile import Profile
+
 
 class WorkerPolicy(BaseModel):
     """What a worker accepts; checked before any deposit leaves the account."""
@@ -29,6 +32,8 @@ class WorkerPolicy(BaseModel):
     accept_jobs: list[str] = Field(default_factory=list)
     max_deposit: int = Field(10**18, ge=0)
     min_reward: int = Field(1, ge=0)
+    # Whole profiles, field for field: a spec's profile must equal a built-in one or one of these.
+    accept_profiles: list[Profile] = Field(default_factory=list)
 
 
 class CrowdmlConfig(PluginConfig):

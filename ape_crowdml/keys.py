@@ -14,20 +14,40 @@ from __future__ import annotations
 COIN_BYTES = 32
 
 # Set explicitly rather than relying on defaults: a future JAX default change (the partitionable
-# flag already flipped once) would otherwise silently change every result.
+# flag already flipped once) would otherwise silently change every result. The job's process
+# inherits no JAX_* variables (profile.environment_for); the numerics-relevant settings a variable
+# could have changed are set here too, and no persistent compilation cache is used: an executable
+# compiled under other settings would be loaded as is.
 JAX_CONFIG = {
     "jax_default_prng_impl": "threefry2x32",
     "jax_threefry_partitionable": True,
     "jax_enable_x64": False,
+    "jax_random_seed_offset": 0,
+    "jax_disable_jit": False,
+    "jax_disable_most_optimizations": False,
+    "jax_numpy_dtype_promotion": "standard",
+    "eager_constant_folding": False,
+    "jax_enable_compilation_cache": False,
+    "jax_compilation_cache_dir": None,
+}
+# flax's settings that change names or random streams, and so parameter bytes.
+FLAX_CONFIG = {
+    "flax_fix_rng_separator": False,
+    "flax_preserve_adopted_names": False,
+    "flax_return_frozendict": False,
 }
 
 
-def configure_jax(extra: dict | None = None) -> None:
-    """Apply JAX_CONFIG (and a profile's `extra` settings) before any key is made."""
+def configure_jax(extra: dict | None = None, flax_extra: dict | None = None) -> None:
+    """Apply JAX_CONFIG and FLAX_CONFIG (with a profile's `extra` and `flax_extra` settings)
+    before any key is made."""
+    import flax
     import jax
 
     for name, value in {**JAX_CONFIG, **(extra or {})}.items():
         jax.config.update(name, value)
+    for name, value in {**FLAX_CONFIG, **(flax_extra or {})}.items():
+        flax.config.update(name, value)
 
 
 def coin_from_hex(text: str) -> bytes:

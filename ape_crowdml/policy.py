@@ -1,5 +1,6 @@
 """A worker's policy: which tasks it takes. A job file is code the worker will run, so the job's
-source digest must be on the allowlist; the deposit and reward must be within bounds. Everything
+source digest must be on the allowlist; the spec's environment profile must be a built-in one or
+one the worker accepts, field for field; the deposit and reward must be within bounds. Everything
 here is checked before any deposit is sent."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from .board import TaskInfo
 from .config import WorkerPolicy
 from .digest import file_digest
 from .errors import PolicyRefused
+from .profile import check_profile
 from .spec import JobSpec
 
 
@@ -30,11 +32,13 @@ def allowed_job_digests(policy: WorkerPolicy, jobs_folder: Path) -> dict[str, st
 
 
 def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs_folder: Path) -> None:
-    """PolicyRefused with the first reason this worker must not take the task."""
+    """PolicyRefused (EnvironmentMismatch for the profile) with the first reason this worker must
+    not take the task."""
     allowed = allowed_job_digests(policy, jobs_folder)
     if spec.job_digest not in allowed:
         raise PolicyRefused(f"task {task.task_id} runs job {spec.job} ({spec.job_digest}), "
                             "which is not on this worker's allowlist; refusing to run its code")
+    check_profile(spec.profile, policy.accept_profiles)
     if task.deposit > policy.max_deposit:
         raise PolicyRefused(f"task {task.task_id} asks a deposit of {task.deposit} wei, above "
                             f"this worker's maximum {policy.max_deposit}")

@@ -1,29 +1,58 @@
 """Environment profiles: what a worker's process must look like for results to agree bit for bit.
 
-A profile pins package versions, the platform, XLA flags, extra environment variables and JAX
-config. The runner starts every job in a fresh child process whose environment is
-`environment_for(profile)`: XLA reads XLA_FLAGS once, when its backend starts, so flags cannot be
-changed in a process that has already used jax (the ape process may well have).
+A profile pins package versions and the native jaxlib build, the plugin's own compute code, the
+platform, the job process's CPU count, XLA flags, environment variables and JAX/flax config. The
+runner starts every job in a fresh child process: `apply_environment` pins its CPU affinity and
+replaces its whole environment with `environment_for(profile)` before jax is imported (XLA reads
+XLA_FLAGS and sizes its thread pools once, when its backend starts; jax and flax read their
+variables at import).
 
-cpu-exact: `--xla_cpu_max_isa=AVX2` keeps XLA from emitting AVX-512 code, so AVX2 and AVX-512
-machines agree (measured: capping at AVX2 or AVX512 kept a 300-step MLP's bytes, AVX or SSE4_2
-changed them); fast math off keeps IEEE semantics; Eigen's thread pool off because a threaded
-contraction may split the summed dimension by thread count (small models did not show it, large
-matmuls can).
+What was measured (jaxlib 0.7.1 on a 2-core AVX-512 Xeon, L1d 48 KiB; README "Agreement across
+machines" has the figures):
+
+- Thread count. XLA CPU's intra-op pool has `PJRT_NPROC` (else `NPROC`, else the process's
+  allowed-CPU count) threads, and a dot shards its Eigen contraction by that count, which can split
+  the summed dimension: `a @ b` at 64×784×128, 256×784×512, 64×1024×64 and 32×16384×32 gives
+  other bits with 2 threads than with 1, as does a jitted sum over 2**24 floats. The bits follow
+  the pool size, not the cores: PJRT_NPROC=1 on two cores gives the one-core bits, PJRT_NPROC=2 on
+  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. So
+  `cpu_threads` pins both the affinity and PJRT_NPROC (bench/train.py (d) measures the cost); a
+  machine allowing the job fewer CPUs is refused.
+- Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC,
+  TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL, DNNL_/ONEDNN_MAX_CPU_ISA and a persistent compilation
+  cache each change the digest or crash the job, so the child's environment is built from an
+  allowlist (ALLOWED_VARIABLES) plus the profile's own variables.
+- ISA. `--xla_cpu_max_isa=AVX2` keeps XLA's generated code from using AVX-512 (capping at AVX2 or
+  AVX512 kept a 300-step MLP's bytes and the bits of exp/log/tanh/log_softmax; AVX changed them).
+  It does not reach matmuls: XLA runs f32 dots as an Eigen contraction whose kernel is oneDNN's
+  sgemm, and oneDNN picks that kernel from the CPU it runs on (DNNL_MAX_CPU_ISA=AVX2 changes the
+  bits of a 32×16384×32 product on this AVX-512 machine). DNNL_MAX_CPU_ISA=AVX2 pins it.
+- Vector width. `--xla_cpu_prefer_vector_width=128` changes log_softmax's bits; the default
+  (256) is set explicitly rather than left to the host CPU's tuning.
+- CPU model (not pinnable, see README): the contraction cuts the summed dimension into blocks
+  (here a 64×1024×64 product equals, bit for bit, the sum of four 256-wide slices), and Eigen
+  sizes those blocks from the cache sizes cpuid reports. Two CPUs with the same ISA cap and thread
+  count but other caches may cut elsewhere once a contracted dimension exceeds one block; neither
+  XLA nor Eigen has a switch for that. The canary, run at the job's real shapes, is the guard.
+
 gpu-exact: deterministic GPU ops (no atomics-ordered reductions), TF32 off, highest matmul
-precision.
+precision; never run on a GPU here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import importlib.util
+import json
 import os
 import platform as _platform
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from .digest import keccak_digest
 from .errors import EnvironmentMismatch
 
 PINNED_PACKAGES = {
@@ -33,6 +62,37 @@ PINNED_PACKAGES = {
     "optax": "0.2.8",
     "numpy": "1.26.4",
 }
+# sha256 of jaxlib 0.7.1's native libraries (manylinux x86_64 wheel; the same figures as the
+# wheel's RECORD): a rebuilt jaxlib with the same version number is refused.
+JAXLIB_NATIVE = {
+    "jaxlib/_jax.so": "3e98335113a78143dbc7077212cd14a75e324f780802eb53c9fa621091e1dfaf",
+    "jaxlib/libjax_common.so": "723e174ba6a8aa19ae12251d4a497fa77317a311fafd6d99d7b6ade9b11a6471",
+}
+# The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
+COMPUTE_MODULES = ("data", "digest", "errors", "keys", "profile", "runner", "spec")
+
+# What the job's process may inherit from the worker's environment. Everything else is dropped:
+# JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
+# (the data's digest is checked whatever serves it).
+ALLOWED_VARIABLES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM",
+    "PYTHONPATH", "VIRTUAL_ENV", "CROWDML_CACHE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+})
+ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
+# Set by jax itself when it is imported (logging level; "not a Cloud TPU").
+SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
+
+
+def compute_code_digest() -> str:
+    """keccak256 over the sources of COMPUTE_MODULES (name, length, bytes), 0x-hex."""
+    package = Path(__file__).parent
+    parts = []
+    for name in COMPUTE_MODULES:
+        source = (package / f"{name}.py").read_bytes()
+        parts += [name.encode(), len(source).to_bytes(8, "little"), source]
+    return "0x" + keccak_digest(b"".join(parts)).hex()
 
 
 class Profile(BaseModel):
@@ -45,9 +105,13 @@ class Profile(BaseModel):
     machine: str  # platform.machine() of workers, e.g. "x86_64"
     cpu_features: tuple[str, ...] = ()  # /proc/cpuinfo flags the capped ISA needs
     packages: dict[str, str]
+    native: dict[str, str] = {}  # site-packages path -> sha256 of the native library
+    code: str  # compute_code_digest() of the plugin that made the spec
+    cpu_threads: int | None = Field(None, gt=0)  # CPUs and XLA threads of the job; None: unpinned
     xla_flags: tuple[str, ...]
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
+    flax_config: dict[str, str | bool | int] = {}
 
 
 PROFILES = {
@@ -57,12 +121,13 @@ PROFILES = {
         machine="x86_64",
         cpu_features=("avx2", "fma"),
         packages=PINNED_PACKAGES,
-        xla_flags=(
-            "--xla_cpu_enable_fast_math=false",
-            "--xla_cpu_max_isa=AVX2",
-            "--xla_cpu_multi_thread_eigen=false",
-        ),
-        env={"JAX_PLATFORMS": "cpu"},
+        native=JAXLIB_NATIVE,
+        code=compute_code_digest(),
+        cpu_threads=1,
+        xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2",
+                   "--xla_cpu_prefer_vector_width=256"),
+        # XLA's matmuls run oneDNN's sgemm, which picks its kernel from the CPU it runs on.
+        env={"JAX_PLATFORMS": "cpu", "DNNL_MAX_CPU_ISA": "AVX2"},
         jax_config={"jax_default_matmul_precision": "highest"},
     ),
     "gpu-exact": Profile(
@@ -71,6 +136,8 @@ PROFILES = {
         machine="x86_64",
         # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
         packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1"},
+        native=JAXLIB_NATIVE,
+        code=compute_code_digest(),
         xla_flags=("--xla_gpu_deterministic_ops=true",),
         env={"JAX_PLATFORMS": "cuda", "NVIDIA_TF32_OVERRIDE": "0"},
         jax_config={"jax_default_matmul_precision": "highest"},
@@ -87,21 +154,69 @@ def get_profile(name: str) -> Profile:
         ) from None
 
 
-def environment_for(profile: Profile) -> dict[str, str]:
-    """Environment variables for the job's child process.
+def _difference(given, builtin) -> str:
+    """The entries of two field values that differ, for a one-line message."""
+    if isinstance(given, dict) and isinstance(builtin, dict):
+        keys = sorted(k for k in given.keys() | builtin.keys() if given.get(k) != builtin.get(k))
+        return ", ".join(f"{k}: {given.get(k)!r}, built in {builtin.get(k)!r}" for k in keys)
+    return f"{given!r}, built in {builtin!r}"
 
-    XLA_FLAGS is replaced, not appended to: any flag the user had set could change the numerics.
-    """
-    return {**profile.env, "XLA_FLAGS": " ".join(profile.xla_flags)}
+
+def check_profile(profile: Profile, accepted: tuple[Profile, ...] | list[Profile] = ()) -> None:
+    """Refuse a profile that is not, field for field, a built-in one or one in `accepted` (the
+    worker's own list): a profile named cpu-exact with weaker flags would otherwise pass."""
+    if profile == PROFILES.get(profile.name) or profile in accepted:
+        return
+    builtin = PROFILES.get(profile.name)
+    if builtin is None:
+        raise EnvironmentMismatch(f"profile {profile.name!r} is neither built in nor accepted "
+                                  "by this worker")
+    fields = [f for f in Profile.model_fields if getattr(profile, f) != getattr(builtin, f)]
+    hint = " (made by another crowdml version?)" if fields == ["code"] else ""
+    raise EnvironmentMismatch(
+        f"profile {profile.name} differs from the built-in one in {fields[0]} "
+        f"({_difference(getattr(profile, fields[0]), getattr(builtin, fields[0]))}){hint}; "
+        "refusing it"
+    )
+
+
+def environment_for(profile: Profile, parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The whole environment of the job's process: the allowlisted part of `parent` (default:
+    this process's), then the profile's variables, XLA_FLAGS and the XLA thread count."""
+    parent = os.environ if parent is None else parent
+    env = {name: value for name, value in parent.items()
+           if name in ALLOWED_VARIABLES or name.startswith(ALLOWED_PREFIXES)}
+    env.update(profile.env)
+    env["XLA_FLAGS"] = " ".join(profile.xla_flags)
+    if profile.cpu_threads is not None:
+        env["PJRT_NPROC"] = str(profile.cpu_threads)  # XLA CPU's intra-op pool size
+    return env
+
+
+def _check_cpu_count(profile: Profile) -> list[int]:
+    allowed = sorted(os.sched_getaffinity(0))
+    if profile.cpu_threads is not None and len(allowed) < profile.cpu_threads:
+        raise EnvironmentMismatch(
+            f"profile {profile.name} runs jobs on {profile.cpu_threads} CPUs, this process may "
+            f"use {len(allowed)}"
+        )
+    return allowed
 
 
 def apply_environment(profile: Profile) -> None:
-    """Set the profile's variables in this process; only valid before jax is imported."""
-    if "jax" in sys.modules:
+    """In the job's own process, before jax is imported: pin the CPU affinity to the profile's
+    CPU count and replace the whole environment with `environment_for(profile)`."""
+    if "jax" in sys.modules or "flax" in sys.modules:
         raise EnvironmentMismatch(
             "jax was imported before the profile was applied; run the job in a fresh process"
         )
-    os.environ.update(environment_for(profile))
+    allowed = _check_cpu_count(profile)
+    if profile.cpu_threads is not None:
+        # Threads started later (XLA's pools) inherit the calling thread's affinity.
+        os.sched_setaffinity(0, allowed[: profile.cpu_threads])
+    sealed = environment_for(profile)
+    os.environ.clear()
+    os.environ.update(sealed)
 
 
 def _cpu_flags() -> set[str] | None:
@@ -114,10 +229,78 @@ def _cpu_flags() -> set[str] | None:
     return set()
 
 
-def check_environment(spec) -> None:
+def _sha256(path: Path) -> str:
+    """sha256 of a file. libjax_common.so is 336 MB (about a second), so digests are kept in
+    $CROWDML_CACHE/native-sha256.json under the file's path, inode, size and mtime: a file
+    replaced or rewritten is hashed again."""
+    from .data import cache_folder
+
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}"
+    store = cache_folder().parent / "native-sha256.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    known[key] = hasher.hexdigest()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    partial = store.with_suffix(f".{os.getpid()}.part")
+    partial.write_text(json.dumps(known, indent=1, sort_keys=True))
+    partial.replace(store)
+    return known[key]
+
+
+def _check_native(profile: Profile, files: dict[str, Path]) -> None:
+    for name, pinned in profile.native.items():
+        path = files.get(name)
+        if path is None or not path.is_file():
+            raise EnvironmentMismatch(f"profile {profile.name} pins {name}, which this machine "
+                                      "lacks")
+        if _sha256(path) != pinned:
+            raise EnvironmentMismatch(
+                f"{path} is not the build profile {profile.name} pins (sha256 {pinned[:16]}…); "
+                "reinstall the pinned wheel"
+            )
+
+
+def _installed_native(profile: Profile) -> dict[str, Path]:
+    """Where the pinned native files are installed, found without importing them."""
+    files = {}
+    for name in profile.native:
+        package, _, rest = name.partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.submodule_search_locations:
+            files[name] = Path(spec.submodule_search_locations[0]) / rest
+    return files
+
+
+def _loaded_native(profile: Profile) -> dict[str, Path]:
+    """The pinned native files this process has actually mapped (after importing jax)."""
+    maps = Path("/proc/self/maps")
+    mapped = {line.split(None, 5)[-1] for line in maps.read_text().splitlines()
+              if line.count(" ") >= 5} if maps.exists() else set()
+    files = {}
+    for name in profile.native:
+        suffix = "/" + name
+        hits = sorted(path for path in mapped if path.endswith(suffix))
+        if len(hits) > 1:
+            raise EnvironmentMismatch(f"two copies of {name} are loaded: {', '.join(hits)}")
+        if hits:
+            files[name] = Path(hits[0])
+    return files
+
+
+def check_environment(spec, *, native: bool = True) -> None:
     """Static checks of a spec's (or a bare Profile's) pinned environment against this machine:
-    package versions, machine, CPU features. Safe in any process; a worker runs it before it
-    deposits. Raises EnvironmentMismatch naming the first difference.
+    package versions and native builds, the plugin's compute code, machine, CPU features and CPU
+    count. Safe in any process; a worker runs it before it deposits. Raises EnvironmentMismatch
+    naming the first difference.
     """
     profile = spec if isinstance(spec, Profile) else spec.profile
     for package, pinned in profile.packages.items():
@@ -130,6 +313,13 @@ def check_environment(spec) -> None:
                 f"profile {profile.name} pins {package}=={pinned}, this machine has "
                 f"{installed or 'none'}; install {package}=={pinned}"
             )
+    if native:
+        _check_native(profile, _installed_native(profile))
+    if profile.code != compute_code_digest():
+        raise EnvironmentMismatch(
+            f"profile {profile.name} was made by crowdml compute code {profile.code[:10]}…, this "
+            f"machine runs {compute_code_digest()[:10]}…; install the requester's crowdml version"
+        )
     if _platform.machine() != profile.machine:
         raise EnvironmentMismatch(
             f"profile {profile.name} is for {profile.machine} machines, this is "
@@ -141,19 +331,25 @@ def check_environment(spec) -> None:
         raise EnvironmentMismatch(
             f"profile {profile.name} needs CPU features {', '.join(missing)}, which this CPU lacks"
         )
+    _check_cpu_count(profile)
 
 
 def check_process(profile: Profile) -> None:
-    """Checks that need jax, in the job's own process: flags in force and the live backend."""
+    """Checks that need jax, in the job's own process: the sealed environment, the CPU affinity,
+    the native libraries actually loaded, the live backend and the jax/flax config in force."""
+    import flax
     import jax
 
-    expected = environment_for(profile)
-    for name, value in expected.items():
-        if os.environ.get(name) != value:
-            raise EnvironmentMismatch(
-                f"{name}={os.environ.get(name)!r} in the job process, profile {profile.name} "
-                f"needs {value!r}"
-            )
+    expected = environment_for(profile, os.environ)
+    wrong = sorted({name for name in os.environ if name not in expected.keys() | SET_BY_JAX}
+                   | {name for name in expected if os.environ.get(name) != expected[name]})
+    if wrong:
+        raise EnvironmentMismatch(f"the job process's environment is not the profile's: "
+                                  f"{', '.join(wrong)}")
+    if profile.cpu_threads is not None and len(os.sched_getaffinity(0)) != profile.cpu_threads:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.cpu_threads} "
+                                  f"CPUs, the job process has {len(os.sched_getaffinity(0))}")
+    _check_native(profile, _loaded_native(profile))
     try:
         backend = jax.default_backend()
     except (RuntimeError, AssertionError) as exc:  # jax asserts when JAX_PLATFORMS has no plugin
@@ -164,6 +360,7 @@ def check_process(profile: Profile) -> None:
         raise EnvironmentMismatch(
             f"profile {profile.name} needs the {profile.platform} backend, jax runs on {backend}"
         )
-    for name, value in profile.jax_config.items():
-        if getattr(jax.config, name) != value:
-            raise EnvironmentMismatch(f"jax config {name} is not {value!r}")
+    for config, settings in ((jax.config, profile.jax_config), (flax.config, profile.flax_config)):
+        for name, value in settings.items():
+            if getattr(config, name) != value:
+                raise EnvironmentMismatch(f"config {name} is not {value!r}")

@@ -6,7 +6,9 @@ A job is a plain Python file (see jobs/) that defines one entry function::
 
     def run(hparams: dict, data: dict[str, numpy.ndarray], keys: KeyStream, report: Report) -> bytes
 
-- `hparams`: the spec's hyperparameters; the job validates them (a pydantic model is the habit).
+- `hparams`: the spec's hyperparameters. A job defines them as a `Config` model derived from
+  `ape_crowdml.spec.HParams`; `make_spec` stores them as `Config` normalises them (types coerced,
+  defaults filled, None dropped), so one run has one spec digest.
 - `data`: x_train, y_train, x_test, y_test from the spec's dataset, already digest-checked.
 - `keys`: a `ape_crowdml.keys.KeyStream` built from the coin. Every random draw must come from it
   (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
@@ -18,14 +20,19 @@ A job is a plain Python file (see jobs/) that defines one entry function::
   the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
   named in `hparams` with their digest and read through `ape_crowdml.data.read_verified`.
 
+Optionally, `canary(config) -> dict`: the hyperparameter overrides of the job's canary, a short run
+at the job's real model and batch shapes (without it, the canary is the whole job).
+
 Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child,
-`python -m ape_crowdml.runner --spec FILE --coin 0x… --out DIR`. The child applies the spec's
-environment profile before importing jax, checks the environment, the job file's keccak256 and the
-data digest, runs the job, and writes `result.bin` (the artifact), `result.json` (digest,
-transcript, metrics) or `error.json` into DIR. The same command is the user-facing CLI: it prints
-the digest on stdout and a progress bar on stderr; bad input gives one line on stderr and exit 2.
+`python -m ape_crowdml.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
+profile allows (`profile.environment_for`). The child pins its CPUs and seals its environment again
+before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
+checks the environment, the job file's keccak256 and the data digest, runs the job, and writes
+`result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
+The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
+stderr; bad input gives one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from pathlib import Path
 from . import errors
 from .digest import encode_pytree, keccak_digest
 from .errors import CanaryMismatch, CrowdmlError, SpecError
+from .profile import environment_for
 from .spec import Canary, JobSpec, load_spec, save_spec
 
 EXIT_BAD_INPUT = 2
@@ -114,20 +122,22 @@ class Report:
             self._bar.close()
 
 
-def load_job(spec: JobSpec) -> types.ModuleType:
-    """Import the job file by path, after checking its keccak256 against the spec.
+def load_job_file(path: str | Path,
+                  expected_digest: str | None = None) -> tuple[types.ModuleType, str]:
+    """Import a job file by path; returns the module and the 0x-keccak256 of its bytes.
 
-    The checked bytes are the ones executed, so the file cannot change in between.
+    With `expected_digest`, a file with another digest is refused before any of it runs; the
+    checked bytes are the ones executed, so the file cannot change in between.
     """
-    path = Path(spec.job)
+    path = Path(path)
     try:
         source = path.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read job file {path}: {exc.strerror}") from None
-    actual = "0x" + keccak_digest(source).hex()
-    if actual != spec.job_digest:
-        raise SpecError(f"job file {path} has keccak256 {actual}, the spec expects "
-                        f"{spec.job_digest}; get the requester's job file")
+    digest = "0x" + keccak_digest(source).hex()
+    if expected_digest is not None and digest != expected_digest:
+        raise SpecError(f"job file {path} has keccak256 {digest}, the spec expects "
+                        f"{expected_digest}; get the requester's job file")
     name = f"crowdml_job_{path.stem}"
     module = types.ModuleType(name)
     module.__file__ = str(path)
@@ -135,7 +145,34 @@ def load_job(spec: JobSpec) -> types.ModuleType:
     exec(compile(source, str(path), "exec"), module.__dict__)
     if not callable(getattr(module, "run", None)):
         raise SpecError(f"job file {path} defines no run(hparams, data, keys, report)")
-    return module
+    return module, digest
+
+
+def load_job(spec: JobSpec) -> types.ModuleType:
+    """Import the spec's job file, refused unless its keccak256 is the spec's."""
+    return load_job_file(spec.job, spec.job_digest)[0]
+
+
+def _hparams_error(job: str | Path, exc) -> SpecError:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return SpecError(f"hparams for {job}: {where + ': ' if where else ''}{message}")
+
+
+def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
+    """The hyperparameters as the job's `Config` reads them, in JSON form: types coerced,
+    defaults filled, None values dropped. SpecError names the first bad field."""
+    from pydantic import ValidationError
+
+    config_model = getattr(job, "Config", None)
+    if config_model is None:
+        return dict(hparams)
+    try:
+        config = config_model.model_validate(hparams)
+    except ValidationError as exc:
+        raise _hparams_error(job.__file__, exc) from None
+    return config.model_dump(mode="json", exclude_none=True)
 
 
 def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
@@ -147,8 +184,8 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     from .keys import KeyStream, configure_jax
     from .profile import check_environment, check_process
 
-    check_environment(spec)
-    configure_jax(spec.profile.jax_config)
+    check_environment(spec, native=False)  # check_process hashes the native files actually loaded
+    configure_jax(spec.profile.jax_config, spec.profile.flax_config)
     check_process(spec.profile)
     data = load_dataset(spec.data_uri, spec.data_digest)
     job = load_job(spec)
@@ -156,9 +193,7 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     try:
         artifact = job.run(dict(spec.hparams), data, KeyStream(coin), report)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
-        raise SpecError(f"hparams for {spec.job}: {where}: {error['msg']}") from None
+        raise _hparams_error(spec.job, exc) from None
     finally:
         report.close()
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
@@ -179,7 +214,7 @@ def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
         command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
                    "--coin", "0x" + coin.hex(), "--out", str(out_dir),
                    "--progress" if progress else "--no-progress"]
-        child = subprocess.run(command, stdout=subprocess.PIPE,
+        child = subprocess.run(command, env=environment_for(spec.profile), stdout=subprocess.PIPE,
                                stderr=None if progress else subprocess.PIPE, text=True)
         if (out_dir / ERROR_FILE).exists():
             error = json.loads((out_dir / ERROR_FILE).read_text())
@@ -195,10 +230,20 @@ def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
     return spec.model_copy(update={"hparams": {**spec.hparams, **hparams}, "canary": None})
 
 
-def with_canary(spec: JobSpec, coin: bytes, hparams: dict) -> JobSpec:
-    """Requester side: run the canary here and return the spec carrying its digest."""
-    result = run_job(canary_spec(spec, hparams), coin)
-    canary = Canary(coin="0x" + coin.hex(), hparams=hparams, digest="0x" + result.digest.hex())
+def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None) -> JobSpec:
+    """Requester side: run the canary here and return the spec carrying its digest.
+
+    `hparams` overrides the spec's hyperparameters for the canary run; by default the job's own
+    `canary(config)` overrides (a few steps at the real shapes), or none (the whole job).
+    """
+    job, _ = load_job_file(spec.job)
+    if hparams is None:
+        choose = getattr(job, "canary", None)
+        hparams = {} if choose is None else choose(job.Config.model_validate(spec.hparams))
+    merged = normalise_hparams(job, {**spec.hparams, **hparams})
+    overrides = {name: merged.get(name) for name in hparams}
+    result = run_job(canary_spec(spec, overrides), coin)
+    canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})
 
 

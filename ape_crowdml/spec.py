@@ -8,10 +8,12 @@ the job the requester published.
 from __future__ import annotations
 
 import json
+import math
+import typing
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
 from .digest import file_digest, keccak_digest
 from .errors import SpecError
@@ -28,13 +30,54 @@ def _bytes32_hex(value: str) -> str:
 Bytes32Hex = Annotated[str, AfterValidator(_bytes32_hex)]
 
 
+def _finite(value: Any) -> Any:
+    """Refuse NaN and infinities anywhere in a JSON-like value: JSON has no way to write them
+    (pydantic would write null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    for item in value.values() if isinstance(value, dict) else (
+            value if isinstance(value, (list, tuple)) else ()):
+        _finite(item)
+    return value
+
+
+FiniteJson = Annotated[dict[str, Any], AfterValidator(_finite)]
+
+
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(item) for item in value)
+    return isinstance(value, bool)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_admits_bool(arg) for arg in typing.get_args(annotation))
+
+
+class HParams(BaseModel):
+    """Base of a job's `Config`: frozen, unknown fields refused, finite numbers only, and no
+    booleans where numbers go (pydantic would read true as 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_as_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is not None and _holds_bool(value) and not _admits_bool(field.annotation):
+                    raise ValueError(f"{name}: {value!r} is a boolean, not a number")
+        return data
+
+
 class Canary(BaseModel):
     """A tiny fixed run whose digest the requester publishes; workers reproduce it first."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     coin: Bytes32Hex
-    hparams: dict[str, Any] = {}  # overrides of the spec's hyperparameters, e.g. fewer epochs
+    hparams: FiniteJson = {}  # overrides of the spec's hyperparameters, e.g. fewer steps
     digest: Bytes32Hex
 
 
@@ -43,7 +86,7 @@ class JobSpec(BaseModel):
 
     job: str  # path of the job file (relative paths resolve against the working directory)
     job_digest: Bytes32Hex  # keccak256 of the job file's bytes
-    hparams: dict[str, Any]
+    hparams: FiniteJson  # as the job's Config normalises them (see make_spec)
     data_uri: str  # where workers get the .npz dataset: a local path, file:// or any fsspec URL
     data_digest: Bytes32Hex  # keccak256 of the dataset file's bytes
     profile: Profile
@@ -99,16 +142,25 @@ def make_spec(
 ) -> JobSpec:
     """Build a spec, computing the job-source and data digests from the files.
 
-    `data_uri` is where workers fetch the data (e.g. https://… or s3://…); the digest is
-    computed from the local copy `data_path`, which defaults to being that location too.
+    The hyperparameters are stored as the job's `Config` normalises them (so `2`, `2.0` and `"2"`
+    give one spec), which imports the job file here. `data_uri` is where workers fetch the data
+    (e.g. https://… or s3://…); the digest is computed from the local copy `data_path`, which
+    defaults to being that location too.
     """
+    from .runner import load_job_file, normalise_hparams
+
     for kind, path in (("job file", job), ("data file", data_path)):
         if not Path(path).is_file():
             raise SpecError(f"{kind} {path} does not exist")
+    try:
+        _finite(hparams)
+    except ValueError as exc:
+        raise SpecError(f"hparams: {exc}") from None
+    module, job_digest = load_job_file(job)
     return JobSpec(
         job=str(job),
-        job_digest="0x" + file_digest(job).hex(),
-        hparams=hparams,
+        job_digest=job_digest,
+        hparams=normalise_hparams(module, hparams),
         data_uri=data_uri or str(data_path),
         data_digest="0x" + file_digest(data_path).hex(),
         profile=profile if isinstance(profile, Profile) else get_profile(profile),

@@ -5,7 +5,10 @@
     jitted train_step, once against the same epoch-as-one-scan structure the job uses (which
     isolates what crowdml adds: coin keys, per-epoch transcript digests, result encoding);
 (b) the job under the cpu-exact profile vs JAX's default flags;
-(c) evaluation throughput of the evaluate_classifier job, and of its eval_step alone.
+(c) evaluation throughput of the evaluate_classifier job, and of its eval_step alone;
+(d) the cost of cpu-exact's thread pinning (1 CPU, 1 XLA thread) on an MNIST-shaped model
+    (2,048 × 28 × 28 float32, hidden [512, 256], batch 128), against the same profile unpinned
+    (every CPU this process may use), with the digest each gives under one and under all CPUs.
 
 XLA flags are fixed per process, so each flag set is measured in its own child process
 (`--measure NAME`), which prints its figures as JSON. Times are the best of REPEATS warm runs.
@@ -77,7 +80,7 @@ def plain_trainers(job, data):
         state = fresh_state(rng, x)
         for epoch in range(config.epochs):
             state, _ = job.train_epoch(state, x, y, rng, epoch * (steps + 1),
-                                       batch_size=config.batch_size)
+                                       batch_size=config.batch_size, steps=steps)
         return float(job.eval_step(state, x_test, y_test))
 
     return python_loop, scan_loop
@@ -137,10 +140,61 @@ def measure(flagset: str) -> dict:
     return figures
 
 
-def run_child(flagset: str) -> dict:
+MNIST_ROWS = 2048
+MNIST_HPARAMS = {"hidden": [512, 256], "batch_size": 128, "epochs": 1}
+MNIST_REPEATS = 10
+
+
+def mnist_shaped(path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with open(path, "wb") as f:
+        np.savez(f, x_train=rng.random((MNIST_ROWS, 28, 28), dtype=np.float32),
+                 y_train=rng.integers(0, 10, MNIST_ROWS).astype(np.uint8),
+                 x_test=rng.random((512, 28, 28), dtype=np.float32),
+                 y_test=rng.integers(0, 10, 512).astype(np.uint8))
+
+
+def measure_mnist(pinning: str) -> dict:
+    """Warm time of the job on the MNIST-shaped set, and its digest, in this process."""
+    from ape_crowdml.data import load_dataset
+    from ape_crowdml.digest import keccak_digest
+    from ape_crowdml.keys import KeyStream, configure_jax
+    from ape_crowdml.profile import apply_environment, get_profile
+    from ape_crowdml.runner import Report, load_job
+    from ape_crowdml.spec import make_spec
+
+    profile = get_profile("cpu-exact")
+    if pinning == "unpinned":
+        profile = profile.model_copy(update={"cpu_threads": None})
+    apply_environment(profile)
+    configure_jax(profile.jax_config, profile.flax_config)
+    tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))
+    mnist_shaped(tmp / "mnist.npz")
+    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "mnist.npz", MNIST_HPARAMS)
+    data = load_dataset(spec.data_uri, spec.data_digest)
+    job = load_job(spec)
+    artifact = {}
+
+    def job_run():
+        artifact["model"] = job.run(dict(spec.hparams), data, KeyStream(COIN), Report(False))
+
+    times = []
+    for _ in range(1 + MNIST_REPEATS):
+        start = time.perf_counter()
+        job_run()
+        times.append(time.perf_counter() - start)
+    return {"job_s": min(times[1:]), "cpus": len(os.sched_getaffinity(0)),
+            "digest": "0x" + keccak_digest(artifact["model"]).hex()}
+
+
+def run_child(flagset: str, cpus: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    child = subprocess.run([sys.executable, __file__, "--measure", flagset], env=env, cwd=REPO,
-                           capture_output=True, text=True, check=True)
+    command = [sys.executable, __file__, "--measure", flagset]
+    if cpus is not None:
+        command = ["taskset", "-c", cpus, *command]
+    child = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(child.stdout.splitlines()[-1])
 
 
@@ -159,8 +213,11 @@ def end_to_end_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--measure", choices=("cpu-exact", "default"))
+    parser.add_argument("--measure", choices=("cpu-exact", "default", "pinned", "unpinned"))
     args = parser.parse_args()
+    if args.measure in ("pinned", "unpinned"):
+        print(json.dumps(measure_mnist(args.measure)))
+        return
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return
@@ -186,6 +243,17 @@ def main() -> None:
           f"{default['eval_step_samples_per_s']:,.0f} samples/s)")
     print(f"end to end, run_job (fresh process: import, checks, compile, train): "
           f"{end_to_end_seconds():.2f} s")
+    pinned, unpinned = run_child("pinned"), run_child("unpinned")
+    one_cpu = run_child("unpinned", cpus=str(min(os.sched_getaffinity(0))))
+    steps = MNIST_ROWS // MNIST_HPARAMS["batch_size"]
+    print(f"(d) MNIST-shaped ({MNIST_ROWS} x 784, hidden {MNIST_HPARAMS['hidden']}, batch "
+          f"{MNIST_HPARAMS['batch_size']}, {steps} steps), best of {MNIST_REPEATS} warm runs: "
+          f"pinned to 1 CPU {pinned['job_s'] * 1e3:.0f} ms vs unpinned on {unpinned['cpus']} CPUs "
+          f"{unpinned['job_s'] * 1e3:.0f} ms: {pinned['job_s'] / unpinned['job_s']:.2f}x")
+    print(f"    digests: pinned {pinned['digest'][:18]}…; unpinned on {unpinned['cpus']} CPUs "
+          f"{unpinned['digest'][:18]}…, on 1 CPU {one_cpu['digest'][:18]}…")
+    # Other processes on the machine skew every figure above; say how busy it was.
+    print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ape_crowdml.data import read_verified
 from ape_crowdml.digest import decode_pytree, encode_bits
 from ape_crowdml.errors import SpecError
-from ape_crowdml.spec import Bytes32Hex
+from ape_crowdml.spec import Bytes32Hex, HParams
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Config(HParams):
     model_uri: str
     model_digest: Bytes32Hex  # keccak256 of the model file
     subset_size: int = Field(gt=0)

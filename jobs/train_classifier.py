@@ -6,7 +6,8 @@ Hyperparameters are the fields of `Config`. The result is `encode_pytree({"param
 
 Every random draw comes from the coin, through counters taken from `keys` in this order:
 one for parameter init; then per epoch one for the shuffle permutation and one per step for
-dropout. Steps per epoch = n_train // batch_size (the remainder of each shuffle is skipped).
+dropout. Steps per epoch = n_train // batch_size (the remainder of each shuffle is skipped), or
+`steps_per_epoch` when smaller: the canary's few steps at the real model and batch shapes.
 """
 
 from __future__ import annotations
@@ -20,23 +21,42 @@ import numpy as np
 import optax
 from flax import linen as nn
 from flax.training import train_state
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from ape_crowdml.digest import encode_pytree
 from ape_crowdml.errors import SpecError
 from ape_crowdml.keys import draw
+from ape_crowdml.spec import HParams
+
+SGD_MOMENTUM = 0.9
+CANARY_STEPS = 3
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Config(HParams):
     hidden: tuple[int, ...] = (128, 64)
     dropout: float = Field(0.1, ge=0, lt=1)
     optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    momentum: float | None = Field(None, ge=0, lt=1)  # sgd only; default SGD_MOMENTUM
     batch_size: int = Field(64, gt=0)
     epochs: int = Field(20, gt=0)
+    steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
+
+    @model_validator(mode="before")
+    @classmethod
+    def _momentum_for_sgd_only(cls, data):
+        """One form per run: adam takes no momentum, sgd always states its own."""
+        if isinstance(data, dict):
+            if data.get("optimizer", "adam") != "sgd" and data.get("momentum") is not None:
+                raise ValueError("momentum applies to the sgd optimizer only")
+            if data.get("optimizer") == "sgd" and data.get("momentum") is None:
+                data = {**data, "momentum": SGD_MOMENTUM}
+        return data
+
+
+def canary(config: Config) -> dict:
+    """The canary: a few steps of one epoch, at the real model, batch and data shapes."""
+    return {"epochs": 1, "steps_per_epoch": CANARY_STEPS}
 
 
 class MLP(nn.Module):
@@ -67,12 +87,12 @@ def train_step(state: train_state.TrainState, batch, key):
     return state.apply_gradients(grads=grads), loss
 
 
-@partial(jax.jit, static_argnames="batch_size")
-def train_epoch(state, x, y, base, first_ctr, *, batch_size: int):
-    """One shuffled pass: counter first_ctr shuffles, first_ctr + 1 + i drives step i's dropout.
+@partial(jax.jit, static_argnames=("batch_size", "steps"))
+def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int):
+    """`steps` batches of one shuffle: counter first_ctr shuffles, first_ctr + 1 + i drives step
+    i's dropout.
 
     A scan keeps the whole epoch in one XLA call (no per-step dispatch)."""
-    steps = x.shape[0] // batch_size
     order = jax.random.permutation(draw(base, first_ctr), x.shape[0])
     batches = order[: steps * batch_size].reshape(steps, batch_size)
 
@@ -119,11 +139,12 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     steps = x_train.shape[0] // config.batch_size
     if steps == 0:
         raise SpecError(f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} examples")
+    steps = min(steps, config.steps_per_epoch or steps)
 
     report.start(config.epochs)
     for _ in range(config.epochs):
         state, loss = train_epoch(state, x_train, y_train, keys.base, keys.reserve(1 + steps),
-                                  batch_size=config.batch_size)
+                                  batch_size=config.batch_size, steps=steps)
         report.epoch({"params": state.params}, loss=loss)
     report.metric("test_accuracy", float(eval_step(state, x_test, y_test)))
     return encode_pytree({"params": state.params})

@@ -73,11 +73,27 @@ def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
 def test_make_spec_writes_what_publish_reads(state):
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
-        "--digits", "--hparams", '{"epochs": 1}', "--out", str(state / "made.json")])
+        "--digits", "--hparams", '{"epochs": "1"}', "--no-canary",
+        "--out", str(state / "made.json")])
     assert result.exit_code == 0, result.output
     spec = load_spec(state / "made.json")
     assert result.output.strip() == f"{state / 'made.json'}: spec 0x{spec.digest().hex()}"
-    assert spec.hparams == {"epochs": 1} and spec.job == "jobs/train_classifier.py"
+    assert spec.job == "jobs/train_classifier.py" and spec.canary is None
+    # As the job's Config reads them: coerced, defaults filled.
+    assert spec.hparams == {"hidden": [128, 64], "dropout": 0.1, "optimizer": "adam",
+                            "learning_rate": 0.001, "batch_size": 64, "epochs": 1}
+
+
+def test_make_spec_adds_the_jobs_own_canary_by_default(state):
+    result = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--digits", "--hparams", '{"epochs": 5, "hidden": [16]}',
+        "--out", str(state / "made.json")])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(state / "made.json")
+    # A few steps at the real model and batch shapes, not a smaller model.
+    assert spec.canary.hparams == {"epochs": 1, "steps_per_epoch": 3}
+    assert spec.canary.coin == "0x" + "00" * 32
 
 
 def test_make_spec_with_a_canary_that_workers_reproduce(state):
@@ -102,3 +118,8 @@ def test_make_spec_rejects_a_malformed_canary(state):
     assert result.exit_code == 1
     assert re.fullmatch(r"ERROR: +--canary is not JSON: Expecting property name enclosed in "
                         r"double quotes\n", result.output)
+    both = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--canary", "{}", "--no-canary", "--out", str(state / "made.json")])
+    assert both.exit_code == 1
+    assert re.fullmatch(r"ERROR: +--canary and --no-canary exclude each other\n", both.output)

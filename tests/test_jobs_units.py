@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ import pytest
 from ape_crowdml import digest
 from ape_crowdml.data import export_digits, load_dataset
 from ape_crowdml.errors import DataDigestMismatch, EnvironmentMismatch, SpecError
-from ape_crowdml.profile import PROFILES, check_environment, environment_for
+from ape_crowdml.profile import (PROFILES, Profile, check_environment, check_profile,
+                                 environment_for)
 from ape_crowdml.spec import load_spec, make_spec, parse_spec
 
 KECCAK_EMPTY = "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
@@ -188,7 +192,107 @@ def test_cpu_exact_flags_replace_the_callers():
     flags = env["XLA_FLAGS"].split()
     assert "--xla_cpu_enable_fast_math=false" in flags
     assert "--xla_cpu_max_isa=AVX2" in flags
-    assert "--xla_cpu_multi_thread_eigen=false" in flags
+    assert env["PJRT_NPROC"] == "1"
     gpu = environment_for(PROFILES["gpu-exact"])
     assert gpu["NVIDIA_TF32_OVERRIDE"] == "0"
     assert "--xla_gpu_deterministic_ops=true" in gpu["XLA_FLAGS"]
+
+
+TRAIN = "jobs/train_classifier.py"
+
+
+def test_equivalent_hparams_give_one_spec_digest(digits):
+    variants = [{"epochs": 2}, {"epochs": 2.0}, {"epochs": "2"}, {"epochs": 2, "batch_size": 64},
+                {"epochs": 2, "momentum": None}, {"epochs": 2, "steps_per_epoch": None}]
+    digests = {make_spec(TRAIN, digits, h).digest() for h in variants}
+    assert len(digests) == 1
+    spec = make_spec(TRAIN, digits, variants[0])
+    assert make_spec(TRAIN, digits, spec.hparams).hparams == spec.hparams  # a fixed point
+    sgd = make_spec(TRAIN, digits, {"optimizer": "sgd"})
+    assert sgd.hparams["momentum"] == 0.9  # sgd states its momentum; adam has none
+    assert make_spec(TRAIN, digits, {**sgd.hparams, "momentum": 0.9}).digest() == sgd.digest()
+
+
+@pytest.mark.parametrize("hparams, phrase", [
+    ({"epochs": True}, "boolean"),
+    ({"hidden": [512, False]}, "boolean"),
+    ({"learning_rate": float("nan")}, "finite"),
+    ({"learning_rate": float("inf")}, "finite"),
+    ({"epochs": 2, "momentum": 0.9}, "sgd optimizer only"),
+    ({"epochs": 2, "seed": 1}, "seed"),
+    ({"epochs": 2.5}, "epochs"),
+])
+def test_make_spec_refuses_hparams_with_no_single_meaning(digits, hparams, phrase):
+    with pytest.raises(SpecError, match=phrase):
+        make_spec(TRAIN, digits, hparams)
+
+
+def test_a_spec_with_non_finite_hparams_is_not_valid(digits):
+    text = make_spec(TRAIN, digits, {}).canonical_json().replace(b'"epochs":20', b'"epochs":NaN')
+    with pytest.raises(SpecError, match="finite"):
+        parse_spec(text)
+
+
+def test_worker_variables_are_not_passed_to_the_job():
+    profile = PROFILES["cpu-exact"]
+    worker = {"PATH": "/usr/bin", "HOME": "/home/w", "PYTHONPATH": "/src", "AWS_PROFILE": "data",
+              "JAX_RANDOM_SEED_OFFSET": "1", "FLAX_FIX_RNG_SEPARATOR": "1", "JAX_DISABLE_JIT": "1",
+              "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "EAGER_CONSTANT_FOLDING": "1",
+              "JAX_NUMPY_DTYPE_PROMOTION": "strict", "JAX_COMPILATION_CACHE_DIR": "/tmp/c",
+              "XLA_FLAGS": "--xla_cpu_enable_fast_math=true", "TF_CPP_MIN_LOG_LEVEL": "0",
+              "PJRT_NPROC": "2", "NPROC": "2", "JAX_PLATFORMS": "cuda",
+              "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "0", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    env = environment_for(profile, worker)
+    assert env == {"PATH": "/usr/bin", "HOME": "/home/w", "PYTHONPATH": "/src",
+                   "AWS_PROFILE": "data", "JAX_PLATFORMS": "cpu", "PJRT_NPROC": "1",
+                   "DNNL_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": " ".join(profile.xla_flags)}
+
+
+def test_a_weakened_or_foreign_profile_is_refused_unless_accepted():
+    builtin = PROFILES["cpu-exact"]
+    check_profile(builtin)
+    check_profile(Profile.model_validate_json(builtin.model_dump_json()))  # as read from a spec
+    weakened = builtin.model_copy(update={"xla_flags": ("--xla_cpu_enable_fast_math=true",)})
+    unpinned = builtin.model_copy(update={"cpu_threads": None})
+    other_code = builtin.model_copy(update={"code": "0x" + "00" * 32})
+    renamed = builtin.model_copy(update={"name": "mine"})
+    for profile, phrase in ((weakened, "in xla_flags"), (unpinned, "cpu_threads .None, built in 1"),
+                            (other_code, "another crowdml version"), (renamed, "neither built in")):
+        with pytest.raises(EnvironmentMismatch, match=phrase):
+            check_profile(profile)
+    check_profile(weakened, accepted=[weakened])  # the worker's own choice, in its config
+
+
+def test_worker_policy_refuses_a_weakened_profile_before_any_deposit(digits, tmp_path):
+    from ape_crowdml.config import WorkerPolicy
+    from ape_crowdml.policy import check_policy
+
+    spec = make_spec(TRAIN, digits, {})
+    weakened = spec.model_copy(update={"profile": spec.profile.model_copy(
+        update={"xla_flags": ("--xla_cpu_enable_fast_math=true",)})})
+    task = SimpleNamespace(task_id=1, deposit=10, reward=10, workers=2)  # what the policy reads
+    jobs = Path(TRAIN).parent
+    check_policy(task, spec, WorkerPolicy(), jobs)
+    with pytest.raises(EnvironmentMismatch, match="xla_flags"):
+        check_policy(task, weakened, WorkerPolicy(), jobs)
+    accepting = WorkerPolicy(accept_profiles=[weakened.profile.model_dump(mode="json")])
+    check_policy(task, weakened, accepting, jobs)
+
+
+def test_native_build_code_and_cpu_count_are_checked():
+    import jax  # noqa: F401 - maps libjax_common.so into this process
+
+    from ape_crowdml.profile import _loaded_native
+
+    profile = PROFILES["cpu-exact"]
+    check_environment(profile)
+    assert set(_loaded_native(profile)) == set(profile.native)
+    rebuilt = profile.model_copy(update={"native": {**profile.native,
+                                                    "jaxlib/libjax_common.so": "00" * 32}})
+    with pytest.raises(EnvironmentMismatch, match="not the build"):
+        check_environment(rebuilt)
+    with pytest.raises(EnvironmentMismatch, match="compute code"):
+        check_environment(profile.model_copy(update={"code": "0x" + "11" * 32}))
+    wide = profile.model_copy(update={"cpu_threads": len(os.sched_getaffinity(0)) + 1})
+    with pytest.raises(EnvironmentMismatch, match="CPUs"):
+        check_environment(wide)
