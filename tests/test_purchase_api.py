@@ -48,8 +48,12 @@ def test_a_template_must_be_fillable(test_data):
     with pytest.raises(SpecError, match="no canary"):
         split_template(evaluation(test_data).model_copy(update={"canary": Canary(
             coin="0x" + "1" * 64, digest="0x" + "2" * 64)}))
+    with pytest.raises(SpecError, match="Extra inputs are not permitted"):
+        evaluation(test_data, model_name="between the two")  # make_spec refuses unknown hparams
+    spec = evaluation(test_data)
+    spliced = spec.model_copy(update={"hparams": {**spec.hparams, "model_name": "between"}})
     with pytest.raises(SpecError, match="side by side"):
-        split_template(evaluation(test_data, model_name="between the two"))
+        split_template(spliced)  # a spec built by hand is still checked
     head, tail = split_template(evaluation(test_data))
     with pytest.raises(SpecError, match="model URI"):
         fill_template(head, tail, keccak(b"m"), "with space")
@@ -61,8 +65,10 @@ def test_a_seller_checks_the_template_before_offering(test_data):
     assert check_template(FakeOrder, *split_template(evaluation(test_data)), JOBS).hparams[
         "subset_size"] == SAMPLES
     with pytest.raises(PolicyRefused, match="runs job"):
-        check_template(FakeOrder, *split_template(
-            evaluation(test_data, job="jobs/train_classifier.py")), JOBS)
+        check_template(FakeOrder, *split_template(evaluation(test_data).model_copy(
+            update={"job": "jobs/train_classifier.py",
+                    "job_digest": "0x" + keccak(Path("jobs/train_classifier.py").read_bytes()).hex()})),
+            JOBS)
     with pytest.raises(PolicyRefused, match="evaluates 21 samples, the contract counts 20"):
         check_template(FakeOrder, *split_template(evaluation(test_data, samples=21)), JOBS)
     test_data.write_bytes(b"another test set")
