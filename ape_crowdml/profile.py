@@ -62,8 +62,10 @@ PINNED_PACKAGES = {
     "optax": "0.2.8",
     "numpy": "1.26.4",
 }
-# sha256 of jaxlib 0.7.1's native libraries (manylinux x86_64 wheel; the same figures as the
-# wheel's RECORD): a rebuilt jaxlib with the same version number is refused.
+# sha256 of jaxlib 0.7.1's native libraries (the CPython 3.11 manylinux x86_64 wheel; the same
+# figures as the wheel's RECORD): a rebuilt jaxlib with the same version number is refused. Each
+# Python version has its own wheel, hence PYTHON.
+PYTHON = "3.11"
 JAXLIB_NATIVE = {
     "jaxlib/_jax.so": "3e98335113a78143dbc7077212cd14a75e324f780802eb53c9fa621091e1dfaf",
     "jaxlib/libjax_common.so": "723e174ba6a8aa19ae12251d4a497fa77317a311fafd6d99d7b6ade9b11a6471",
@@ -103,6 +105,7 @@ class Profile(BaseModel):
     name: str
     platform: str  # the jax backend: "cpu" or "gpu"
     machine: str  # platform.machine() of workers, e.g. "x86_64"
+    python: str  # major.minor of the job's interpreter (the native pins are per wheel)
     cpu_features: tuple[str, ...] = ()  # /proc/cpuinfo flags the capped ISA needs
     packages: dict[str, str]
     native: dict[str, str] = {}  # site-packages path -> sha256 of the native library
@@ -119,6 +122,7 @@ PROFILES = {
         name="cpu-exact",
         platform="cpu",
         machine="x86_64",
+        python=PYTHON,
         cpu_features=("avx2", "fma"),
         packages=PINNED_PACKAGES,
         native=JAXLIB_NATIVE,
@@ -134,6 +138,7 @@ PROFILES = {
         name="gpu-exact",
         platform="gpu",
         machine="x86_64",
+        python=PYTHON,
         # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
         packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1"},
         native=JAXLIB_NATIVE,
@@ -303,6 +308,10 @@ def check_environment(spec, *, native: bool = True) -> None:
     naming the first difference.
     """
     profile = spec if isinstance(spec, Profile) else spec.profile
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if python != profile.python:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on Python {profile.python}, "
+                                  f"this is Python {python}")
     for package, pinned in profile.packages.items():
         try:
             installed = importlib.metadata.version(package)

@@ -293,6 +293,8 @@ def test_native_build_code_and_cpu_count_are_checked():
         check_environment(rebuilt)
     with pytest.raises(EnvironmentMismatch, match="compute code"):
         check_environment(profile.model_copy(update={"code": "0x" + "11" * 32}))
+    with pytest.raises(EnvironmentMismatch, match="Python 3.99"):
+        check_environment(profile.model_copy(update={"python": "3.99"}))
     wide = profile.model_copy(update={"cpu_threads": len(os.sched_getaffinity(0)) + 1})
     with pytest.raises(EnvironmentMismatch, match="CPUs"):
         check_environment(wide)
