@@ -114,6 +114,12 @@ def transaction(action: str):
 
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
 
+# Where forfeited deposits go by default: the well-known burn address, whose key nobody holds.
+# A sink someone controls turns sabotage into profit for them (a requester that holds a seat,
+# reveals junk and collects the honest workers' lost halves), so workers accept only this one
+# unless their policy lists others.
+NEUTRAL_SINK = "0x000000000000000000000000000000000000dEaD"
+
 PACKAGED_TASKBOARD = Path(__file__).with_name("TaskBoard.json")
 # What the plugin needs to deploy and call the board; the compiler's maps stay out.
 PACKAGED_FIELDS = {"name", "source_id", "abi", "deployment_bytecode", "runtime_bytecode",
@@ -153,11 +159,12 @@ class Board:
         return f"<Board {self.address}>"
 
     @classmethod
-    def deploy(cls, sender, sink: str) -> Board:
-        """Deploy a board whose forfeited deposits go to `sink`.
+    def deploy(cls, sender, sink: str = NEUTRAL_SINK) -> Board:
+        """Deploy a board whose forfeited deposits go to `sink` (by default burned).
 
-        The sink may neither publish nor join (the board refuses it): a requester that
-        collected forfeits would profit from sabotaging its own task.
+        The sink may neither publish nor join (the board refuses it), and workers by default
+        refuse a board whose sink is not NEUTRAL_SINK: a requester that collected forfeits
+        would profit from sabotaging its own task.
         """
         from ape import chain
 
@@ -182,6 +189,10 @@ class Board:
 
     def task_count(self) -> int:
         return self.contract.task_count()
+
+    def sink(self) -> str:
+        """Where this board sends forfeited deposits (fixed at deployment)."""
+        return self.contract.FORFEIT_SINK()
 
     def task(self, task_id: int) -> TaskInfo:
         if not 1 <= task_id <= self.task_count():

@@ -12,6 +12,8 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_jobs: []            # job file names or keccak256 digests; [] = all of jobs_folder
         max_deposit: 1000000000000000000   # wei
         min_reward: 1                      # wei per worker: reward // workers
+        accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
+        max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from ape.api.config import PluginConfig
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from .board import NEUTRAL_SINK
+
 
 class WorkerPolicy(BaseModel):
     """What a worker accepts; checked before any deposit leaves the account."""
@@ -29,6 +33,11 @@ class WorkerPolicy(BaseModel):
     accept_jobs: list[str] = Field(default_factory=list)
     max_deposit: int = Field(10**18, ge=0)
     min_reward: int = Field(1, ge=0)
+    # A sink someone controls pays them the forfeits: a requester holding it would profit from
+    # sabotaging its own task. By default only the burn address is accepted.
+    accept_sinks: list[str] = Field(default_factory=lambda: [NEUTRAL_SINK])
+    # The board allows windows of up to 2**24 - 1 blocks, years of locked deposit.
+    max_window_blocks: int = Field(50_400, ge=1)
 
 
 class CrowdmlConfig(PluginConfig):
