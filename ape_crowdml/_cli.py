@@ -99,14 +99,17 @@ def cli():
 
 
 @connected()
-@click.option("--sink", metavar="ADDRESS", required=True,
-              help="Where forfeited deposits go: an address that will never publish or join.")
+@click.option("--sink", metavar="ADDRESS",
+              help="Where forfeited deposits go (default: burned, sent to 0x…dEaD). Workers refuse "
+                   "a board whose sink is not in their accepted list, by default the burn address.")
 def deploy(account, board_address, sink):
     """Deploy a task board and remember it for this chain."""
+    from ape_crowdml.board import NEUTRAL_SINK
     from ape_crowdml.parties import deploy_board
 
-    board = deploy_board(account, sink)
-    click.echo(f"board {board.address} deployed at block {board.start_block}")
+    board = deploy_board(account, sink or NEUTRAL_SINK)
+    click.echo(f"board {board.address} deployed at block {board.start_block}, "
+               f"forfeits go to {board.sink}")
 
 
 @connected()
@@ -169,7 +172,7 @@ def work(account, board_address, task_id, spec_file):
 @connected()
 @task_argument
 def reveal(account, board_address, task_id):
-    """Open the stored commitment and publish the result artifact."""
+    """Open the stored commitment (the artifact is published once the task agreed)."""
     digest = _worker(board_address, account).reveal(task_id)
     click.echo(f"revealed 0x{digest.hex()} for task {task_id}")
 
@@ -185,10 +188,11 @@ def settle(account, board_address, task_id):
 @connected()
 @task_argument
 def claim(account, board_address, task_id):
-    """Withdraw what the task owes this account."""
+    """Withdraw what the task owes this account; a worker first publishes its artifact if the
+    task agreed."""
     from ape_crowdml.render import wei
 
-    paid = _requester(board_address, account).claim(task_id)
+    paid = _worker(board_address, account).claim(task_id)
     click.echo(f"claimed {wei(paid)} from task {task_id}")
 
 

@@ -1,5 +1,6 @@
 """A worker that runs on its own: watches the board's Published events, joins the tasks its
-policy accepts, works, commits, reveals as soon as the reveal phase opens, settles and claims.
+policy accepts, works, commits, reveals as soon as the reveal phase opens, settles, publishes its
+result artifact as soon as it sees the task AGREED (never for any other outcome), and claims.
 
 It keeps no state of its own beyond the Store: on restart it rediscovers its tasks from the
 events and its seat on each from `worker_status`, and reveals from the stored salt. That is
@@ -124,9 +125,13 @@ class Agent:
             self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")
             return True
         if phase == Phase.SETTLEABLE:
-            self.log(f"task {task_id}: settled, {worker.settle(task_id).label}")
+            self.log(f"task {task_id}: settled, {worker.settle(task_id).label}")  # delivers if agreed
             return True
         if phase.ended:
+            # The requester paid: its result goes out before anything else, so that it gets
+            # it even if this worker goes offline after claiming. No other outcome uploads.
+            if phase == Phase.AGREED and worker.deliver(task_id):
+                self.log(f"task {task_id}: result artifact published")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
             self._watching.discard(task_id)

@@ -144,6 +144,12 @@ def mined(action: str, receipt):
 
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
 
+# Where forfeited deposits go by default: the well-known burn address, whose key nobody holds.
+# A sink someone controls turns sabotage into profit for them (a requester that holds a seat,
+# reveals junk and collects the honest workers' lost halves), so workers accept only this one
+# unless their policy lists others.
+NEUTRAL_SINK = "0x000000000000000000000000000000000000dEaD"
+
 PACKAGED_TASKBOARD = Path(__file__).with_name("TaskBoard.json")
 # What the plugin needs to deploy and call the board; the compiler's maps stay out.
 PACKAGED_FIELDS = {"name", "source_id", "abi", "deployment_bytecode", "runtime_bytecode",
@@ -176,11 +182,12 @@ class Board:
         return f"<Board {self.address}>"
 
     @classmethod
-    def deploy(cls, sender, sink: str) -> Board:
-        """Deploy a board whose forfeited deposits go to `sink`.
+    def deploy(cls, sender, sink: str = NEUTRAL_SINK) -> Board:
+        """Deploy a board whose forfeited deposits go to `sink` (by default burned).
 
-        The sink may neither publish nor join (the board refuses it): a requester that
-        collected forfeits would profit from sabotaging its own task.
+        The sink may neither publish nor join (the board refuses it), and workers by default
+        refuse a board whose sink is not NEUTRAL_SINK: a requester that collected forfeits
+        would profit from sabotaging its own task.
         """
         preflight.check_deploy(sink, sender.address)
         with transaction("deploy"):

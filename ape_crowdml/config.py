@@ -13,6 +13,8 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         max_deposit: 1000000000000000000   # wei
         min_reward: 1                      # wei per worker: reward // workers
         accept_profiles: []        # environment profiles accepted besides the built-in ones
+        accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
+        max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
 from .profile import Profile
+from .board import NEUTRAL_SINK
 
 
 class WorkerPolicy(BaseModel):
@@ -34,6 +37,11 @@ class WorkerPolicy(BaseModel):
     min_reward: int = Field(1, ge=0)
     # Whole profiles, field for field: a spec's profile must equal a built-in one or one of these.
     accept_profiles: list[Profile] = Field(default_factory=list)
+    # A sink someone controls pays them the forfeits: a requester holding it would profit from
+    # sabotaging its own task. By default only the burn address is accepted.
+    accept_sinks: list[str] = Field(default_factory=lambda: [NEUTRAL_SINK])
+    # The board allows windows of up to 2**24 - 1 blocks, years of locked deposit.
+    max_window_blocks: int = Field(50_400, ge=1)
 
 
 class CrowdmlConfig(PluginConfig):

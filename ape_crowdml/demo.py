@@ -203,9 +203,9 @@ def run_demo(console: Console | None = None) -> None:
         config = config.model_copy(update={"state_folder": Path(tmp)})
         store = Store(config.state_folder)
         test = accounts.test_accounts
-        board = deploy_board(test[0], test[9].address, config=config, store=store)
+        board = deploy_board(test[0], config=config, store=store)
         console.print(f"board {board.address} on {networks.provider.network_choice}, "
-                      f"forfeits go to {test[9].address}")
+                      f"forfeits are burned (sent to {board.sink})")
 
         data_file = config.data_folder / "digits.npz"
         data_digest = export_digits(data_file)

@@ -4,11 +4,13 @@
     alice = Requester(board, accounts.test_accounts[0])
     task = alice.publish("spec.json", reward=10**16, deposit=2 * 10**16, workers=3)
     bob = Worker(board, accounts.test_accounts[1])
-    bob.join(task); bob.work(task); bob.reveal(task); bob.claim(task)
-    alice.settle(task); params = alice.fetch(task)
+    bob.join(task); bob.work(task); bob.reveal(task)
+    alice.settle(task); bob.claim(task); params = alice.fetch(task)
 
 Every secret (coin opening, salt, result) is in the local Store before the transaction that
-depends on it is sent.
+depends on it is sent. A worker's result artifact leaves its machine only once the task has
+settled AGREED, that is once the requester has paid: before, a requester holding a seat could
+fetch the work and then sabotage the task to get its reward back.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 
 from .artifacts import ArtifactStore
 from . import preflight
-from .board import NO_DIGEST, Board, Phase, TaskInfo, coin_hash, commitment, hex32
+from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
+                    commitment, hex32)
 from .config import CrowdmlConfig, crowdml_config
 from .data import read_verified
-from .errors import BoardNotConfigured, DataDigestMismatch, MissingSecret, SpecError, TaskRejected
+from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
+                     SpecError, TaskRejected)
 from .policy import check_policy
 from .spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
@@ -58,9 +62,10 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         f"in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
 
 
-def deploy_board(account, sink: str, *, config: CrowdmlConfig | None = None,
+def deploy_board(account, sink: str = NEUTRAL_SINK, *, config: CrowdmlConfig | None = None,
                  store: Store | None = None) -> Board:
-    """Deploy a board and remember it for this chain, so later commands find it."""
+    """Deploy a board and remember it for this chain, so later commands find it. Forfeits are
+    burned unless `sink` names another address (which default workers refuse)."""
     config = config or crowdml_config()
     store = store or Store(config.state_folder)
     board = Board.deploy(account, sink)
@@ -114,9 +119,18 @@ class Party:
 
     def fetch_bytes(self, task_id: int) -> bytes:
         """The agreed result's canonical bytes, verified against result_of on chain."""
+        phase = self.board.phase(task_id)
+        if phase != Phase.AGREED:
+            when = "ended" if phase.ended else "is"
+            raise TaskRejected(f"task {task_id} {when} {phase.label}: only a task that settled "
+                               "agreed has a result (workers publish their artifact only then)")
         result = self.board.result(task_id)
         spec = self.spec_of(task_id)
-        return self.artifacts_for(spec).get(result)
+        try:
+            return self.artifacts_for(spec).get(result)
+        except ArtifactMissing as exc:
+            raise ArtifactMissing(f"{exc}: no worker has published it yet (each does once it "
+                                  "sees the task agreed, before claiming)") from None
 
     def fetch(self, task_id: int) -> dict:
         """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
@@ -173,6 +187,10 @@ class Requester(Party):
 
 
 class Worker(Party):
+    def __init__(self, board: Board, account, **kwargs):
+        super().__init__(board, account, **kwargs)
+        self._delivered: set[int] = set()  # tasks whose artifact this worker has published
+
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
         spec and data digests, this machine's environment, and the canary if the spec has one."""
@@ -181,7 +199,7 @@ class Worker(Party):
 
         task = self.board.task(task_id)
         spec = self.spec_of(task_id, spec)
-        check_policy(task, spec, self.config.worker, self.config.jobs_folder)
+        check_policy(task, spec, self.config.worker, self.config.jobs_folder, self.board.sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
@@ -252,14 +270,37 @@ class Worker(Party):
                           commitment(result, stored.salt, self.account.address, task.task_id))
 
     def reveal(self, task_id: int) -> bytes:
-        """Open the stored commitment, then publish the artifact; returns the result digest."""
+        """Open the stored commitment; returns the result digest. The artifact stays here
+        until the task settles agreed (`deliver`)."""
         self.board.check_reveal(self.account, task_id)
         stored = self.store.result(*self._key(task_id))
         if stored is None:
             raise MissingSecret(f"no stored salt for task {task_id} and {self.account.address} "
                                 f"in {self.store.path}; the commitment cannot be opened")
-        receipt = self.board.reveal(self.account, task_id, stored.result, stored.salt)
-        # A result the board judged trivial earns nothing: the requester gets no artifact.
-        if not receipt.decode_logs(self.board.contract.Revealed)[0].trivial:
-            ArtifactStore(stored.artifact_store).put(stored.artifact)
+        self.board.reveal(self.account, task_id, stored.result, stored.salt)
         return stored.result
+
+    def deliver(self, task_id: int) -> bool:
+        """Publish the result artifact to its store if, and only if, the task settled AGREED
+        on this worker's result; True if it is there now. Any other outcome returned the
+        reward to the requester, who then gets nothing from which the result can be rebuilt."""
+        if task_id in self._delivered:
+            return True
+        if self.board.phase(task_id) != Phase.AGREED:
+            return False
+        stored = self.store.result(*self._key(task_id))
+        if stored is None or stored.result != self.board.result(task_id):
+            return False
+        ArtifactStore(stored.artifact_store).put(stored.artifact)
+        self._delivered.add(task_id)
+        return True
+
+    def settle(self, task_id: int) -> Phase:
+        phase = super().settle(task_id)
+        self.deliver(task_id)
+        return phase
+
+    def claim(self, task_id: int) -> int:
+        """Deliver the artifact first (the requester paid for it), then withdraw."""
+        self.deliver(task_id)
+        return super().claim(task_id)

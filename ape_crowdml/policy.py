@@ -1,11 +1,14 @@
 """A worker's policy: which tasks it takes. A job file is code the worker will run, so the job's
 source digest must be on the allowlist; the spec's environment profile must be a built-in one or
-one the worker accepts, field for field; the deposit and reward must be within bounds. Everything
-here is checked before any deposit is sent."""
+one the worker accepts, field for field; the deposit, reward and windows must be within bounds,
+and the board's forfeit sink one the worker accepts. Everything here is checked before any
+deposit is sent."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from eth_utils import to_checksum_address
 
 from .board import TaskInfo
 from .config import WorkerPolicy
@@ -31,9 +34,19 @@ def allowed_job_digests(policy: WorkerPolicy, jobs_folder: Path) -> dict[str, st
     return allowed
 
 
-def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs_folder: Path) -> None:
+def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs_folder: Path,
+                 sink: str) -> None:
     """PolicyRefused (EnvironmentMismatch for the profile) with the first reason this worker must
-    not take the task."""
+    not take the task on a board whose forfeits go to `sink`."""
+    if to_checksum_address(sink) not in {to_checksum_address(s) for s in policy.accept_sinks}:
+        raise PolicyRefused(f"the board sends forfeits to {sink}, which is not among this "
+                            "worker's accepted sinks (crowdml.worker.accept_sinks): whoever holds "
+                            "it would profit from the task failing")
+    for name in ("join", "commit", "reveal"):
+        blocks = getattr(task, f"{name}_blocks")
+        if blocks > policy.max_window_blocks:
+            raise PolicyRefused(f"task {task.task_id}'s {name} window is {blocks} blocks, above "
+                                f"this worker's maximum {policy.max_window_blocks}")
     allowed = allowed_job_digests(policy, jobs_folder)
     if spec.job_digest not in allowed:
         raise PolicyRefused(f"task {task.task_id} runs job {spec.job} ({spec.job_digest}), "

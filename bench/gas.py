@@ -5,10 +5,12 @@ Run from the repository root:  python bench/gas.py  (the venv's python, with
 the venv's bin on PATH so ape-vyper finds the pinned compiler).
 
 A task's one-off costs land on single workers: the join that fills the
-roster also fixes the coin, and the first reveal stores the result. So the
-table shows the typical worker's calls (the cheapest of each call: a worker that
-neither fills the roster nor reveals first), its total against the targets,
-the two one-offs, and the mean per worker with the one-offs shared out.
+roster also fixes the coin, and the first reveal stores the result. Here the
+worker that fills the roster also reveals first, so it pays both: the worst
+case. The table shows the typical worker's calls (the cheapest of each call: a
+worker that neither fills the roster nor reveals first), its total, the two
+one-offs, the most expensive worker (typical + both one-offs) against the
+target, and the mean per worker with the one-offs shared out.
 """
 
 import statistics
@@ -16,10 +18,12 @@ import statistics
 from ape import accounts, networks, project
 from eth_utils import keccak
 
-SIZES = (2, 8, 32, 64)
+from ape_crowdml.board import NEUTRAL_SINK
+
+SIZES = (2, 3, 8, 32, 64)
 DEPOSIT = 2 * 10**16
 WINDOW = 100
-TARGET_PER_WORKER = 170_000
+TARGET_PER_WORKER = 175_000
 TARGET_PUBLISH = 250_000
 
 
@@ -36,8 +40,9 @@ def run_task(board, requester, crew):
     for w in crew:
         commitment = board.commitment_of(result, keccak(w.address.encode()), w, task_id)
         gas["commit"].append(board.commit(task_id, commitment, sender=w).gas_used)
-    for w in crew:
-        gas["reveal"].append(board.reveal(task_id, result, keccak(w.address.encode()), sender=w).gas_used)
+    # The last joiner filled the roster; it reveals first, paying both one-offs.
+    for w in reversed(crew):
+        gas["reveal"].insert(0, board.reveal(task_id, result, keccak(w.address.encode()), sender=w).gas_used)
     settle_gas = board.settle(task_id, sender=requester).gas_used
     for w in crew:
         gas["claim"].append(board.claim(task_id, sender=w).gas_used)
@@ -51,10 +56,11 @@ def main():
         crew = [accounts.test_accounts.generate_test_account() for _ in range(max(SIZES))]
         for w in crew:
             requester.transfer(w, 10**18)
-        board = project.TaskBoard.deploy(accounts.test_accounts[9], sender=requester)
+        board = project.TaskBoard.deploy(NEUTRAL_SINK, sender=requester)
 
         print(f"{'n':>3} {'publish':>8} {'join':>7} {'commit':>7} {'reveal':>7} {'claim':>7} "
-              f"{'worker':>8} {'coin fix':>9} {'1st result':>10} {'settle':>7} {'mean/worker':>12}")
+              f"{'worker':>8} {'coin fix':>9} {'1st result':>10} {'most exp.':>10} {'settle':>7} "
+              f"{'mean/worker':>12}")
         worker_total = {}
         for n in SIZES:
             publish_gas, settle_gas, gas, per_worker = run_task(board, requester, crew[:n])
@@ -63,14 +69,15 @@ def main():
             typical = {call: min(values) for call, values in gas.items()}
             worker_total[n] = sum(typical.values())
             coin_fix = gas["join"][-1] - typical["join"]
-            first_result = gas["reveal"][0] - typical["reveal"]
+            first_result = gas["reveal"][-1] - typical["reveal"]
+            most_expensive = max(per_worker)
             print(f"{n:>3} {publish_gas:>8} {typical['join']:>7.0f} {typical['commit']:>7.0f} {typical['reveal']:>7.0f} "
                   f"{typical['claim']:>7.0f} {worker_total[n]:>8.0f} {coin_fix:>9.0f} {first_result:>10.0f} "
-                  f"{settle_gas:>7} {statistics.mean(per_worker):>12.0f}")
+                  f"{most_expensive:>10} {settle_gas:>7} {statistics.mean(per_worker):>12.0f}")
             if publish_gas > TARGET_PUBLISH:
                 print(f"    publish over the {TARGET_PUBLISH} target")
-            if worker_total[n] > TARGET_PER_WORKER:
-                print(f"    worker total over the {TARGET_PER_WORKER} target")
+            if most_expensive > TARGET_PER_WORKER:
+                print(f"    most expensive worker over the {TARGET_PER_WORKER} target")
         growth = worker_total[max(SIZES)] / worker_total[min(SIZES)] - 1
         print(f"worker total growth n={max(SIZES)} vs n={min(SIZES)}: {growth:+.2%} (target ≤ +2%)")
 

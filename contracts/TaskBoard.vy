@@ -17,10 +17,19 @@
      `sweep`, the immutable forfeit sink.
 
      Gas: the fields every call needs (phase, counters, windows, the block the
-     phase began) are packed by hand into one storage word per task,
-     `_progress`, loaded once and stored once per call. A board that keeps
-     them in separate slots pays a cold SLOAD per field and misses the
-     170,000 gas per-worker budget measured by bench/gas.py.
+     phase began, the deposit) are packed by hand into one storage word per
+     task, `_progress`, loaded once and stored once per call. A board that
+     keeps them in separate slots pays a cold SLOAD per field and misses the
+     per-worker budget measured by bench/gas.py. `publish` also writes a
+     placeholder into the two slots that single workers fill later (the coin
+     and the first result), so that those workers overwrite a nonzero word
+     (5,000 gas) instead of creating one (22,100): the requester pays.
+
+     Randomness: the coin is fixed by the join that fills the roster, which
+     may not land in the publish block, from the hash of the block before it
+     (the publish block or a later one) and prevrandao. That block hash did not
+     exist when the requester named E_ck, so the coin is unknowable at publish
+     on every EVM chain, also where prevrandao is a constant.
 """
 
 
@@ -35,11 +44,12 @@ struct Progress:
     valid: uint256
     mismatch: bool
     requester_paid: bool
+    coin_committed: bool
     join_blocks: uint256
     commit_blocks: uint256
     reveal_blocks: uint256
     stage_start: uint256
-    reveal_start: uint256
+    deposit: uint256
 
 
 # @dev Everything a watcher or another contract needs to know about a task.
@@ -78,27 +88,26 @@ event Published:
     trivial: DynArray[bytes32, MAX_TRIVIAL]
 
 
-# @dev A worker locked its deposit; `joined` is the roster size after it.
+# Events carry what a watcher cannot read from the `task` view (counters and
+# deadlines are there): each data word costs the worker who emits it 256 gas.
+
+# @dev A worker locked its deposit.
 event Joined:
     task_id: indexed(uint256)
     worker: indexed(address)
-    joined: uint256
 
 
-# @dev The coin is fixed and the commit window, ending at `commit_deadline`, is open.
+# @dev The coin is fixed and the commit window is open.
 event CoinFixed:
     task_id: indexed(uint256)
     coin: bytes32
-    from_chain: bool
-    commit_deadline: uint256
 
 
-# @dev A worker committed; `committed` is the count after it.
+# @dev A worker committed.
 event Committed:
     task_id: indexed(uint256)
     worker: indexed(address)
     commitment: bytes32
-    committed: uint256
 
 
 # @dev A worker opened its commitment; `trivial` results count as failures.
@@ -174,26 +183,36 @@ MIN_WORKERS: constant(uint256) = 2
 MAX_WORKERS: constant(uint256) = 1024
 MAX_TRIVIAL: constant(uint256) = 16
 MAX_WINDOW: constant(uint256) = 2**24 - 1
-MAX_AMOUNT: constant(uint256) = 2**128 - 1
+MAX_DEPOSIT: constant(uint256) = 2**80 - 1
+MAX_REWARD: constant(uint256) = 2**96 - 1
+# The last block at which a phase may start: the packed word keeps it in 40 bits.
+MAX_BLOCK: constant(uint256) = 2**40 - 1
+# Written at publish into the slots a single worker fills later (see the header).
+PREPAID: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
 
-# Bit layout of `_progress` (offset, width): 8 + 5*16 + 2*8 + 3*24 + 2*40 = 256 bits.
+# Bit layout of `_progress` (offset, width):
+# 4 + 5*11 + 3*1 + 3*24 + 40 + 80 = 254 bits. Counters are at most MAX_WORKERS < 2**11.
 AT_STAGE: constant(uint256) = 0
-AT_WORKERS: constant(uint256) = 8
-AT_JOINED: constant(uint256) = 24
-AT_COMMITTED: constant(uint256) = 40
-AT_OPENED: constant(uint256) = 56
-AT_VALID: constant(uint256) = 72
-AT_MISMATCH: constant(uint256) = 88
-AT_REQUESTER_PAID: constant(uint256) = 96
-AT_JOIN_BLOCKS: constant(uint256) = 104
-AT_COMMIT_BLOCKS: constant(uint256) = 128
-AT_REVEAL_BLOCKS: constant(uint256) = 152
-AT_STAGE_START: constant(uint256) = 176
-AT_REVEAL_START: constant(uint256) = 216
-BITS_8: constant(uint256) = 2**8 - 1
-BITS_16: constant(uint256) = 2**16 - 1
+AT_WORKERS: constant(uint256) = 4
+AT_JOINED: constant(uint256) = 15
+AT_COMMITTED: constant(uint256) = 26
+AT_OPENED: constant(uint256) = 37
+AT_VALID: constant(uint256) = 48
+AT_MISMATCH: constant(uint256) = 59
+AT_REQUESTER_PAID: constant(uint256) = 60
+AT_COIN_COMMITTED: constant(uint256) = 61
+AT_JOIN_BLOCKS: constant(uint256) = 62
+AT_COMMIT_BLOCKS: constant(uint256) = 86
+AT_REVEAL_BLOCKS: constant(uint256) = 110
+AT_STAGE_START: constant(uint256) = 134
+AT_DEPOSIT: constant(uint256) = 174
+BITS_1: constant(uint256) = 1
+BITS_4: constant(uint256) = 2**4 - 1
+BITS_11: constant(uint256) = 2**11 - 1
 BITS_24: constant(uint256) = 2**24 - 1
 BITS_40: constant(uint256) = 2**40 - 1
+BITS_80: constant(uint256) = 2**80 - 1
+BITS_160: constant(uint256) = 2**160 - 1
 
 
 # @dev Where forfeited deposits go. Never the requester nor a worker of the
@@ -211,11 +230,9 @@ forfeited: public(uint256)
 # @dev Packed `Progress` per task. Written by every state-changing call.
 _progress: HashMap[uint256, uint256]
 
-# @dev deposit (low 128 bits) and reward (high 128 bits) per task. Written by `publish`.
-_amounts: HashMap[uint256, uint256]
-
-# @dev Requester per task. Written by `publish`.
-_requester: HashMap[uint256, address]
+# @dev Requester (low 160 bits) and reward (high 96 bits) per task, one word
+#      for `claim`. Written by `publish`.
+_funding: HashMap[uint256, uint256]
 
 # @dev Job spec and data digests per task. Written by `publish`.
 _spec: HashMap[uint256, bytes32]
@@ -225,7 +242,9 @@ _data: HashMap[uint256, bytes32]
 #      for a chain coin. Written by `publish`.
 _coin_hash: HashMap[uint256, bytes32]
 
-# @dev The task's coin once fixed. Written by the filling `join` or `release_coin`.
+# @dev The task's coin once fixed; before, PREPAID, then (requester coin) the
+#      chain's seed to mix with it. Written by `publish`, the filling `join`
+#      and `release_coin`.
 _coin: HashMap[uint256, bytes32]
 
 # @dev E_ck membership: the spec and data digests and the requester's list.
@@ -233,7 +252,7 @@ _coin: HashMap[uint256, bytes32]
 _trivial: HashMap[uint256, HashMap[bytes32, bool]]
 
 # @dev First non-trivial result revealed; the agreed result if all match.
-#      Written by the first valid `reveal`.
+#      PREPAID until then. Written by `publish` and the first valid `reveal`.
 _first_result: HashMap[uint256, bytes32]
 
 # @dev A worker's seat: SEAT_* marker or its commitment. Written by `join`,
@@ -268,37 +287,41 @@ def publish(
 ) -> uint256:
     """
     @notice Publish a task and escrow `msg.value` as its reward.
-    @param spec keccak256 of the job spec's canonical JSON.
-    @param data keccak256 of the input data file.
+    @param spec keccak256 of the job spec's canonical JSON; not empty.
+    @param data keccak256 of the input data file; not empty.
     @param workers Number of workers n (at least 2).
     @param deposit Wei each worker locks; even, so halves are exact.
     @param join_blocks Blocks to fill the roster, and for the requester's coin after it fills.
     @param commit_blocks Blocks to commit after the coin is fixed.
-    @param reveal_blocks Blocks to reveal after the reveal phase opens.
+    @param reveal_blocks Blocks to reveal after the commit window closes;
+           reveals may start as soon as every worker committed.
     @param coin_hash keccak256(abi_encode(coin, salt)) of the requester's coin,
            or empty to take the coin from the chain when the roster fills.
     @param trivial Extra common-knowledge wrong results (E_ck) to treat as failures.
     @return The new task id.
     """
     assert msg.sender != FORFEIT_SINK, "the sink cannot take part"
+    assert spec != empty(bytes32), "spec digest is empty"
+    assert data != empty(bytes32), "data digest is empty"
     assert msg.value > 0, "reward must be positive"
-    assert msg.value <= MAX_AMOUNT, "reward too large"
+    assert msg.value <= MAX_REWARD, "reward too large"
     assert workers >= MIN_WORKERS, "need at least 2 workers"
     assert workers <= MAX_WORKERS, "too many workers"
     assert deposit > 0, "deposit must be positive"
     assert deposit % 2 == 0, "deposit must be even"
-    assert deposit <= MAX_AMOUNT, "deposit too large"
+    assert deposit <= MAX_DEPOSIT, "deposit too large"
     assert join_blocks > 0 and commit_blocks > 0 and reveal_blocks > 0, "windows must be positive"
     assert join_blocks <= MAX_WINDOW and commit_blocks <= MAX_WINDOW and reveal_blocks <= MAX_WINDOW, "window too long"
 
     task_id: uint256 = self.task_count + 1
     self.task_count = task_id
-    self._requester[task_id] = msg.sender
-    self._amounts[task_id] = deposit | (msg.value << 128)
+    self._funding[task_id] = convert(msg.sender, uint256) | (msg.value << 160)
     self._spec[task_id] = spec
     self._data[task_id] = data
     if coin_hash != empty(bytes32):
         self._coin_hash[task_id] = coin_hash
+    self._coin[task_id] = PREPAID
+    self._first_result[task_id] = PREPAID
     self._trivial[task_id][spec] = True
     self._trivial[task_id][data] = True
     for digest: bytes32 in trivial:
@@ -307,10 +330,12 @@ def publish(
     p: Progress = empty(Progress)
     p.stage = convert(PHASE_JOINING, uint256)
     p.workers = workers
+    p.coin_committed = coin_hash != empty(bytes32)
     p.join_blocks = join_blocks
     p.commit_blocks = commit_blocks
     p.reveal_blocks = reveal_blocks
-    p.stage_start = block.number
+    p.stage_start = self._phase_start()
+    p.deposit = deposit
     self._save(task_id, p)
 
     log Published(
@@ -338,31 +363,38 @@ def publish(
 def join(task_id: uint256):
     """
     @notice Take a seat on the task's roster by locking exactly its deposit.
-    @dev The join that fills the roster fixes a chain coin when the requester
-         committed none: prevrandao mixed with the task id and the block. Nobody
-         can predict it at publish, but the block's proposer, and a filling
-         worker that times its join, can bias it.
+    @dev The join that fills the roster draws the chain's seed: the hash of
+         the block before it, mixed with prevrandao and the task id. A roster
+         may not fill in the publish block, so that block hash is of the
+         publish block or a later one, which did not exist when the requester
+         signed E_ck: nobody can know the seed at publish, on any EVM chain.
+         It can still be biased: by the proposer of the hashed block, and by a
+         filling worker that times its join (where prevrandao is a constant,
+         it sees the seed before joining). The seed is the coin when the
+         requester committed none; otherwise it is mixed with the requester's.
     @param task_id The task to join.
     """
     p: Progress = self._load_known(task_id)
     assert p.stage == convert(PHASE_JOINING, uint256), "not open for joining"
     assert block.number <= p.stage_start + p.join_blocks, "join window closed"
     assert msg.sender != FORFEIT_SINK, "the sink cannot take part"
-    assert msg.value == self._amounts[task_id] & MAX_AMOUNT, "wrong deposit"
+    assert msg.value == p.deposit, "wrong deposit"
     assert self._seats[task_id][msg.sender] == SEAT_EMPTY, "already joined"
 
     self._seats[task_id][msg.sender] = SEAT_JOINED
     p.joined += 1
-    log Joined(task_id=task_id, worker=msg.sender, joined=p.joined)
+    log Joined(task_id=task_id, worker=msg.sender)
 
     if p.joined == p.workers:
-        p.stage_start = block.number
-        if self._coin_hash[task_id] == empty(bytes32):
-            p.stage = convert(STAGE_WORKING, uint256)
-            coin: bytes32 = keccak256(abi_encode(block.prevrandao, task_id, block.number))
-            self._fix_coin(task_id, coin, True, p.stage_start + p.commit_blocks)
-        else:
+        assert block.number > p.stage_start, "roster cannot fill in the publish block"
+        seed: bytes32 = keccak256(abi_encode(blockhash(block.number - 1), block.prevrandao, task_id))
+        p.stage_start = self._phase_start()
+        if p.coin_committed:
             p.stage = convert(PHASE_AWAITING_COIN, uint256)
+            self._coin[task_id] = seed
+        else:
+            p.stage = convert(STAGE_WORKING, uint256)
+            self._fix_coin(task_id, seed)
     self._save(task_id, p)
 
 
@@ -370,26 +402,26 @@ def join(task_id: uint256):
 def release_coin(task_id: uint256, coin: bytes32, salt: bytes32):
     """
     @notice Open the requester's coin commitment; starts the commit window.
-    @dev The task's coin is the requester's mixed with prevrandao and the task
-         id. The requester alone knows its coin at publish, when it also names
-         E_ck: unmixed, it could list the true result as trivial and take the
-         work while every honest worker forfeits. Mixed, the coin is unknown at
-         publish; the requester can still bias it by choosing its release block
-         (about join_blocks candidates), or withhold it and pay the workers.
+    @dev The task's coin is the requester's mixed with the seed the filling
+         join drew. The requester alone knows its coin at publish, when it also
+         names E_ck: unmixed, it could list the true result as trivial and take
+         the work while every honest worker forfeits. Mixed, the coin is
+         unknown at publish. Once the roster is full the requester knows the
+         coin; it can only release it or withhold it and pay the workers.
     @param task_id The task whose roster is full.
     @param coin The coin committed at publish.
     @param salt The salt committed with it.
     """
     p: Progress = self._load_known(task_id)
     assert p.stage == convert(PHASE_AWAITING_COIN, uint256), "not awaiting the coin"
-    assert msg.sender == self._requester[task_id], "only the requester"
+    assert msg.sender == self._requester(task_id), "only the requester"
     assert block.number <= p.stage_start + p.join_blocks, "coin window closed"
     assert keccak256(abi_encode(coin, salt)) == self._coin_hash[task_id], "coin does not match"
 
     p.stage = convert(STAGE_WORKING, uint256)
-    p.stage_start = block.number
-    mixed: bytes32 = keccak256(abi_encode(coin, block.prevrandao, task_id))
-    self._fix_coin(task_id, mixed, False, p.stage_start + p.commit_blocks)
+    p.stage_start = self._phase_start()
+    mixed: bytes32 = keccak256(abi_encode(coin, self._coin[task_id]))
+    self._fix_coin(task_id, mixed)
     self._save(task_id, p)
 
 
@@ -405,7 +437,7 @@ def abort(task_id: uint256):
     p: Progress = self._load_known(task_id)
     outcome: uint8 = OUTCOME_ABORTED
     if p.stage == convert(PHASE_JOINING, uint256):
-        if msg.sender != self._requester[task_id]:
+        if msg.sender != self._requester(task_id):
             assert block.number > p.stage_start + p.join_blocks, "join window still open"
     elif p.stage == convert(PHASE_AWAITING_COIN, uint256):
         assert block.number > p.stage_start + p.join_blocks, "coin window still open"
@@ -441,10 +473,8 @@ def commit(task_id: uint256, commitment: bytes32):
 
     self._seats[task_id][msg.sender] = convert(commitment, uint256)
     p.committed += 1
-    if p.committed == p.workers:
-        p.reveal_start = block.number
     self._save(task_id, p)
-    log Committed(task_id=task_id, worker=msg.sender, commitment=commitment, committed=p.committed)
+    log Committed(task_id=task_id, worker=msg.sender, commitment=commitment)
 
 
 # ---------------------------------------------------------------- reveal
@@ -462,8 +492,9 @@ def reveal(task_id: uint256, result: bytes32, salt: bytes32):
     p: Progress = self._load_known(task_id)
     assert p.stage >= convert(STAGE_WORKING, uint256), "reveal phase not open"
     assert p.stage == convert(STAGE_WORKING, uint256), "task ended"
-    assert self._reveal_open(p), "reveal phase not open"
-    assert block.number <= self._reveal_deadline(p), "reveal window closed"
+    commit_deadline: uint256 = p.stage_start + p.commit_blocks
+    assert self._reveal_open(p.committed, p.workers, commit_deadline), "reveal phase not open"
+    assert block.number <= self._reveal_deadline(commit_deadline, p.reveal_blocks), "reveal window closed"
     seat: uint256 = self._seats[task_id][msg.sender]
     assert seat != SEAT_EMPTY, "not a worker"
     assert seat != SEAT_JOINED, "nothing committed"
@@ -504,10 +535,11 @@ def settle(task_id: uint256):
     """
     p: Progress = self._load_known(task_id)
     assert p.stage == convert(STAGE_WORKING, uint256), "not settleable"
-    assert self._reveal_open(p), "commit window still open"
-    assert p.opened == p.committed or block.number > self._reveal_deadline(p), "reveals still pending"
+    commit_deadline: uint256 = p.stage_start + p.commit_blocks
+    assert self._reveal_open(p.committed, p.workers, commit_deadline), "commit window still open"
+    assert p.opened == p.committed or block.number > self._reveal_deadline(commit_deadline, p.reveal_blocks), "reveals still pending"
 
-    deposit: uint256 = self._amounts[task_id] & MAX_AMOUNT
+    deposit: uint256 = p.deposit
     outcome: uint8 = OUTCOME_FAILED
     # Paper §VI: any failure costs the failed workers d and the others d/2;
     # otherwise unequal results cost everyone d/2.
@@ -539,18 +571,17 @@ def claim(task_id: uint256):
     """
     p: Progress = self._load_known(task_id)
     assert p.stage >= convert(OUTCOME_AGREED, uint256), "not settled"
-    amounts: uint256 = self._amounts[task_id]
-    deposit: uint256 = amounts & MAX_AMOUNT
-    reward: uint256 = amounts >> 128
+    funding: uint256 = self._funding[task_id]
+    reward: uint256 = funding >> 160
 
     amount: uint256 = 0
     seat: uint256 = self._seats[task_id][msg.sender]
     if seat != SEAT_EMPTY:
-        amount = self._worker_share(p, seat, deposit, reward)
+        amount = self._worker_share(p.stage, p.workers, p.deposit, seat, reward)
         if amount > 0:
             self._seats[task_id][msg.sender] = SEAT_EMPTY
-    if not p.requester_paid and msg.sender == self._requester[task_id]:
-        share: uint256 = self._requester_share(p, reward)
+    if not p.requester_paid and msg.sender == convert(funding & BITS_160, address):
+        share: uint256 = self._requester_share(p.stage, p.workers, reward)
         if share > 0:
             amount += share
             p.requester_paid = True
@@ -586,13 +617,12 @@ def task(task_id: uint256) -> TaskView:
     @return The task's terms, phase, current deadline and counters.
     """
     p: Progress = self._load(task_id)
-    amounts: uint256 = self._amounts[task_id]
     return TaskView(
-        requester=self._requester[task_id],
+        requester=self._requester(task_id),
         spec=self._spec[task_id],
         data=self._data[task_id],
-        reward=amounts >> 128,
-        deposit=amounts & MAX_AMOUNT,
+        reward=self._funding[task_id] >> 160,
+        deposit=p.deposit,
         workers=p.workers,
         join_blocks=p.join_blocks,
         commit_blocks=p.commit_blocks,
@@ -624,7 +654,9 @@ def phase(task_id: uint256) -> uint8:
 @external
 def deadline(task_id: uint256) -> uint256:
     """
-    @notice The last block of the current phase's window (0 once ended).
+    @notice The last block of the current phase's window (0 once ended). The
+            reveal window always ends `reveal_blocks` after the commit window,
+            even when every worker committed early.
     @param task_id The task.
     @return A block number.
     """
@@ -690,13 +722,13 @@ def owed(task_id: uint256, account: address) -> uint256:
     p: Progress = self._load(task_id)
     if p.stage < convert(OUTCOME_AGREED, uint256):
         return 0
-    amounts: uint256 = self._amounts[task_id]
+    reward: uint256 = self._funding[task_id] >> 160
     amount: uint256 = 0
     seat: uint256 = self._seats[task_id][account]
     if seat != SEAT_EMPTY:
-        amount = self._worker_share(p, seat, amounts & MAX_AMOUNT, amounts >> 128)
-    if not p.requester_paid and account == self._requester[task_id]:
-        amount += self._requester_share(p, amounts >> 128)
+        amount = self._worker_share(p.stage, p.workers, p.deposit, seat, reward)
+    if not p.requester_paid and account == self._requester(task_id):
+        amount += self._requester_share(p.stage, p.workers, reward)
     return amount
 
 
@@ -731,44 +763,50 @@ def commitment_of(result: bytes32, salt: bytes32, worker: address, task_id: uint
 
 
 @internal
-def _fix_coin(task_id: uint256, coin: bytes32, from_chain: bool, commit_deadline: uint256):
+def _fix_coin(task_id: uint256, coin: bytes32):
     self._coin[task_id] = coin
-    log CoinFixed(task_id=task_id, coin=coin, from_chain=from_chain, commit_deadline=commit_deadline)
-
-
-@view
-@internal
-def _load(task_id: uint256) -> Progress:
-    word: uint256 = self._progress[task_id]
-    return Progress(
-        stage=word & BITS_8,
-        workers=(word >> AT_WORKERS) & BITS_16,
-        joined=(word >> AT_JOINED) & BITS_16,
-        committed=(word >> AT_COMMITTED) & BITS_16,
-        opened=(word >> AT_OPENED) & BITS_16,
-        valid=(word >> AT_VALID) & BITS_16,
-        mismatch=(word >> AT_MISMATCH) & BITS_8 != 0,
-        requester_paid=(word >> AT_REQUESTER_PAID) & BITS_8 != 0,
-        join_blocks=(word >> AT_JOIN_BLOCKS) & BITS_24,
-        commit_blocks=(word >> AT_COMMIT_BLOCKS) & BITS_24,
-        reveal_blocks=(word >> AT_REVEAL_BLOCKS) & BITS_24,
-        stage_start=(word >> AT_STAGE_START) & BITS_40,
-        reveal_start=(word >> AT_REVEAL_START) & BITS_40,
-    )
+    log CoinFixed(task_id=task_id, coin=coin)
 
 
 @view
 @internal
 def _load_known(task_id: uint256) -> Progress:
-    p: Progress = self._load(task_id)
-    assert p.stage != convert(PHASE_NONE, uint256), "unknown task"
-    return p
+    # Unpacks in place rather than through `_load`: a nested call copies the
+    # struct once more, which every worker call would pay.
+    word: uint256 = self._progress[task_id]
+    assert word != 0, "unknown task"
+    return Progress(
+        stage=word & BITS_4,
+        workers=(word >> AT_WORKERS) & BITS_11,
+        joined=(word >> AT_JOINED) & BITS_11,
+        committed=(word >> AT_COMMITTED) & BITS_11,
+        opened=(word >> AT_OPENED) & BITS_11,
+        valid=(word >> AT_VALID) & BITS_11,
+        mismatch=(word >> AT_MISMATCH) & BITS_1 != 0,
+        requester_paid=(word >> AT_REQUESTER_PAID) & BITS_1 != 0,
+        coin_committed=(word >> AT_COIN_COMMITTED) & BITS_1 != 0,
+        join_blocks=(word >> AT_JOIN_BLOCKS) & BITS_24,
+        commit_blocks=(word >> AT_COMMIT_BLOCKS) & BITS_24,
+        reveal_blocks=(word >> AT_REVEAL_BLOCKS) & BITS_24,
+        stage_start=(word >> AT_STAGE_START) & BITS_40,
+        deposit=(word >> AT_DEPOSIT) & BITS_80,
+    )
+
+
+@view
+@internal
+def _load(task_id: uint256) -> Progress:
+    # For the views: an unknown task reads as all zeros (phase NONE).
+    if self._progress[task_id] == 0:
+        return empty(Progress)
+    return self._load_known(task_id)
 
 
 @internal
 def _save(task_id: uint256, p: Progress):
-    # Every field fits its width: counters are bounded by MAX_WORKERS,
-    # windows by MAX_WINDOW, block numbers stay below 2**40.
+    # Every field fits its width: counters are bounded by MAX_WORKERS, windows
+    # by MAX_WINDOW, the deposit by MAX_DEPOSIT, and `_phase_start` refuses
+    # blocks past MAX_BLOCK.
     self._progress[task_id] = (
         p.stage
         | (p.workers << AT_WORKERS)
@@ -778,28 +816,47 @@ def _save(task_id: uint256, p: Progress):
         | (p.valid << AT_VALID)
         | (convert(p.mismatch, uint256) << AT_MISMATCH)
         | (convert(p.requester_paid, uint256) << AT_REQUESTER_PAID)
+        | (convert(p.coin_committed, uint256) << AT_COIN_COMMITTED)
         | (p.join_blocks << AT_JOIN_BLOCKS)
         | (p.commit_blocks << AT_COMMIT_BLOCKS)
         | (p.reveal_blocks << AT_REVEAL_BLOCKS)
         | (p.stage_start << AT_STAGE_START)
-        | (p.reveal_start << AT_REVEAL_START)
+        | (p.deposit << AT_DEPOSIT)
     )
 
 
 @view
 @internal
-def _reveal_open(p: Progress) -> bool:
-    return p.committed == p.workers or block.number > p.stage_start + p.commit_blocks
+def _phase_start() -> uint256:
+    # The block a phase starts in is kept in 40 bits: refuse rather than wrap.
+    assert block.number <= MAX_BLOCK, "block number too large"
+    return block.number
 
 
 @view
 @internal
-def _reveal_deadline(p: Progress) -> uint256:
+def _requester(task_id: uint256) -> address:
+    return convert(self._funding[task_id] & BITS_160, address)
+
+
+# The helpers below take the fields they need rather than the Progress
+# struct, which an internal call would copy.
+
+
+@view
+@internal
+def _reveal_open(committed: uint256, workers: uint256, commit_deadline: uint256) -> bool:
     # The reveal phase opens when the last worker commits, or else when the
     # commit window closes.
-    if p.committed == p.workers:
-        return p.reveal_start + p.reveal_blocks
-    return p.stage_start + p.commit_blocks + p.reveal_blocks
+    return committed == workers or block.number > commit_deadline
+
+
+@pure
+@internal
+def _reveal_deadline(commit_deadline: uint256, reveal_blocks: uint256) -> uint256:
+    # Always reveal_blocks after the commit window, even when the reveal phase
+    # opened early: the last committer cannot shorten anyone's window.
+    return commit_deadline + reveal_blocks
 
 
 @view
@@ -807,9 +864,10 @@ def _reveal_deadline(p: Progress) -> uint256:
 def _phase(p: Progress) -> uint8:
     if p.stage != convert(STAGE_WORKING, uint256):
         return convert(p.stage, uint8)
-    if not self._reveal_open(p):
+    commit_deadline: uint256 = p.stage_start + p.commit_blocks
+    if not self._reveal_open(p.committed, p.workers, commit_deadline):
         return PHASE_COMMIT
-    if p.opened < p.committed and block.number <= self._reveal_deadline(p):
+    if p.opened < p.committed and block.number <= self._reveal_deadline(commit_deadline, p.reveal_blocks):
         return PHASE_REVEAL
     return PHASE_SETTLEABLE
 
@@ -821,18 +879,19 @@ def _deadline(p: Progress) -> uint256:
         return p.stage_start + p.join_blocks
     if p.stage != convert(STAGE_WORKING, uint256):
         return 0
-    if not self._reveal_open(p):
-        return p.stage_start + p.commit_blocks
-    return self._reveal_deadline(p)
+    commit_deadline: uint256 = p.stage_start + p.commit_blocks
+    if not self._reveal_open(p.committed, p.workers, commit_deadline):
+        return commit_deadline
+    return self._reveal_deadline(commit_deadline, p.reveal_blocks)
 
 
 @pure
 @internal
-def _worker_share(p: Progress, seat: uint256, deposit: uint256, reward: uint256) -> uint256:
+def _worker_share(stage: uint256, workers: uint256, deposit: uint256, seat: uint256, reward: uint256) -> uint256:
     # The paper's clauses; `seat` is the worker's final seat.
-    outcome: uint8 = convert(p.stage, uint8)
+    outcome: uint8 = convert(stage, uint8)
     if outcome == OUTCOME_AGREED or outcome == OUTCOME_COIN_WITHHELD:
-        return deposit + reward // p.workers
+        return deposit + reward // workers
     if outcome == OUTCOME_DISAGREED:
         return deposit // 2
     if outcome == OUTCOME_ABORTED:
@@ -844,9 +903,9 @@ def _worker_share(p: Progress, seat: uint256, deposit: uint256, reward: uint256)
 
 @pure
 @internal
-def _requester_share(p: Progress, reward: uint256) -> uint256:
+def _requester_share(stage: uint256, workers: uint256, reward: uint256) -> uint256:
     # When the workers share the reward, the rounding dust returns to the requester.
-    outcome: uint8 = convert(p.stage, uint8)
+    outcome: uint8 = convert(stage, uint8)
     if outcome == OUTCOME_AGREED or outcome == OUTCOME_COIN_WITHHELD:
-        return reward - p.workers * (reward // p.workers)
+        return reward - workers * (reward // workers)
     return reward

@@ -68,6 +68,11 @@ def publish(board, requester, workers=2, reward=REWARD, deposit=DEPOSIT, window=
     return receipt.decode_logs(board.Published)[0].task_id
 
 
+def mine_past_deadline(chain, board, task_id):
+    """Mine so that the next transaction lands just after the task's current deadline."""
+    chain.mine(max(board.deadline(task_id) - chain.blocks.head.number, 0))
+
+
 def assert_solvent(board, task_id, parties):
     """The board holds exactly what it still owes: unclaimed shares plus forfeits."""
     owed = sum(board.owed(task_id, p) for p in set(parties))
@@ -100,7 +105,7 @@ def play(board, requester, chain):
             if s not in (SKIP, HIDE):
                 board.reveal(task_id, result_for(s, w), salt_for(w), sender=w)
         if any(s == HIDE for s in strategies):
-            chain.mine(WINDOW + 1)
+            mine_past_deadline(chain, board, task_id)
         board.settle(task_id, sender=requester)
         assert_solvent(board, task_id, [requester, *crew])
 

@@ -18,7 +18,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def board(accounts, config):
-    return deploy_board(accounts[0], accounts[9].address, config=config)
+    return deploy_board(accounts[0], config=config)
 
 
 def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config, tmp_path):

@@ -64,7 +64,7 @@ def wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeout
 def test_agent_killed_after_commit_reveals_after_restart(accounts, tmp_path, agent_project):
     config = isolated_config(tmp_path).model_copy(
         update={"artifact_store": str(tmp_path / "artifacts")})
-    board = deploy_board(accounts[0], accounts[9].address, config=config)
+    board = deploy_board(accounts[0], config=config)
     spec = tiny_spec_file(tmp_path, job=REPO / "jobs" / "train_classifier.py")
     task = Requester(board, accounts[0], config=config).publish(
         spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=200, reveal_blocks=400,

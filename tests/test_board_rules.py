@@ -6,7 +6,8 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from conftest import DATA, DEPOSIT, REWARD, SPEC, TRUE_RESULT, WINDOW, assert_solvent, publish, salt_for
+from conftest import (DATA, DEPOSIT, REWARD, SPEC, TRUE_RESULT, WINDOW, assert_solvent, mine_past_deadline,
+                      publish, salt_for)
 
 ZERO = b"\x00" * 32
 COIN, COIN_SALT = keccak(b"requester coin"), keccak(b"requester coin salt")
@@ -142,25 +143,48 @@ def test_windows_end_exactly_at_their_deadline(board, requester, workers, chain)
         board.join(short, value=DEPOSIT, sender=late)
 
 
-def test_reveal_window_opens_when_the_last_worker_commits(board, pair, full_task, chain):
+def test_an_early_last_commit_opens_reveals_but_never_shortens_them(board, requester, pair, full_task, chain):
+    """Attack D: every worker commits at once. Reveals may start, but a worker that plans by
+    the commit deadline it was shown still has reveal_blocks after it."""
+    commit_deadline = board.deadline(full_task)
     commit_true(board, full_task, pair[0])
     last = commit_true(board, full_task, pair[1])
+    assert last.block_number + WINDOW < commit_deadline + WINDOW
     assert board.phase(full_task) == REVEAL
-    assert board.deadline(full_task) == last.block_number + WINDOW
-    mine_to(chain, last.block_number + WINDOW)
-    board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])
-    with ape.reverts("reveal window closed"):
-        board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1])
+    assert board.deadline(full_task) == commit_deadline + WINDOW
+    board.reveal(full_task, TRUE_RESULT, salt_for(pair[0]), sender=pair[0])  # early is fine
+    mine_to(chain, commit_deadline + WINDOW)
+    assert board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1]).block_number == commit_deadline + WINDOW
+    board.settle(full_task, sender=requester)
+    assert board.phase(full_task) == AGREED
 
 
-def test_chain_coin_is_fixed_by_the_filling_join(board, requester, pair):
+def test_settle_comes_as_soon_as_everyone_revealed(board, requester, pair, full_task):
+    for w in pair:
+        commit_true(board, full_task, w)
+    for w in pair:
+        board.reveal(full_task, TRUE_RESULT, salt_for(w), sender=w)
+    assert board.phase(full_task) == SETTLEABLE
+    reveal_deadline = board.deadline(full_task)
+    assert board.settle(full_task, sender=requester).block_number < reveal_deadline
+    assert board.phase(full_task) == AGREED
+
+
+def test_chain_coin_is_fixed_by_the_filling_join(board, requester, pair, chain):
     task_id = publish(board, requester)
     first = board.join(task_id, value=DEPOSIT, sender=pair[0])
     assert not first.decode_logs(board.CoinFixed)
     filling = board.join(task_id, value=DEPOSIT, sender=pair[1])
     fixed = filling.decode_logs(board.CoinFixed)[0]
-    assert fixed.from_chain and fixed.commit_deadline == filling.block_number + WINDOW
+    assert board.deadline(task_id) == filling.block_number + WINDOW
     assert board.coin_of(task_id) == fixed.coin
+    # The hash of the block before the filling join's, with prevrandao and the task id. (ape's
+    # test chain reports another mixHash than the prevrandao its EVM saw; anvil the same.)
+    if chain.provider.name == "foundry":
+        block = chain.provider.web3.eth.get_block(filling.block_number)
+        previous = chain.provider.web3.eth.get_block(filling.block_number - 1)
+        seed = encode(["bytes32", "bytes32", "uint256"], [previous.hash, block.mixHash, task_id])
+        assert fixed.coin == keccak(seed)
     assert board.phase(task_id) == COMMIT
 
 
@@ -194,7 +218,7 @@ def test_requester_coin_release(board, requester, pair):
         board.release_coin(task_id, keccak(b"another coin"), COIN_SALT, sender=requester)
     receipt = board.release_coin(task_id, COIN, COIN_SALT, sender=requester)
     fixed = receipt.decode_logs(board.CoinFixed)[0]
-    assert not fixed.from_chain and fixed.coin not in (COIN, ZERO)  # mixed with the chain's
+    assert fixed.coin not in (COIN, ZERO)  # mixed with the chain's seed
     assert board.coin_of(task_id) == fixed.coin
     assert board.phase(task_id) == COMMIT
 
@@ -308,7 +332,7 @@ def test_reveal_rules(board, requester, pair, workers, full_task, chain):
         board.settle(full_task, sender=requester)
     with ape.reverts("not settled"):
         board.claim(full_task, sender=pair[0])
-    chain.mine(WINDOW + 1)
+    mine_past_deadline(chain, board, full_task)
     with ape.reverts("reveal window closed"):
         board.reveal(full_task, TRUE_RESULT, salt_for(pair[1]), sender=pair[1])
     assert board.phase(full_task) == SETTLEABLE
@@ -356,7 +380,7 @@ def test_copied_commitment_cannot_be_opened(board, requester, pair, full_task, c
     board.reveal(full_task, TRUE_RESULT, salt_for(honest), sender=honest)
     with ape.reverts("commitment mismatch"):
         board.reveal(full_task, TRUE_RESULT, salt_for(honest), sender=copier)
-    chain.mine(WINDOW + 1)
+    mine_past_deadline(chain, board, full_task)
     board.settle(full_task, sender=requester)
     assert board.owed(full_task, honest) == DEPOSIT // 2
     assert board.owed(full_task, copier) == 0
@@ -434,7 +458,7 @@ def test_balance_equals_obligations_at_every_step(board, requester, workers, cha
     for w in crew:
         board.reveal(tasks[1], results[w], salt_for(w), sender=w)
         check()
-    chain.mine(WINDOW + 1)
+    mine_past_deadline(chain, board, tasks[0])
     for t in tasks:
         board.settle(t, sender=requester)
         check()

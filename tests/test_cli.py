@@ -17,7 +17,7 @@ def task_id_from(output: str) -> int:
 
 def test_full_task_driven_by_the_cli(ape, state, accounts):
     spec = tiny_spec_file(state)
-    assert "deployed" in ape("deploy", "--sink", accounts[9].address, account=0)
+    assert "deployed" in ape("deploy", account=0)
     task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
                             "--workers", 2, account=0))
     for worker in (1, 2):
@@ -43,7 +43,7 @@ def test_full_task_driven_by_the_cli(ape, state, accounts):
 
 def test_requester_aborts_a_short_roster_and_everyone_is_refunded(ape, state, accounts):
     spec = tiny_spec_file(state)
-    ape("deploy", "--sink", accounts[9].address, account=0)
+    ape("deploy", account=0)
     task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
                             "--workers", 2, "--chain-coin", account=0))
     ape("join", task, account=1)
@@ -54,7 +54,7 @@ def test_requester_aborts_a_short_roster_and_everyone_is_refunded(ape, state, ac
 
 def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
     spec = tiny_spec_file(state)
-    ape("deploy", "--sink", accounts[9].address, account=0)
+    ape("deploy", account=0)
     task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
                             "--workers", 2, "--chain-coin", account=0))
     for worker in (1, 2):

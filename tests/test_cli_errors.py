@@ -27,7 +27,7 @@ def fails(ape):
 
 @pytest.fixture
 def board(ape, accounts):
-    ape("deploy", "--sink", accounts[9].address, account=0)
+    ape("deploy", account=0)
 
 
 @pytest.fixture

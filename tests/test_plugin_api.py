@@ -21,7 +21,7 @@ def config(tmp_path):
 
 @pytest.fixture
 def board(accounts, config):
-    return deploy_board(accounts[0], accounts[9].address, config=config)
+    return deploy_board(accounts[0], config=config)
 
 
 def test_config_is_registered_with_defaults(project):

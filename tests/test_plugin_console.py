@@ -20,7 +20,7 @@ def test_extension_pushes_the_api(accounts, project, tmp_path):
     load_ipython_extension(shell)
     assert set(shell.user_ns) == set(NAMES)
     with project.temp_config(crowdml={"state_folder": str(tmp_path)}):
-        board = shell.user_ns["deploy_board"](accounts[0], accounts[9].address)
+        board = shell.user_ns["deploy_board"](accounts[0])
         assert shell.user_ns["find_board"]().address == board.address
 
 
