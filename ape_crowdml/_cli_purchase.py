@@ -1,6 +1,6 @@
 """`ape crowdml deploy-market` and `ape crowdml order …`: buying a model only if it is good
 enough (ModelPurchase), a thin skin over ape_crowdml.purchase. Attached to the `cli` group by
-ape_crowdml/_cli.py; every user mistake is one `Error: …` line."""
+ape_crowdml/_cli.py; every user mistake is one `ERROR: …` line (exit status 1)."""
 
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ class Agent:
         if phase.ended:
             # The requester paid: its result goes out before anything else, so that it gets
             # it even if this worker goes offline after claiming. No other outcome uploads.
-            if phase == Phase.AGREED and worker.deliver(task_id):
+            if phase == Phase.AGREED and worker.try_deliver(task_id):
                 self.log(f"task {task_id}: result artifact published")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")

@@ -142,6 +142,34 @@ def mined(action: str, receipt):
     return receipt
 
 
+def simulate(contract, action: str, method: str, args: tuple, sender, value: int = 0,
+             refuser: str = "the board") -> None:
+    """eth_call the transaction; TaskRejected with the contract's reason if it would revert.
+
+    On the pending block, the one the transaction lands in at the earliest: on the latest,
+    a call at a window's edge would be judged one block early. Through web3 rather than
+    ape's `.call()`: ape's providers print the call trace of a reverting call, several
+    lines of it, before raising."""
+    from ape import chain
+
+    call = {"from": sender.address, "to": contract.address, "value": value,
+            "data": getattr(contract, method).encode_input(*args)}
+    try:
+        chain.provider.web3.eth.call(call, "pending")
+    except Exception as exc:
+        if (reason := revert_reason(exc)) is None:
+            raise
+        raise TaskRejected(f"{action} refused by {refuser}: {reason}") from None
+
+
+def send(contract, action: str, method: str, *args, sender, value: int = 0,
+         refuser: str = "the board"):
+    """Simulate, then send and wait for the block: a refused call sends nothing."""
+    simulate(contract, action, method, args, sender, value, refuser)
+    with transaction(action):
+        return mined(action, getattr(contract, method)(*args, value=value, sender=sender))
+
+
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
 
 # Where forfeited deposits go by default: the well-known burn address, whose key nobody holds.
@@ -297,28 +325,8 @@ class Board:
     def _next_block(self) -> int:
         return self.head + 1
 
-    def _simulate(self, action: str, method: str, args: tuple, sender, value: int) -> None:
-        """eth_call the transaction; TaskRejected with the board's reason if it would revert.
-
-        On the pending block, the one the transaction lands in at the earliest: on the latest,
-        a call at a window's edge would be judged one block early. Through web3 rather than
-        ape's `.call()`: ape's providers print the call trace of a reverting call, several
-        lines of it, before raising."""
-        from ape import chain
-
-        call = {"from": sender.address, "to": self.address, "value": value,
-                "data": getattr(self.contract, method).encode_input(*args)}
-        try:
-            chain.provider.web3.eth.call(call, "pending")
-        except Exception as exc:
-            if (reason := revert_reason(exc)) is None:
-                raise
-            raise TaskRejected(f"{action} refused by the board: {reason}") from None
-
     def _send(self, action: str, method: str, *args, sender, value: int = 0):
-        self._simulate(action, method, args, sender, value)
-        with transaction(action):
-            return mined(action, getattr(self.contract, method)(*args, value=value, sender=sender))
+        return send(self.contract, action, method, *args, sender=sender, value=value)
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,

@@ -148,6 +148,10 @@ def _buy(console: Console, market: Market, buyer: Buyer, seller: Seller, workers
     seller.advance(order)
     timeline.add("seller", f"advances order {order}: the board settles task {task} "
                            f"({market.board.phase(task).label})")
+    for worker in workers.values():
+        worker.claim(task)
+    timeline.add("workers", f"publish the agreed bitstring (the task agreed), claim deposit + "
+                            f"reward / {len(workers)} each")
     bits = seller.agreed_bits(order)
     stage = seller.finalize(order, bits)
     timeline.add("seller", f"hands the contract the agreed bitstring: {int(bits.sum())} of "
@@ -156,9 +160,6 @@ def _buy(console: Console, market: Market, buyer: Buyer, seller: Seller, workers
     payee = seller if stage.name == "BOUGHT" else buyer
     paid = payee.claim(order)
     timeline.add("seller" if payee is seller else "buyer", f"claims {wei(paid)}")
-    for name, worker in workers.items():
-        worker.claim(task)
-    timeline.add("workers", f"claim deposit + reward / {len(workers)} each")
     console.print(timeline.table(f"order {order} ({label}): timeline"))
     console.print(f"order {order}: {int(bits.sum())} of {len(bits)} right, bar "
                   f"{THRESHOLD_BPS / 100:g} %: {stage.label}; {wei(paid)} to the "

@@ -25,7 +25,7 @@ from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
 from .config import CrowdmlConfig, crowdml_config
 from .data import read_verified
 from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
-                     SpecError, TaskRejected)
+                     SpecError, TaskRejected, first_line)
 from .policy import check_policy
 from .spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
@@ -302,5 +302,19 @@ class Worker(Party):
 
     def claim(self, task_id: int) -> int:
         """Deliver the artifact first (the requester paid for it), then withdraw."""
-        self.deliver(task_id)
+        self.try_deliver(task_id)
         return super().claim(task_id)
+
+    def try_deliver(self, task_id: int) -> bool:
+        """`deliver`, but a store that refuses the upload (the spec names it; it may be down,
+        read-only or out of credentials) never holds this worker's money back: the failure is
+        logged, the artifact stays in the local store, and `deliver` can be called again."""
+        from ape.logging import logger
+
+        try:
+            return self.deliver(task_id)
+        except Exception as exc:  # whatever the fsspec backend raises
+            logger.warning(f"task {task_id}: could not publish the result artifact "
+                           f"({first_line(exc)}); it stays in {self.store.path}, "
+                           f"retry with Worker.deliver({task_id})")
+            return False

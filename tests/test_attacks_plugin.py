@@ -196,3 +196,33 @@ def test_no_party_gains_from_sabotage_on_a_neutral_board(neutral_board, requeste
         if board.owed(task_id, w):
             board.claim(task_id, sender=w)
     assert board.balance == 0
+
+
+def test_a_store_that_refuses_the_artifact_does_not_hold_the_workers_money(
+        api_board, accounts, config, tmp_path, monkeypatch):
+    """The spec names the store; if it refuses the upload (down, read-only, no credentials),
+    the worker still claims, and its artifact waits in its local store for a later deliver."""
+    board = api_board
+    requester = Requester(board, accounts[0], config=config)
+    workers = [Worker(board, accounts[i], config=config) for i in (1, 2)]
+    task = requester.publish(tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2)
+    for w in workers:
+        w.join(task)
+    requester.release_coin(task)
+    result = {w.work(task) for w in workers}.pop()
+    for w in workers:
+        w.reveal(task)
+    assert requester.settle(task) == Phase.AGREED
+
+    def refuse(self, data):
+        raise PermissionError("the store is read-only")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ArtifactStore, "put", refuse)
+        assert workers[0].claim(task) == DEPOSIT + REWARD // 2
+        with pytest.raises(TaskRejected):  # paid once: nothing owed any more
+            workers[0].claim(task)
+    with pytest.raises(ArtifactMissing):
+        requester.fetch_bytes(task)
+    assert workers[0].deliver(task)  # the store is back: the paid-for result goes out
+    assert keccak(requester.fetch_bytes(task)) == result

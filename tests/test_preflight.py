@@ -41,14 +41,16 @@ def workers(board, accounts, config):
 @pytest.fixture
 def simulated(monkeypatch):
     """Every simulated call, as (method, args): what reached a node before a send."""
+    import ape_crowdml.board
+
     calls = []
-    original = Board._simulate
+    original = ape_crowdml.board.simulate
 
-    def recording(self, action, method, args, sender, value):
+    def recording(contract, action, method, args, sender, value=0, refuser="the board"):
         calls.append((method, args))
-        return original(self, action, method, args, sender, value)
+        return original(contract, action, method, args, sender, value, refuser)
 
-    monkeypatch.setattr(Board, "_simulate", recording)
+    monkeypatch.setattr(ape_crowdml.board, "simulate", recording)
     return calls
 
 
