@@ -16,6 +16,7 @@ from ape_crowdml.artifacts import ArtifactStore
 from ape_crowdml.board import NEUTRAL_SINK, Phase
 from ape_crowdml.errors import ArtifactMissing, PolicyRefused, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.render import wei
 from conftest import (DEPOSIT as d, HIDE, JUNK, REWARD as BOARD_REWARD, SKIP, TRIVIAL, TRUE,
                       mine_past_deadline, publish, result_for, salt_for)
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
@@ -105,7 +106,7 @@ def test_the_result_is_published_when_the_task_agrees_before_claiming(api_board,
     agent = Agent(workers[0], mine_when_idle=False, log=lines.append)
     agent.step()
     assert lines == [f"task {task}: result artifact published",
-                     f"task {task}: claimed {DEPOSIT + REWARD // 2} wei (agreed)"]
+                     f"task {task}: claimed {wei(DEPOSIT + REWARD // 2)} (agreed)"]
     assert ArtifactStore(config.artifact_url()).get(result)
     assert requester.fetch(task)["params"]["Dense_0"]["kernel"].shape == (64, 16)
 

@@ -14,8 +14,12 @@ RESULT, SALT = b"\x11" * 32, b"\x22" * 32
 
 
 @pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
+def config(tmp_path, accounts):
+    # The board's sink is a test account, so that the sink's own refusal can be shown; these
+    # workers accept it (by default a worker accepts only the burn address).
+    config = isolated_config(tmp_path)
+    policy = config.worker.model_copy(update={"accept_sinks": [accounts[9].address]})
+    return config.model_copy(update={"worker": policy})
 
 
 @pytest.fixture
