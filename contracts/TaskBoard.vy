@@ -33,8 +33,9 @@
 """
 
 
-# @dev Packed per-task working state, unpacked into memory by `_load` and
-#      written back by `_save`. Field widths are listed in the layout constants.
+# @dev Packed per-task working state, unpacked into memory by `_load_known`
+#      (`_load` for the views) and written back by `_save`. Field widths are
+#      listed in the layout constants.
 struct Progress:
     stage: uint256
     workers: uint256
