@@ -7,11 +7,18 @@ TOOLS := .tools
 # ape-vyper finds the pinned, pip-installed compiler on PATH; anvil comes from npm.
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
-# Suites that touch the chain also run on anvil (ethereum:local:foundry).
-CHAIN_TESTS := tests/test_board_payoffs.py tests/test_board_rules.py tests/test_cli.py \
-	tests/test_cli_errors.py tests/test_cli_demo.py tests/test_plugin_api.py \
-	tests/test_agent.py tests/test_agent_recovery.py tests/test_preflight.py \
+# Suites whose behaviour depends on the node also run on anvil (ethereum:local:foundry): window
+# edges, pending-block simulation, separate processes, the chain coin's block hash, the CLI.
+# Pure contract arithmetic (payoffs), the long demo and the fuzzer run on the local chain only;
+# CROWDML_ANVIL_ALL=1 runs every chain suite on anvil too.
+CHAIN_TESTS := tests/test_board_rules.py tests/test_board_attacks.py tests/test_cli.py \
+	tests/test_cli_errors.py tests/test_plugin_api.py tests/test_agent.py \
+	tests/test_agent_recovery.py tests/test_preflight.py tests/test_purchase_cli.py \
 	tests/test_readme.py::test_console_example_runs_as_written
+ifdef CROWDML_ANVIL_ALL
+CHAIN_TESTS += tests/test_board_payoffs.py tests/test_cli_demo.py tests/test_attacks_plugin.py \
+	tests/test_board_fuzz.py tests/test_purchase.py tests/test_purchase_api.py
+endif
 
 .PHONY: all env lock demo test test-local test-anvil bench taskboard clean
 
