@@ -14,6 +14,7 @@ depends on it is sent.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from .artifacts import ArtifactStore
@@ -128,11 +129,14 @@ class Party:
 class Requester(Party):
     def publish(self, spec: JobSpec | str | Path, *, reward: int, deposit: int, workers: int,
                 join_blocks: int = 20, commit_blocks: int = 20, reveal_blocks: int = 20,
-                requester_coin: bool = True, trivial: tuple[bytes, ...] = ()) -> int:
+                requester_coin: bool = True, trivial: tuple[bytes, ...] = (),
+                confirm: Callable[[], None] | None = None) -> int:
         """Publish the spec's job and escrow `reward`; returns the task id.
 
         With `requester_coin`, a fresh coin is committed and its opening stored first; without,
-        the board derives the coin from the block that fills the roster.
+        the board derives the coin from the block that fills the roster. `confirm`, if given,
+        runs once the checks pass, before anything is stored, uploaded or sent (the CLI asks
+        there; raising stops the publish).
         """
         spec = as_spec(spec)
         # The terms first, before anything is stored or uploaded.
@@ -141,6 +145,8 @@ class Requester(Party):
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
         read_verified(spec.data_uri, spec.data_digest, cached=False)
+        if confirm is not None:
+            confirm()
         # Workers look specs up by digest in their configured store and the spec's own.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
@@ -190,7 +196,11 @@ class Worker(Party):
         check_canary(spec)
         return task, spec
 
-    def join(self, task_id: int, spec: JobSpec | str | Path | None = None) -> None:
+    def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
+             confirm: Callable[[int], None] | None = None) -> None:
+        """Check the task's terms, the policy, the spec and this machine, then lock the deposit.
+        `confirm(deposit)`, if given, runs between the checks and the deposit (raising stops
+        the join)."""
         # The board's own terms first: they are cheap, and the canary is not.
         task = self.board.task(task_id)
         preflight.check_join(task, self.board.head + 1,
@@ -198,6 +208,8 @@ class Worker(Party):
                              is_sink=self.account.address == self.board.sink,
                              balance=self.account.balance)
         self.check(task_id, spec)
+        if confirm is not None:
+            confirm(task.deposit)
         self.board.join(self.account, task_id)
 
     def _key(self, task_id: int) -> tuple:
