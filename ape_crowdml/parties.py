@@ -28,7 +28,7 @@ from .spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
 
 def network_key() -> str:
-    """The key of the connected network in the config's `boards`: ecosystem:network."""
+    """The connected network as ecosystem:network."""
     from ape import networks
 
     network = networks.provider.network
@@ -42,7 +42,8 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
     from ape import chain
 
     config = config or crowdml_config()
-    address = address or config.boards.get(network_key())
+    ecosystem, network = network_key().split(":")
+    address = address or config.board_for(ecosystem, network)
     if address:
         return Board(address)
     store = store or Store(config.state_folder)
@@ -50,13 +51,13 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         if deployed_block <= chain.blocks.head.number and chain.provider.get_code(stored):
             return Board(stored, start_block=deployed_block)
     hint = ""
-    if chain.provider.network.name == "local" and chain.provider.name == "test":
+    if chain.provider.network.is_local and chain.provider.name == "test":
         # ape's default local chain lives only as long as this command: its board is gone.
         hint = ("; ethereum:local:test lasts one command: pass --network "
                 "ethereum:local:foundry to reach a running anvil")
     raise BoardNotConfigured(
-        f"no task board configured for {network_key()}: set crowdml.boards['{network_key()}'] "
-        f"in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
+        f"no task board configured for {network_key()}: set `crowdml: boards: {ecosystem}: "
+        f"{network}:` in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
 
 
 def deploy_board(account, sink: str, *, config: CrowdmlConfig | None = None,

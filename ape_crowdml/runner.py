@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -179,7 +180,10 @@ def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
         command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
                    "--coin", "0x" + coin.hex(), "--out", str(out_dir),
                    "--progress" if progress else "--no-progress"]
-        child = subprocess.run(command, stdout=subprocess.PIPE,
+        from .data import CACHE_FOLDER_VARIABLE, cache_root
+
+        env = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}  # the child reads no config
+        child = subprocess.run(command, stdout=subprocess.PIPE, env=env,
                                stderr=None if progress else subprocess.PIPE, text=True)
         if (out_dir / ERROR_FILE).exists():
             error = json.loads((out_dir / ERROR_FILE).read_text())
