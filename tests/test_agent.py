@@ -1,5 +1,7 @@
 """The agent completes tasks on its own, in process and through `ape crowdml agent`."""
 
+import re
+
 import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
@@ -69,7 +71,9 @@ def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path,
     assert result.exit_code == 0, result.output
     assert board.phase(task) == Phase.FAILED
     assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
-    assert f"task {task}: claimed {wei(DEPOSIT // 2)} (failed)" in result.output
+    # Through ape's logger, each line with its time: "2026-01-31 12:00:00,123 INFO:  task …".
+    assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO: +task {task}: claimed "
+                     rf"{re.escape(wei(DEPOSIT // 2))} \(failed\)$", result.output, re.MULTILINE)
 
 
 class Polls(Exception):
