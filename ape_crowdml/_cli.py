@@ -65,8 +65,8 @@ WEI = Wei()
 
 def board_option():
     return click.option("--board", "board_address", type=ADDRESS,
-                        help="Task board (default: crowdml.boards in ape-config.yaml, or the "
-                             "last one deployed from here on this chain).")
+                        help="Task board (default: this network's under `crowdml: boards:` in "
+                             "ape-config.yaml, or the last one deployed from here on this chain).")
 
 
 def connected(*, account: bool = True, name: str | None = None):

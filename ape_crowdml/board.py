@@ -410,16 +410,22 @@ class Board:
 
 
 def creation_block(address: str) -> int:
-    """The block that created the contract at `address`, from ape's contract creation metadata
-    (an explorer plugin, or the node's otterscan or trace API); 0 where none can tell."""
+    """The block that created the contract at `address`, from ape's contract creation query
+    (an explorer plugin, or the node's otterscan or trace API); 0 where none can tell.
+
+    Queried each time rather than through `chain.contracts.get_creation_metadata`, whose
+    cache outlives a local chain's reverts: the same address, redeployed at a later block, would
+    read the first block and miss no events, or an earlier one and miss them all."""
     from ape import chain
+    from ape.api.query import ContractCreationQuery
     from ape.exceptions import ApeException
 
     try:
-        creation = chain.contracts.get_creation_metadata(address)
+        query = ContractCreationQuery(columns=["*"], contract=address)
+        creation = next(iter(chain.query_manager.query(query)), None)
     except ApeException:  # no query engine can answer on this network
         return 0
-    return creation.block if creation else 0
+    return creation.block if creation and creation.block <= chain.blocks.head.number else 0
 
 
 def revert_reason(exc: BaseException) -> str | None:

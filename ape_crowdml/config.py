@@ -52,9 +52,9 @@ class CrowdmlConfig(PluginConfig):
             if ":" in str(key) or not isinstance(value, dict):
                 ecosystem, _, network = str(key).partition(":")
                 raise ValueError(
-                    f"boards are nested by ecosystem then network, as ape's deployments: write "
-                    f"`boards: {{{ecosystem}: {{{network or 'NETWORK'}: \"{value}\"}}}}` instead of "
-                    f"`{key}: {value}`")
+                    f"boards are nested by ecosystem then network, as ape's deployments: "
+                    f"write `boards: {{{ecosystem}: {{{network or 'NETWORK'}: \"{value}\"}}}}` "
+                    f"instead of `{key}: {value}`")
         return boards
 
     def board_for(self, ecosystem: str, network: str) -> str | None:

@@ -86,7 +86,7 @@ def board_table(board: Board) -> Table:
     return table
 
 
-# ------------------------------------------------------------------ for scripts (--format json|yaml)
+# ------------------------------------------------------------- for scripts (--format json|yaml)
 #
 # The tables' facts as plain data: amounts in integer wei, digests as 0x-hex, phases and
 # statuses by their labels, the block they were read at.

@@ -27,7 +27,8 @@ def usage_error(argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["status", "1", "--board", "nonsense"], "Invalid value for '--board': 'nonsense' is not an address"),
+    (["status", "1", "--board", "nonsense"],
+     "Invalid value for '--board': 'nonsense' is not an address"),
     (["list", "--board", "0x1234"], "'0x1234' is not an address"),
     (["deploy", "--sink", "dead", "--account", "TEST::0"], "'--sink': 'dead' is not an address"),
     (["publish", "spec.json", "--reward", "1", "--deposit", "2", "--workers", "2",
@@ -68,6 +69,12 @@ def test_every_option_has_help_and_verbosity_is_everywhere(name, command):
     options = [p for p in command.params if isinstance(p, click.Option)]
     assert "verbosity" in {p.name for p in options}
     assert command.help and not [p.name for p in options if not p.help]
+
+
+def test_only_the_commands_that_send_ether_ask_and_the_agent_never_does():
+    asking = {name for name, command in crowdml_cli.commands.items()
+              if "skip_confirmation" in {p.name for p in command.params}}
+    assert {"deploy", "publish", "join"} <= asking and "agent" not in asking
 
 
 def test_verbosity_is_accepted_and_sets_apes_log_level(ape):

@@ -12,6 +12,14 @@ from ape_crowdml.data import cache_folder
 BURN = "0x000000000000000000000000000000000000dEaD"
 
 
+def crowdml_fields(project, networks, **fields):
+    """The `state` fixture's overrides and `fields`: temp_config replaces them, not adds."""
+    overrides = {"crowdml": {"state_folder": str(crowdml_config().state_folder), **fields}}
+    if networks.provider.name == "foundry":
+        overrides["foundry"] = {"host": networks.provider.uri}
+    return project.temp_config(**overrides)
+
+
 def test_boards_are_nested_by_ecosystem_then_network():
     config = CrowdmlConfig.model_validate({"boards": {"ethereum": {"sepolia": BURN}}})
     assert config.board_for("ethereum", "sepolia") == BURN
@@ -32,18 +40,14 @@ def test_the_configured_board_is_the_one_commands_use(ape, project, networks):
                    .group(1) for _ in range(2))
     assert last in ape("list")
     ecosystem, network = networks.provider.network.ecosystem.name, networks.provider.network.name
-    state = str(crowdml_config().state_folder)
-    with project.temp_config(crowdml={"boards": {ecosystem: {network: first}},
-                                      "state_folder": state}):
+    with crowdml_fields(project, networks, boards={ecosystem: {network: first}}):
         listing = ape("list")
     assert first in listing and last not in listing
 
 
 def test_a_configured_board_that_is_not_an_address_is_one_line(ape, project, networks):
     ecosystem, network = networks.provider.network.ecosystem.name, networks.provider.network.name
-    state = str(crowdml_config().state_folder)
-    with project.temp_config(crowdml={"boards": {ecosystem: {network: "nonsense"}},
-                                      "state_folder": state}):
+    with crowdml_fields(project, networks, boards={ecosystem: {network: "nonsense"}}):
         output = ape("list", expect=1)
     assert re.fullmatch(r"ERROR: +the board 'nonsense' is not an address\n", output)
 
@@ -59,13 +63,17 @@ def test_the_data_cache_folder_is_a_config_field(project, tmp_path, monkeypatch)
 
 def test_a_board_named_by_address_scans_events_from_its_creation(networks, accounts, chain):
     """A board from the config or --board: the deployment block comes from ape's contract
-    creation metadata, which anvil answers (otterscan); ape's test chain cannot, so from 0."""
+    creation query, which anvil answers (otterscan); ape's test chain cannot, so from 0. The
+    same address redeployed after a revert (as between tests) reads its new block."""
     from ape_crowdml.board import Board
 
-    chain.mine(3)
-    deployed = Board.deploy(accounts[0], BURN)
-    assert deployed.start_block == chain.blocks.head.number  # from the deployment receipt
-    chain.mine(2)
-    named = Board(deployed.address)
-    assert named.start_block == (deployed.start_block if networks.provider.name == "foundry"
-                                 else 0)
+    on_anvil = networks.provider.name == "foundry"
+    snapshot = chain.snapshot()
+    first = Board.deploy(accounts[0], BURN)
+    assert Board(first.address).start_block == (first.start_block if on_anvil else 0)
+    chain.restore(snapshot)
+    chain.mine(5)
+    again = Board.deploy(accounts[0], BURN)
+    assert again.address == first.address
+    assert again.start_block == chain.blocks.head.number == first.start_block + 5  # its receipt
+    assert Board(again.address).start_block == (again.start_block if on_anvil else 0)
