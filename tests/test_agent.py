@@ -4,6 +4,7 @@ import re
 
 import pytest
 from ape._cli import cli as ape_cli
+from ape.logging import logger
 from click.testing import CliRunner
 
 from ape_crowdml.agent import Agent
@@ -62,12 +63,16 @@ def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path,
     overrides = {"crowdml": {"state_folder": str(config.state_folder)}}
     if networks.provider.name == "foundry":
         overrides["foundry"] = {"host": networks.provider.uri}
+    level = logger.level  # `-v INFO`: the suite may run quieter (`ape test -q`)
     with project.temp_config(**overrides):
-        result = CliRunner().invoke(ape_cli, [
-            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
-            "--board", board.address,
-            "--account", "TEST::1", "--network", networks.provider.network_choice,
-        ], catch_exceptions=False)
+        try:
+            result = CliRunner().invoke(ape_cli, [
+                "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
+                "--board", board.address, "-v", "INFO",
+                "--account", "TEST::1", "--network", networks.provider.network_choice,
+            ], catch_exceptions=False)
+        finally:
+            logger.set_level(level)
     assert result.exit_code == 0, result.output
     assert board.phase(task) == Phase.FAILED
     assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
