@@ -1,27 +1,44 @@
 """`ape crowdml …`: a thin skin over ape_crowdml.parties. Every user mistake is one line
 (`ERROR: …`, exit status 1, as ape's own commands abort), never a traceback; status 2 is
-click's, for a malformed command line."""
+click's, for a malformed command line (a malformed value is one line too). Every command takes
+ape's `-v/--verbosity`; the ones that send ether ask first, unless given `-y/--yes`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-from ape.cli import ConnectedProviderCommand, account_option, network_option
+from ape.cli import ConnectedProviderCommand, network_option, verbosity_option
 from ape.exceptions import Abort
+
+from ape_crowdml._options import (ADDRESS, BYTES32, JSON, confirm, output_format_option,
+                                  signer_option, yes_option)
 
 
 class CrowdmlGroup(click.Group):
-    """Turns every CrowdmlError raised by a command into ape's one-line `Abort`.
+    """Turns every CrowdmlError raised by a command into ape's one-line `Abort`, and gives every
+    command ape's `-v/--verbosity`.
 
     Raised as it is, ape's root command would print the frames of the plugin's own files
     first (it shows the frames under the project folder of any ape exception)."""
+
+    def add_command(self, cmd, name=None):
+        # The option `ape_cli_context()` adds, put on each command here so that none, present or
+        # future, goes without it (the commands need no context object of ape's).
+        if not any(param.name == "verbosity" for param in cmd.params):
+            verbosity_option()(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx):
         from ape_crowdml.errors import CrowdmlError
 
         try:
             return super().invoke(ctx)
+        except click.BadParameter as exc:
+            # A malformed value: click's usage error (status 2), as one line: the usage text
+            # click would print first says nothing about the value.
+            exc.ctx = None
+            raise
         except CrowdmlError as exc:
             raise Abort(str(exc)) from None
 
@@ -47,9 +64,9 @@ WEI = Wei()
 
 
 def board_option():
-    return click.option("--board", "board_address", metavar="ADDRESS",
-                        help="Task board (default: crowdml.boards in ape-config.yaml, or the "
-                             "last one deployed from here on this chain).")
+    return click.option("--board", "board_address", type=ADDRESS,
+                        help="Task board (default: this network's under `crowdml: boards:` in "
+                             "ape-config.yaml, or the last one deployed from here on this chain).")
 
 
 def connected(*, account: bool = True, name: str | None = None):
@@ -59,7 +76,7 @@ def connected(*, account: bool = True, name: str | None = None):
     def decorate(function):
         function = board_option()(function)
         if account:
-            function = account_option()(function)
+            function = signer_option()(function)
         function = network_option()(function)
         return cli.command(name, cls=ConnectedProviderCommand)(function)
 
@@ -99,15 +116,22 @@ def cli():
 
 
 @connected()
-@click.option("--sink", metavar="ADDRESS",
+@click.option("--sink", type=ADDRESS, metavar="ADDRESS",
               help="Where forfeited deposits go (default: burned, sent to 0x…dEaD). Workers refuse "
                    "a board whose sink is not in their accepted list, by default the burn address.")
-def deploy(account, board_address, sink):
+@yes_option()
+def deploy(account, board_address, sink, skip_confirmation):
     """Deploy a task board and remember it for this chain."""
+    from ape_crowdml import preflight
     from ape_crowdml.board import NEUTRAL_SINK
     from ape_crowdml.parties import deploy_board
 
-    board = deploy_board(account, sink or NEUTRAL_SINK)
+    sink = sink or NEUTRAL_SINK
+    preflight.check_deploy(sink, account.address)  # a refusal needs no answer
+    burned = " (burned)" if sink == NEUTRAL_SINK else ""
+    confirm(f"Deploy a task board from {account.address} (gas only), its forfeited deposits "
+            f"going to {sink}{burned} for good?", skip_confirmation)
+    board = deploy_board(account, sink)
     click.echo(f"board {board.address} deployed at block {board.start_block}, "
                f"forfeits go to {board.sink}")
 
@@ -117,23 +141,30 @@ def deploy(account, board_address, sink):
 @click.option("--reward", type=WEI, required=True, help="Escrowed reward, shared by the workers.")
 @click.option("--deposit", type=WEI, required=True, help="Each worker's deposit (even).")
 @click.option("--workers", type=int, required=True, help="Number of workers n (at least 2).")
-@click.option("--join-blocks", default=20, show_default=True)
-@click.option("--commit-blocks", default=20, show_default=True)
-@click.option("--reveal-blocks", default=20, show_default=True)
+@click.option("--join-blocks", default=20, show_default=True,
+              help="Blocks the roster stays open.")
+@click.option("--commit-blocks", default=20, show_default=True,
+              help="Blocks to train and commit, once the coin is fixed.")
+@click.option("--reveal-blocks", default=20, show_default=True,
+              help="Blocks to reveal, once the commit window closes.")
 @click.option("--chain-coin", is_flag=True,
               help="Let the board derive the coin from a block instead of committing one.")
-@click.option("--trivial", multiple=True, metavar="DIGEST",
+@click.option("--trivial", multiple=True, type=BYTES32,
               help="A result digest to count as no submission (E_ck); repeatable.")
+@yes_option()
 def publish(account, board_address, spec_file, reward, deposit, workers, join_blocks,
-            commit_blocks, reveal_blocks, chain_coin, trivial):
+            commit_blocks, reveal_blocks, chain_coin, trivial, skip_confirmation):
     """Publish the job in SPEC_FILE and escrow the reward."""
     from ape_crowdml.board import hex32
+    from ape_crowdml.render import wei
 
     requester = _requester(board_address, account)
+    question = (f"Publish {spec_file}, escrowing a reward of {wei(reward)} from "
+                f"{account.address} ({workers} workers, {wei(deposit)} deposit each)?")
     task_id = requester.publish(
         spec_file, reward=reward, deposit=deposit, workers=workers, join_blocks=join_blocks,
         commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, requester_coin=not chain_coin,
-        trivial=tuple(bytes.fromhex(t.removeprefix("0x")) for t in trivial))
+        trivial=trivial, confirm=lambda: confirm(question, skip_confirmation))
     task = requester.board.task(task_id)
     click.echo(f"task {task_id} published: spec {hex32(task.spec)}, data {hex32(task.data)}")
 
@@ -146,9 +177,16 @@ spec_option = click.option("--spec", "spec_file", type=click.Path(dir_okay=False
 @connected()
 @task_argument
 @spec_option
-def join(account, board_address, task_id, spec_file):
+@yes_option()
+def join(account, board_address, task_id, spec_file, skip_confirmation):
     """Check policy, digests and environment, then lock the deposit."""
-    _worker(board_address, account).join(task_id, spec_file)
+    from ape_crowdml.render import wei
+
+    def ask(deposit: int) -> None:
+        confirm(f"Join task {task_id}, locking a deposit of {wei(deposit)} from "
+                f"{account.address}?", skip_confirmation)
+
+    _worker(board_address, account).join(task_id, spec_file, confirm=ask)
     click.echo(f"joined task {task_id}")
 
 
@@ -204,21 +242,41 @@ def abort(account, board_address, task_id):
     click.echo(f"task {task_id} ended: {phase.label}")
 
 
+def _echo(output_format: str, table, data) -> None:
+    """The rich table, or the same facts as JSON or YAML for a script."""
+    import json
+
+    if output_format == "table":
+        _echo_table(table())
+    elif output_format == "json":
+        click.echo(json.dumps(data(), indent=2))
+    else:
+        import yaml
+
+        # Through JSON: ape's values (an address, a currency amount) are str and int
+        # subclasses, which yaml's safe dumper refuses.
+        click.echo(yaml.safe_dump(json.loads(json.dumps(data())), sort_keys=False), nl=False)
+
+
 @connected(account=False)
 @task_argument
-def status(board_address, task_id):
+@output_format_option()
+def status(board_address, task_id, output_format):
     """Phase, deadline, roster, reveals, outcome and payouts of one task."""
-    from ape_crowdml.render import task_table
+    from ape_crowdml.render import task_record, task_table
 
-    _echo_table(task_table(_board(board_address), task_id))
+    board = _board(board_address)
+    _echo(output_format, lambda: task_table(board, task_id), lambda: task_record(board, task_id))
 
 
 @connected(account=False, name="list")
-def list_tasks(board_address):
+@output_format_option()
+def list_tasks(board_address, output_format):
     """Every task on the board."""
-    from ape_crowdml.render import board_table
+    from ape_crowdml.render import board_records, board_table
 
-    _echo_table(board_table(_board(board_address)))
+    board = _board(board_address)
+    _echo(output_format, lambda: board_table(board), lambda: board_records(board))
 
 
 @connected(account=False)
@@ -253,50 +311,41 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @cli.command()
 @click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--hparams", default="{}", show_default=True, help="Hyperparameters as JSON.")
+@click.option("--hparams", type=JSON(), default="{}", show_default=True,
+              help="Hyperparameters as JSON.")
 @click.option("--profile", default="cpu-exact", show_default=True,
               help="Environment profile workers must match.")
 @click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
 @click.option("--data-uri", metavar="URL",
               help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")
-@click.option("--canary", "canary_hparams", metavar="JSON",
+@click.option("--canary", "canary_hparams", type=JSON(),
               help="The canary's hyperparameter overrides (default: the job's own, a few steps at "
                    "the real model and batch shapes), e.g. '{\"epochs\": 1}'.")
 @click.option("--no-canary", is_flag=True,
               help="Add no canary: workers then cannot check their machine before depositing.")
 @click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
-              show_default=True)
+              show_default=True, help="Where to write the spec.")
 def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_canary, digits,
               out):
     """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
     runs a canary here whose digest workers must reproduce before committing); prints its digest."""
-    import json
-
     from ape_crowdml.errors import SpecError
     from ape_crowdml.spec import make_spec as build, save_spec
 
-    def parse(option, text):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(f"{option} is not JSON: {exc.msg}") from None
-
     if no_canary and canary_hparams is not None:
         raise SpecError("--canary and --no-canary exclude each other")
-    parsed = parse("--hparams", hparams)
-    canary = None if canary_hparams is None else parse("--canary", canary_hparams)
     if digits:
         from ape_crowdml.data import export_digits
 
         export_digits(data)
-    spec = build(job, data, parsed, profile=profile, store=store)
+    spec = build(job, data, hparams, profile=profile, store=store)
     if not no_canary:
         from ape_crowdml.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
-        spec = with_canary(spec, bytes(32), canary)
+        spec = with_canary(spec, bytes(32), canary_hparams)
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)
@@ -304,21 +353,15 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
 
 @cli.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--coin", required=True, help="The coin: 0x + 64 hex digits.")
+@click.option("--coin", type=BYTES32, required=True, help="The coin: 0x + 64 hex digits.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for result.bin and result.json.")
 def run_job(spec_file, coin, out):
     """Run a spec with a coin, off chain; prints the result digest."""
-    from ape_crowdml.errors import SpecError
-    from ape_crowdml.keys import coin_from_hex
     from ape_crowdml.runner import run_job as run
     from ape_crowdml.spec import load_spec
 
-    try:
-        coin_bytes = coin_from_hex(coin)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    result = run(load_spec(spec_file), coin_bytes, out=out, progress=True)
+    result = run(load_spec(spec_file), coin, out=out, progress=True)
     for name, value in result.metrics.items():
         click.echo(f"{name}: {value}", err=True)
     click.echo("0x" + result.digest.hex())
@@ -336,15 +379,26 @@ def agent(account, board_address, tasks, poll, mine_when_idle):
     from ape_crowdml.agent import Agent
 
     worker = _worker(board_address, account)
-    click.echo(f"agent {account.address} watching board {worker.board.address}")
-    Agent(worker, mine_when_idle=mine_when_idle, log=click.echo).run(tasks=tasks,
-                                                                     poll_seconds=poll)
+    log = _agent_log()
+    log(f"agent {account.address} watching board {worker.board.address}")
+    Agent(worker, mine_when_idle=mine_when_idle, log=log).run(tasks=tasks, poll_seconds=poll)
+
+
+def _agent_log():
+    """The agent's log: ape's log format and level (`-v`), each line with its time. The agent
+    module's own debug records (a failed step's traceback, at `-v DEBUG`) go the same way."""
+    from ape.logging import DEFAULT_LOG_FORMAT, get_logger, logger
+
+    agent_logger = get_logger("ape_crowdml.agent", fmt="%(asctime)s " + DEFAULT_LOG_FORMAT)
+    agent_logger.setLevel(logger.level)
+    agent_logger.propagate = False
+    return agent_logger.info
 
 
 @cli.command(cls=ConnectedProviderCommand)
 @network_option()
 def demo():
-    """Two rounds of a 3-worker training task on a local chain: agreement, then junk."""
+    """Play whole tasks with 3 test-account workers on a local chain, telling each step."""
     from ape_crowdml.demo import run_demo
 
     run_demo()

@@ -14,7 +14,6 @@ from enum import IntEnum
 from pathlib import Path
 
 from eth_abi import encode
-from eth_utils import to_checksum_address
 
 from .digest import keccak_digest
 from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
@@ -193,16 +192,24 @@ def taskboard_container():
 
 
 class Board:
-    """A deployed TaskBoard. `start_block` bounds event scans (the deployment block)."""
+    """A deployed TaskBoard. `start_block` bounds event scans: the deployment block, by default
+    from ape's contract creation metadata (0 where the node and explorers cannot tell)."""
 
-    def __init__(self, address: str, start_block: int = 0):
-        from ape import chain
+    def __init__(self, address: str, start_block: int | None = None):
+        from ape import chain, convert
+        from ape.exceptions import ConversionError
+        from ape.types import AddressType
 
-        address = to_checksum_address(address)
+        try:
+            address = convert(address, AddressType)
+        except ConversionError:
+            raise BoardNotConfigured(f"the board {address!r} is not an address") from None
         if not chain.provider.get_code(address):
             raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}; "
                                      "deploy one with `ape crowdml deploy`")
         self.address = address
+        if start_block is None:
+            start_block = creation_block(address)
         self.start_block = start_block
         self.contract = taskboard_container().at(address)
 
@@ -415,6 +422,25 @@ class Board:
         preflight.check_abort(self.task(task_id), self._next_block(), sender.address)
         self._send(f"abort task {task_id}", "abort", task_id, sender=sender)
         return self.phase(task_id)
+
+
+def creation_block(address: str) -> int:
+    """The block that created the contract at `address`, from ape's contract creation query
+    (an explorer plugin, or the node's otterscan or trace API); 0 where none can tell.
+
+    Queried each time rather than through `chain.contracts.get_creation_metadata`, whose
+    cache outlives a local chain's reverts: the same address, redeployed at a later block, would
+    read the first block and miss no events, or an earlier one and miss them all."""
+    from ape import chain
+    from ape.api.query import ContractCreationQuery
+    from ape.exceptions import ApeException
+
+    try:
+        query = ContractCreationQuery(columns=["*"], contract=address)
+        creation = next(iter(chain.query_manager.query(query)), None)
+    except ApeException:  # no query engine can answer on this network
+        return 0
+    return creation.block if creation and creation.block <= chain.blocks.head.number else 0
 
 
 def revert_reason(exc: BaseException) -> str | None:

@@ -2,12 +2,14 @@
 any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
 
     crowdml:
-      boards:                      # board address per network, as ecosystem:network
-        ethereum:sepolia: "0x…"
+      boards:                      # board address per network, nested as ape's deployments:
+        ethereum:
+          sepolia: "0x…"
       jobs_folder: jobs            # job files; the worker allowlist defaults to these
       data_folder: data            # datasets the requester publishes
       state_folder: .crowdml       # sqlite store of salts, coin openings and results
       artifact_store: null         # fsspec URL; default: <state_folder>/artifacts
+      cache_folder: ~/.cache/crowdml   # remote datasets, kept under their digest
       worker:
         accept_jobs: []            # job file names or keccak256 digests; [] = all of jobs_folder
         max_deposit: 1000000000000000000   # wei
@@ -22,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ape.api.config import PluginConfig
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from .profile import Profile
@@ -45,14 +47,32 @@ class WorkerPolicy(BaseModel):
 
 
 class CrowdmlConfig(PluginConfig):
-    boards: dict[str, str] = Field(default_factory=dict)
+    boards: dict[str, dict[str, str]] = Field(default_factory=dict)
     jobs_folder: Path = Path("jobs")
     data_folder: Path = Path("data")
     state_folder: Path = Path(".crowdml")
     artifact_store: str | None = None
+    cache_folder: Path = Path("~/.cache/crowdml")
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
 
     model_config = SettingsConfigDict(extra="allow", env_prefix="APE_CROWDML_")
+
+    @field_validator("boards", mode="before")
+    @classmethod
+    def _nested_as_deployments(cls, boards):
+        """The layout before this one keyed boards by "ecosystem:network": say how to move."""
+        for key, value in (boards or {}).items():
+            if ":" in str(key) or not isinstance(value, dict):
+                ecosystem, _, network = str(key).partition(":")
+                raise ValueError(
+                    f"boards are nested by ecosystem then network, as ape's deployments: "
+                    f"write `boards: {{{ecosystem}: {{{network or 'NETWORK'}: \"{value}\"}}}}` "
+                    f"instead of `{key}: {value}`")
+        return boards
+
+    def board_for(self, ecosystem: str, network: str) -> str | None:
+        """The configured board of a network, if any."""
+        return self.boards.get(ecosystem, {}).get(network)
 
     def artifact_url(self) -> str:
         return self.artifact_store or str(self.state_folder / "artifacts")
@@ -68,10 +88,12 @@ def crowdml_config() -> CrowdmlConfig:
     root = project.path
 
     def resolve(path: Path) -> Path:
+        path = path.expanduser()
         return path if path.is_absolute() else root / path
 
     return config.model_copy(update={
         "jobs_folder": resolve(config.jobs_folder),
         "data_folder": resolve(config.data_folder),
         "state_folder": resolve(config.state_folder),
+        "cache_folder": resolve(config.cache_folder),
     })

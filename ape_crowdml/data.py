@@ -24,9 +24,23 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+CACHE_FOLDER_VARIABLE = "APE_CROWDML_CACHE_FOLDER"
+
+
+def cache_root() -> Path:
+    """The data cache: `crowdml: cache_folder:` in ape-config.yaml (default ~/.cache/crowdml).
+    A job's child process reads no config: it is handed the folder in the variable by which ape
+    overrides that field."""
+    if folder := os.environ.get(CACHE_FOLDER_VARIABLE):
+        return Path(folder).expanduser()
+    from .config import crowdml_config
+
+    return crowdml_config().cache_folder
+
+
 def cache_folder() -> Path:
-    """Where remote files are kept under their digest ($CROWDML_CACHE, or ~/.cache/crowdml)."""
-    return Path(os.environ.get("CROWDML_CACHE", Path.home() / ".cache" / "crowdml")) / "by-digest"
+    """Where remote files are kept under their digest."""
+    return cache_root() / "by-digest"
 
 
 def _as_digest(digest: str | bytes) -> bytes:

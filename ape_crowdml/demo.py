@@ -194,7 +194,7 @@ def run_demo(console: Console | None = None) -> None:
     from .spec import make_spec, save_spec
 
     console = console or Console()
-    if networks.provider.network.name != "local":
+    if not networks.provider.network.is_dev:  # a local chain, or a local fork
         raise CrowdmlError("the demo uses test accounts; run it on ethereum:local:test or "
                            "ethereum:local:foundry")
     config = crowdml_config()

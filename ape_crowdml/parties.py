@@ -16,6 +16,7 @@ fetch the work and then sabotage the task to get its reward back.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from .artifacts import ArtifactStore
@@ -31,7 +32,7 @@ from .spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
 
 def network_key() -> str:
-    """The key of the connected network in the config's `boards`: ecosystem:network."""
+    """The connected network as ecosystem:network."""
     from ape import networks
 
     network = networks.provider.network
@@ -45,7 +46,8 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
     from ape import chain
 
     config = config or crowdml_config()
-    address = address or config.boards.get(network_key())
+    ecosystem, network = network_key().split(":")
+    address = address or config.board_for(ecosystem, network)
     if address:
         return Board(address)
     store = store or Store(config.state_folder)
@@ -53,13 +55,13 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         if deployed_block <= chain.blocks.head.number and chain.provider.get_code(stored):
             return Board(stored, start_block=deployed_block)
     hint = ""
-    if chain.provider.network.name == "local" and chain.provider.name == "test":
+    if chain.provider.network.is_local and chain.provider.name == "test":
         # ape's default local chain lives only as long as this command: its board is gone.
         hint = ("; ethereum:local:test lasts one command: pass --network "
                 "ethereum:local:foundry to reach a running anvil")
     raise BoardNotConfigured(
-        f"no task board configured for {network_key()}: set crowdml.boards['{network_key()}'] "
-        f"in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
+        f"no task board configured for {network_key()}: set `crowdml: boards: {ecosystem}: "
+        f"{network}:` in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
 
 
 def deploy_board(account, sink: str = NEUTRAL_SINK, *, config: CrowdmlConfig | None = None,
@@ -142,11 +144,14 @@ class Party:
 class Requester(Party):
     def publish(self, spec: JobSpec | str | Path, *, reward: int, deposit: int, workers: int,
                 join_blocks: int = 20, commit_blocks: int = 20, reveal_blocks: int = 20,
-                requester_coin: bool = True, trivial: tuple[bytes, ...] = ()) -> int:
+                requester_coin: bool = True, trivial: tuple[bytes, ...] = (),
+                confirm: Callable[[], None] | None = None) -> int:
         """Publish the spec's job and escrow `reward`; returns the task id.
 
         With `requester_coin`, a fresh coin is committed and its opening stored first; without,
-        the board derives the coin from the block that fills the roster.
+        the board derives the coin from the block that fills the roster. `confirm`, if given,
+        runs once the checks pass, before anything is stored, uploaded or sent (the CLI asks
+        there; raising stops the publish).
         """
         spec = as_spec(spec)
         # The terms first, before anything is stored or uploaded.
@@ -155,6 +160,8 @@ class Requester(Party):
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
         read_verified(spec.data_uri, spec.data_digest, cached=False)
+        if confirm is not None:
+            confirm()
         # Workers look specs up by digest in their configured store and the spec's own.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
@@ -208,7 +215,11 @@ class Worker(Party):
         check_canary(spec)
         return task, spec
 
-    def join(self, task_id: int, spec: JobSpec | str | Path | None = None) -> None:
+    def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
+             confirm: Callable[[int], None] | None = None) -> None:
+        """Check the task's terms, the policy, the spec and this machine, then lock the deposit.
+        `confirm(deposit)`, if given, runs between the checks and the deposit (raising stops
+        the join)."""
         # The board's own terms first: they are cheap, and the canary is not.
         task = self.board.task(task_id)
         preflight.check_join(task, self.board.head + 1,
@@ -216,6 +227,8 @@ class Worker(Party):
                              is_sink=self.account.address == self.board.sink,
                              balance=self.account.balance)
         self.check(task_id, spec)
+        if confirm is not None:
+            confirm(task.deposit)
         self.board.join(self.account, task_id)
 
     def _key(self, task_id: int) -> tuple:

@@ -78,7 +78,7 @@ COMPUTE_MODULES = ("data", "digest", "errors", "keys", "profile", "runner", "spe
 # (the data's digest is checked whatever serves it).
 ALLOWED_VARIABLES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM",
-    "PYTHONPATH", "VIRTUAL_ENV", "CROWDML_CACHE",
+    "PYTHONPATH", "VIRTUAL_ENV", "APE_CROWDML_CACHE_FOLDER",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 })
@@ -236,7 +236,7 @@ def _cpu_flags() -> set[str] | None:
 
 def _sha256(path: Path) -> str:
     """sha256 of a file. libjax_common.so is 336 MB (about a second), so digests are kept in
-    $CROWDML_CACHE/native-sha256.json under the file's path, inode, size and mtime: a file
+    <cache folder>/native-sha256.json under the file's path, inode, size and mtime: a file
     replaced or rewritten is hashed again."""
     from .data import cache_folder
 

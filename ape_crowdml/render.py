@@ -84,3 +84,57 @@ def board_table(board: Board) -> Table:
         table.add_row(str(task_id), task.phase.label, f"{task.joined}/{task.workers}",
                       wei(task.reward), wei(task.deposit), _deadline(task, head), task.requester)
     return table
+
+
+# ------------------------------------------------------------- for scripts (--format json|yaml)
+#
+# The tables' facts as plain data: amounts in integer wei, digests as 0x-hex, phases and
+# statuses by their labels, the block they were read at.
+
+
+def task_record(board: Board, task_id: int) -> dict:
+    task = board.task(task_id)
+    reveals = board.reveals(task_id)
+    claims = board.claims(task_id)
+    roster = []
+    for worker in board.roster(task_id):
+        result, trivial = reveals.get(worker, (None, False))
+        status = board.worker_status(task_id, worker)
+        roster.append({
+            "worker": worker,
+            "status": "paid out" if status == WorkerStatus.NONE and worker in claims
+            else status.label,
+            "revealed": None if result is None else hex32(result),
+            "trivial": trivial,
+            "owed": board.owed(task_id, worker),
+            "claimed": claims.get(worker, 0),
+        })
+    return {
+        "board": board.address,
+        "block": board.head,
+        **_task_terms(task),
+        "committed": task.committed,
+        "revealed": task.revealed,
+        "valid": task.valid,
+        "windows": {"join": task.join_blocks, "commit": task.commit_blocks,
+                    "reveal": task.reveal_blocks},
+        "spec": hex32(task.spec),
+        "data": hex32(task.data),
+        "coin": "requester" if any(task.coin_hash) else "chain",
+        "result": hex32(board.result(task_id)) if task.phase == Phase.AGREED else None,
+        "roster": roster,
+        "requester_owed": board.owed(task_id, task.requester),
+        "requester_claimed": claims.get(task.requester, 0),
+    }
+
+
+def board_records(board: Board) -> dict:
+    return {"board": board.address, "block": board.head,
+            "tasks": [_task_terms(board.task(task_id))
+                      for task_id in range(1, board.task_count() + 1)]}
+
+
+def _task_terms(task: TaskInfo) -> dict:
+    return {"task": task.task_id, "phase": task.phase.label, "deadline": task.deadline or None,
+            "requester": task.requester, "reward": task.reward, "deposit": task.deposit,
+            "workers": task.workers, "joined": task.joined}

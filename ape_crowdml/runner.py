@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -214,7 +215,12 @@ def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
         command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
                    "--coin", "0x" + coin.hex(), "--out", str(out_dir),
                    "--progress" if progress else "--no-progress"]
-        child = subprocess.run(command, env=environment_for(spec.profile), stdout=subprocess.PIPE,
+        from .data import CACHE_FOLDER_VARIABLE, cache_root
+
+        # The child reads no config: it is handed the cache folder, and nothing else of ours.
+        parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
+        child = subprocess.run(command, env=environment_for(spec.profile, parent),
+                               stdout=subprocess.PIPE,
                                stderr=None if progress else subprocess.PIPE, text=True)
         if (out_dir / ERROR_FILE).exists():
             error = json.loads((out_dir / ERROR_FILE).read_text())

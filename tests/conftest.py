@@ -137,16 +137,23 @@ def state(tmp_path, project, networks):
         yield tmp_path
 
 
+# The commands that ask before sending ether (`-y/--yes` skips the question).
+CONFIRMING = {"deploy", "publish", "join"}
+
+
 @pytest.fixture
 def ape(networks, state):
-    """Run `ape crowdml ARGS` through ape's root CLI on the suite's network."""
+    """Run `ape crowdml ARGS` through ape's root CLI on the suite's network. A command that
+    asks for confirmation gets `--yes`, unless `answer` is given to type at its prompt."""
     runner = CliRunner()
 
-    def run(*args, account=None, expect=0):
+    def run(*args, account=None, expect=0, answer=None):
         argv = ["crowdml", *map(str, args), "--network", networks.provider.network_choice]
         if account is not None:
             argv += ["--account", f"TEST::{account}"]
-        result = runner.invoke(ape_cli, argv, catch_exceptions=False)
+        if args[0] in CONFIRMING and answer is None:
+            argv.append("--yes")
+        result = runner.invoke(ape_cli, argv, catch_exceptions=False, input=answer)
         assert result.exit_code == expect, result.output
         return result.output
 

@@ -1,7 +1,10 @@
 """The agent completes tasks on its own, in process and through `ape crowdml agent`."""
 
+import re
+
 import pytest
 from ape._cli import cli as ape_cli
+from ape.logging import logger
 from click.testing import CliRunner
 
 from ape_crowdml.agent import Agent
@@ -60,16 +63,22 @@ def test_cli_agent_waits_out_an_idle_coworker(board, accounts, config, tmp_path,
     overrides = {"crowdml": {"state_folder": str(config.state_folder)}}
     if networks.provider.name == "foundry":
         overrides["foundry"] = {"host": networks.provider.uri}
+    level = logger.level  # `-v INFO`: the suite may run quieter (`ape test -q`)
     with project.temp_config(**overrides):
-        result = CliRunner().invoke(ape_cli, [
-            "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
-            "--board", board.address,
-            "--account", "TEST::1", "--network", networks.provider.network_choice,
-        ], catch_exceptions=False)
+        try:
+            result = CliRunner().invoke(ape_cli, [
+                "crowdml", "agent", "--tasks", "1", "--poll", "0", "--mine-when-idle",
+                "--board", board.address, "-v", "INFO",
+                "--account", "TEST::1", "--network", networks.provider.network_choice,
+            ], catch_exceptions=False)
+        finally:
+            logger.set_level(level)
     assert result.exit_code == 0, result.output
     assert board.phase(task) == Phase.FAILED
     assert board.claims(task) == {accounts[1].address: DEPOSIT // 2}
-    assert f"task {task}: claimed {wei(DEPOSIT // 2)} (failed)" in result.output
+    # Through ape's logger, each line with its time: "2026-01-31 12:00:00,123 INFO:  task …".
+    assert re.search(rf"^\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO: +task {task}: claimed "
+                     rf"{re.escape(wei(DEPOSIT // 2))} \(failed\)$", result.output, re.MULTILINE)
 
 
 class Polls(Exception):

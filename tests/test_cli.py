@@ -115,9 +115,11 @@ def test_make_spec_rejects_a_malformed_canary(state):
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
         "--digits", "--canary", "{epochs", "--out", str(state / "made.json")])
-    assert result.exit_code == 1
-    assert re.fullmatch(r"ERROR: +--canary is not JSON: Expecting property name enclosed in "
-                        r"double quotes\n", result.output)
+    assert result.exit_code == 2  # a malformed value: click's usage error, in one line
+    assert re.fullmatch(r"Error: Invalid value for '--canary': Invalid JSON string: Expecting "
+                        r"property name enclosed in double quotes: line 1 column 2 \(char 1\)\n",
+                        result.output)
+    assert not (state / "made.json").exists()
     both = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
         "--canary", "{}", "--no-canary", "--out", str(state / "made.json")])

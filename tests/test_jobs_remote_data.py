@@ -18,16 +18,17 @@ COIN = bytes(range(32))
 
 
 @pytest.fixture
-def served(tmp_path, monkeypatch):
-    """A folder served over HTTP on 127.0.0.1; yields (folder, base URL)."""
-    monkeypatch.setenv("CROWDML_CACHE", str(tmp_path / "cache"))
+def served(tmp_path, project):
+    """A folder served over HTTP on 127.0.0.1, the data cache in a fresh folder (the config
+    field; the job's child process is handed it); yields (folder, base URL)."""
     folder = tmp_path / "www"
     folder.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    with project.temp_config(crowdml={"cache_folder": str(tmp_path / "cache")}):
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
