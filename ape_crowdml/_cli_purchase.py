@@ -8,9 +8,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import click
-from ape.cli import ConnectedProviderCommand, account_option, network_option
+from ape.cli import ConnectedProviderCommand, network_option
 
 from ape_crowdml._cli import WEI, CrowdmlGroup, _board, _echo_table, board_option, cli
+from ape_crowdml._options import signer_option
 
 order_argument = click.argument("order_id", metavar="ORDER", type=click.IntRange(min=1))
 
@@ -54,7 +55,7 @@ def market_command(*, account: bool = True, name: str | None = None):
     def decorate(function):
         function = market_option()(function)
         if account:
-            function = account_option()(function)
+            function = signer_option()(function)
         function = network_option()(function)
         return order.command(name, cls=ConnectedProviderCommand)(function)
 
@@ -63,7 +64,7 @@ def market_command(*, account: bool = True, name: str | None = None):
 
 @cli.command("deploy-market", cls=ConnectedProviderCommand)
 @network_option()
-@account_option()
+@signer_option()
 @board_option()
 def deploy_market(account, board_address):
     """Deploy a ModelPurchase on the task board and remember it for this chain."""
