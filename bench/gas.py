@@ -134,7 +134,7 @@ def purchase_figures():
     with networks.parse_network_choice("ethereum:local:test"):
         buyer, seller = accounts.test_accounts[0], accounts.test_accounts[8]
         crew = [accounts.test_accounts[i] for i in (1, 2, 3)]
-        board = project.TaskBoard.deploy(accounts.test_accounts[9], sender=buyer)
+        board = project.TaskBoard.deploy(NEUTRAL_SINK, sender=buyer)
         market = project.ModelPurchase.deploy(board, sender=buyer)
         purchase_round(market, board, buyer, seller, crew, 8)  # first-use storage out of the way
         print(f"{'samples':>7} {'open':>7} {'offer':>7} {'release':>8} {'advance':>8} {'finalize':>9} "
