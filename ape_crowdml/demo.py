@@ -4,7 +4,7 @@ Round 1: three honest workers train the same MLP on the digits set with the requ
 agree on one digest and share the reward. Round 2: one worker reveals junk instead; the results
 differ, so every worker gets only half its deposit back and the requester keeps its reward.
 Round 3, the paper's other instance, decided on chain: a buyer orders a model that must be right
-on 85 % of a coin-chosen test subset; a seller offers round 1's model, the workers evaluate it, and
+on 80 % of a coin-chosen test subset; a seller offers round 1's model, the workers evaluate it, and
 the ModelPurchase contract counts the agreed bitstring and pays the seller. A second seller offers
 a broken model (its output layer zeroed); the contract refuses it and the buyer gets its price back.
 """
@@ -29,7 +29,9 @@ from .store import Store
 DEMO_HPARAMS = {"hidden": [32], "epochs": 10, "batch_size": 64}
 EVALUATED_SAMPLES = 200
 PRICE = 3 * 10**16
-THRESHOLD_BPS = 8500  # round 1's 10-epoch MLP is right on about 90 % of the test set
+# Round 1's 10-epoch MLP is right on 85-90 % of a 200-sample subset (the coins, and so the model
+# and the subset, change from run to run); a bar at 80 % keeps its purchase from hanging on them.
+THRESHOLD_BPS = 8000
 EVAL_REWARD = 3 * 10**15
 EVAL_ROUNDS = 4  # EVAL_ROUNDS * DEPOSIT / 2 >= PRICE + EVAL_REWARD: sabotage costs the buyer more
 REWARD = 3 * 10**16
