@@ -11,7 +11,7 @@ import click
 from ape.cli import ConnectedProviderCommand, network_option
 
 from ape_crowdml._cli import WEI, CrowdmlGroup, _board, _echo_table, board_option, cli
-from ape_crowdml._options import signer_option
+from ape_crowdml._options import confirm, signer_option, yes_option
 
 order_argument = click.argument("order_id", metavar="ORDER", type=click.IntRange(min=1))
 
@@ -94,14 +94,18 @@ def deploy_market(account, board_address):
 @click.option("--join-blocks", default=20, show_default=True)
 @click.option("--commit-blocks", default=20, show_default=True)
 @click.option("--reveal-blocks", default=20, show_default=True)
+@yes_option()
 def open_order(account, market_address, test_data, samples, threshold, price, reward, deposit,
                workers, rounds, data_uri, offer_blocks, release_blocks, finalize_blocks,
-               join_blocks, commit_blocks, reveal_blocks):
+               join_blocks, commit_blocks, reveal_blocks, skip_confirmation):
     """Order a model: escrow PRICE + REWARD; the test data stays here until an offer."""
     from ape_crowdml.purchase import Buyer
+    from ape_crowdml.render import wei
 
     buyer = Buyer(_market(market_address), account)
     template = buyer.template(test_data, samples=samples, data_uri=data_uri)
+    confirm(f"Open an order from {account.address}, escrowing {wei(price + reward)} (price "
+            f"{wei(price)} + evaluation reward {wei(reward)})?", skip_confirmation)
     order_id = buyer.open(template, price=price, threshold_bps=threshold, reward=reward,
                           deposit=deposit, workers=workers, max_rounds=rounds,
                           offer_blocks=offer_blocks, release_blocks=release_blocks,

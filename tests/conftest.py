@@ -151,7 +151,7 @@ def ape(networks, state):
         argv = ["crowdml", *map(str, args), "--network", networks.provider.network_choice]
         if account is not None:
             argv += ["--account", f"TEST::{account}"]
-        if args[0] in CONFIRMING and answer is None:
+        if (args[0] in CONFIRMING or args[:2] == ("order", "open")) and answer is None:
             argv.append("--yes")
         result = runner.invoke(ape_cli, argv, catch_exceptions=False, input=answer)
         assert result.exit_code == expect, result.output

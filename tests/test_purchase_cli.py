@@ -102,3 +102,13 @@ def test_order_mistakes_are_one_line(ape, deployed, state):
 def test_no_market_is_one_line(ape, state):
     out = ape("order", "status", 1, expect=1)
     assert out.startswith("ERROR: no model market on this chain")
+
+
+def test_opening_an_order_asks_first_and_a_no_sends_nothing(ape, deployed, accounts, state):
+    (state / "test.npz").write_bytes(b"the buyer's test set")
+    nonce, balance = accounts[0].nonce, accounts[0].balance
+    out = ape("order", "open", state / "test.npz", "--samples", SAMPLES, "--threshold", "90",
+              "--price", "0.03 ether", "--reward", "0.003 ether", "--deposit", "0.02 ether",
+              "--workers", 3, "--rounds", 4, account=0, answer="n\n", expect=1)
+    assert "escrowing 0.033 ETH" in out and "Aborted" in out
+    assert (accounts[0].nonce, accounts[0].balance) == (nonce, balance)
