@@ -11,6 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 from pathlib import Path
 
 from eth_abi import encode
@@ -237,9 +238,10 @@ class Board:
 
         return chain.chain_id
 
-    @property
+    @cached_property
     def sink(self) -> str:
-        """FORFEIT_SINK: where forfeited deposits go; it may neither publish nor join."""
+        """FORFEIT_SINK: where forfeited deposits go; it may neither publish nor join. Immutable
+        on chain, so read once per Board (a join consults it twice: policy and pre-flight)."""
         return self.contract.FORFEIT_SINK()
 
     @property

@@ -41,6 +41,7 @@ precision; never run on a GPU here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -87,8 +88,11 @@ ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
 
 
+@functools.cache
 def compute_code_digest() -> str:
-    """keccak256 over the sources of COMPUTE_MODULES (name, length, bytes), 0x-hex."""
+    """keccak256 over the sources of COMPUTE_MODULES (name, length, bytes), 0x-hex. Read once
+    per process: both built-in profiles and every check need it, and the sources do not change
+    under a running process."""
     package = Path(__file__).parent
     parts = []
     for name in COMPUTE_MODULES:
