@@ -287,7 +287,7 @@ def fetch(board_address, task_id, out):
     """Download the agreed result, verify it against result_of, print its parameters."""
     from ape.utils.basemodel import ManagerAccessMixin
 
-    from ape_crowdml.digest import decode_result
+    from ape_crowdml.compute.digest import decode_result
     from ape_crowdml.parties import Party
 
     # Anyone may fetch a published result; no account signs anything here.
@@ -331,17 +331,17 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
     """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
     runs a canary here whose digest workers must reproduce before committing); prints its digest."""
     from ape_crowdml.errors import SpecError
-    from ape_crowdml.spec import make_spec as build, save_spec
+    from ape_crowdml.compute.spec import make_spec as build, save_spec
 
     if no_canary and canary_hparams is not None:
         raise SpecError("--canary and --no-canary exclude each other")
     if digits:
-        from ape_crowdml.data import export_digits
+        from ape_crowdml.compute.data import export_digits
 
         export_digits(data)
     spec = build(job, data, hparams, profile=profile, store=store)
     if not no_canary:
-        from ape_crowdml.runner import with_canary
+        from ape_crowdml.compute.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
@@ -358,8 +358,8 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
               help="Folder for result.bin and result.json.")
 def run_job(spec_file, coin, out):
     """Run a spec with a coin, off chain; prints the result digest."""
-    from ape_crowdml.runner import run_job as run
-    from ape_crowdml.spec import load_spec
+    from ape_crowdml.compute.runner import run_job as run
+    from ape_crowdml.compute.spec import load_spec
 
     result = run(load_spec(spec_file), coin, out=out, progress=True)
     for name, value in result.metrics.items():

@@ -8,7 +8,7 @@ task's spec from its digest alone.
 
 from __future__ import annotations
 
-from .digest import keccak_digest
+from .compute.digest import keccak_digest
 from .errors import ArtifactMissing
 
 

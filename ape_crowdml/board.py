@@ -16,7 +16,7 @@ from pathlib import Path
 
 from eth_abi import encode
 
-from .digest import keccak_digest
+from .compute.digest import keccak_digest
 from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
 
 

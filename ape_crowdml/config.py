@@ -27,7 +27,7 @@ from ape.api.config import PluginConfig
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from .profile import Profile
+from .compute.profile import Profile
 from .board import NEUTRAL_SINK
 
 

@@ -24,11 +24,11 @@ from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
                     commitment, hex32)
 from .config import CrowdmlConfig, crowdml_config
-from .data import read_verified
+from .compute.data import read_verified
 from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
                      SpecError, TaskRejected, first_line)
 from .policy import check_policy
-from .spec import JobSpec, load_spec, parse_spec
+from .compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
 
 def network_key() -> str:
@@ -136,7 +136,7 @@ class Party:
 
     def fetch(self, task_id: int) -> dict:
         """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
-        from .digest import decode_result
+        from .compute.digest import decode_result
 
         return decode_result(self.fetch_bytes(task_id))
 
@@ -201,8 +201,8 @@ class Worker(Party):
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
         spec and data digests, this machine's environment, and the canary if the spec has one."""
-        from .profile import check_environment
-        from .runner import check_canary
+        from .compute.profile import check_environment
+        from .compute.runner import check_canary
 
         task = self.board.task(task_id)
         spec = self.spec_of(task_id, spec)
@@ -242,7 +242,7 @@ class Worker(Party):
         between storing and committing, the commitment stays the one a pending transaction
         may already carry.
         """
-        from .runner import run_job
+        from .compute.runner import run_job
 
         # Before any training: the coin is fixed, this seat can commit, and the window is open.
         self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)

@@ -12,10 +12,10 @@ from eth_utils import to_checksum_address
 
 from .board import TaskInfo
 from .config import WorkerPolicy
-from .digest import file_digest
+from .compute.digest import file_digest
 from .errors import PolicyRefused
-from .profile import check_profile
-from .spec import JobSpec
+from .compute.profile import check_profile
+from .compute.spec import JobSpec
 
 
 def allowed_job_digests(policy: WorkerPolicy, jobs_folder: Path) -> dict[str, str]:

@@ -31,10 +31,10 @@ from eth_utils import to_checksum_address
 from .artifacts import ArtifactStore
 from .board import Board, hex32, mined, send, transaction
 from .config import CrowdmlConfig, crowdml_config
-from .data import read_verified
-from .digest import bits_body, decode_bits, file_digest, keccak_digest
+from .compute.data import read_verified
+from .compute.digest import bits_body, decode_bits, file_digest, keccak_digest
 from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
-from .spec import JobSpec, make_spec, parse_spec
+from .compute.spec import JobSpec, make_spec, parse_spec
 
 PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
 EVALUATION_JOB = "evaluate_classifier.py"

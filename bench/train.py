@@ -87,11 +87,11 @@ def plain_trainers(job, data):
 
 
 def measure(flagset: str) -> dict:
-    from ape_crowdml.data import export_digits
-    from ape_crowdml.keys import KeyStream, configure_jax
-    from ape_crowdml.profile import apply_environment, get_profile
-    from ape_crowdml.runner import Report, load_job
-    from ape_crowdml.spec import make_spec
+    from ape_crowdml.compute.data import export_digits
+    from ape_crowdml.compute.keys import KeyStream, configure_jax
+    from ape_crowdml.compute.profile import apply_environment, get_profile
+    from ape_crowdml.compute.runner import Report, load_job
+    from ape_crowdml.compute.spec import make_spec
 
     profile = get_profile("cpu-exact")
     if flagset == "cpu-exact":
@@ -103,7 +103,7 @@ def measure(flagset: str) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))
     export_digits(tmp / "digits.npz")
     spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "digits.npz", HPARAMS)
-    from ape_crowdml.data import load_dataset
+    from ape_crowdml.compute.data import load_dataset
 
     data = load_dataset(spec.data_uri, spec.data_digest)
     train = load_job(spec)
@@ -121,7 +121,7 @@ def measure(flagset: str) -> dict:
 
     model_path = tmp / "model.bin"
     model_path.write_bytes(artifact["model"])
-    from ape_crowdml.digest import decode_pytree, file_digest
+    from ape_crowdml.compute.digest import decode_pytree, file_digest
 
     n_test = len(data["y_test"])
     eval_hparams = {"model_uri": str(model_path),
@@ -158,12 +158,12 @@ def mnist_shaped(path: Path) -> None:
 
 def measure_mnist(pinning: str) -> dict:
     """Warm time of the job on the MNIST-shaped set, and its digest, in this process."""
-    from ape_crowdml.data import load_dataset
-    from ape_crowdml.digest import keccak_digest
-    from ape_crowdml.keys import KeyStream, configure_jax
-    from ape_crowdml.profile import apply_environment, get_profile
-    from ape_crowdml.runner import Report, load_job
-    from ape_crowdml.spec import make_spec
+    from ape_crowdml.compute.data import load_dataset
+    from ape_crowdml.compute.digest import keccak_digest
+    from ape_crowdml.compute.keys import KeyStream, configure_jax
+    from ape_crowdml.compute.profile import apply_environment, get_profile
+    from ape_crowdml.compute.runner import Report, load_job
+    from ape_crowdml.compute.spec import make_spec
 
     profile = get_profile("cpu-exact")
     if pinning == "unpinned":
@@ -199,9 +199,9 @@ def run_child(flagset: str, cpus: str | None = None) -> dict:
 
 
 def end_to_end_seconds() -> float:
-    from ape_crowdml.data import export_digits
-    from ape_crowdml.runner import run_job
-    from ape_crowdml.spec import make_spec
+    from ape_crowdml.compute.data import export_digits
+    from ape_crowdml.compute.runner import run_job
+    from ape_crowdml.compute.spec import make_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         export_digits(Path(tmp) / "digits.npz")

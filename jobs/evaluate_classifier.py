@@ -1,7 +1,7 @@
 """Evaluate a trained MLP classifier on a coin-chosen subset of the test set (the paper's
 model-evaluation instance); the result is the correctness bitstring.
 
-crowdml job (contract in ape_crowdml/runner.py): `run(hparams, data, keys, report) -> bytes`.
+crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`: the model is an artifact of
 `jobs/train_classifier.py` (its `encode_pytree({"params": …})` bytes), named by path and keccak256
 and verified like the data. Counter 0 draws the subset: the first `subset_size` entries of a
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field
 
-from ape_crowdml.data import read_verified
-from ape_crowdml.digest import decode_pytree, encode_bits
+from ape_crowdml.compute.data import read_verified
+from ape_crowdml.compute.digest import decode_pytree, encode_bits
 from ape_crowdml.errors import SpecError
-from ape_crowdml.spec import Bytes32Hex, HParams
+from ape_crowdml.compute.spec import Bytes32Hex, HParams
 
 
 class Config(HParams):

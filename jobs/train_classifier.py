@@ -1,6 +1,6 @@
 """Train an MLP classifier with optax on a labelled dataset; the result is its parameters.
 
-crowdml job (contract in ape_crowdml/runner.py): `run(hparams, data, keys, report) -> bytes`.
+crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`. The result is `encode_pytree({"params": params})`;
 `jobs/evaluate_classifier.py` evaluates it.
 
@@ -23,10 +23,10 @@ from flax import linen as nn
 from flax.training import train_state
 from pydantic import Field, model_validator
 
-from ape_crowdml.digest import encode_pytree
+from ape_crowdml.compute.digest import encode_pytree
 from ape_crowdml.errors import SpecError
-from ape_crowdml.keys import draw
-from ape_crowdml.spec import HParams
+from ape_crowdml.compute.keys import draw
+from ape_crowdml.compute.spec import HParams
 
 SGD_MOMENTUM = 0.9
 CANARY_STEPS = 3

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ape_crowdml.config import crowdml_config
-from ape_crowdml.data import export_digits
-from ape_crowdml.spec import make_spec, save_spec
+from ape_crowdml.compute.data import export_digits
+from ape_crowdml.compute.spec import make_spec, save_spec
 
 TINY_HPARAMS = {"hidden": [16], "epochs": 1, "batch_size": 128}
 DEPOSIT = 2 * 10**16

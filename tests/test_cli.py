@@ -7,7 +7,7 @@ from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
 from ape_crowdml.render import wei
-from ape_crowdml.spec import load_spec
+from ape_crowdml.compute.spec import load_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
 
@@ -97,7 +97,7 @@ def test_make_spec_adds_the_jobs_own_canary_by_default(state):
 
 
 def test_make_spec_with_a_canary_that_workers_reproduce(state):
-    from ape_crowdml.runner import check_canary
+    from ape_crowdml.compute.runner import check_canary
 
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ape_crowdml.data import export_digits
-from ape_crowdml.digest import decode_bits, decode_pytree, file_digest
+from ape_crowdml.compute.data import export_digits
+from ape_crowdml.compute.digest import decode_bits, decode_pytree, file_digest
 from ape_crowdml.errors import CanaryMismatch, DataDigestMismatch, SpecError
-from ape_crowdml.runner import check_canary, run_job, with_canary
-from ape_crowdml.spec import Canary, make_spec, save_spec
+from ape_crowdml.compute.runner import check_canary, run_job, with_canary
+from ape_crowdml.compute.spec import Canary, make_spec, save_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
@@ -53,7 +53,7 @@ def trained(train_spec, tmp_path_factory):
 
 def cli(spec_path, coin: bytes = COIN, **popen):
     return subprocess.run(
-        [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+        [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
          "--coin", hexd(coin), "--no-progress"],
         capture_output=True, text=True, cwd=REPO, **popen,
     )
@@ -103,9 +103,9 @@ def test_fresh_jit_compile_in_one_process_gives_the_same_digest(train_spec, trai
     result, _ = trained
     spec_path = save_spec(train_spec, tmp_path / "spec.json")
     script = textwrap.dedent(f"""
-        from ape_crowdml.profile import apply_environment
-        from ape_crowdml.runner import execute
-        from ape_crowdml.spec import load_spec
+        from ape_crowdml.compute.profile import apply_environment
+        from ape_crowdml.compute.runner import execute
+        from ape_crowdml.compute.spec import load_spec
         spec = load_spec({str(spec_path)!r})
         apply_environment(spec.profile)
         import jax
@@ -138,7 +138,7 @@ def test_trained_classifier_is_well_above_chance(trained, digits):
 def test_evaluation_bitstring_matches_the_model(trained, digits):
     import jax
 
-    from ape_crowdml.keys import base_key, draw
+    from ape_crowdml.compute.keys import base_key, draw
 
     _, artifact_path = trained
     subset_size = 200
@@ -234,7 +234,7 @@ def test_gpu_profile_is_refused_on_a_cpu_only_machine(digits, tmp_path):
 
 def test_bad_coin_gives_one_clear_line(train_spec, tmp_path):
     spec_path = save_spec(train_spec, tmp_path / "spec.json")
-    child = subprocess.run([sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+    child = subprocess.run([sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
                             "--coin", "0x1234"], capture_output=True, text=True)
     assert child.returncode == 2 and child.stderr == "crowdml: coin must be 32 bytes (64 hex " \
         "digits), got 2\n"

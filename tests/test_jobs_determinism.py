@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ape_crowdml.spec import make_spec, save_spec
+from ape_crowdml.compute.spec import make_spec, save_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
@@ -50,7 +50,7 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or
 # XLA's thread count. With `pin`, the process applies cpu-exact as a job's process does.
 OPS_SCRIPT = """
 import hashlib, sys
-from ape_crowdml.profile import PROFILES, apply_environment
+from ape_crowdml.compute.profile import PROFILES, apply_environment
 if sys.argv[1] == "pin":
     apply_environment(PROFILES["cpu-exact"])
 import jax, numpy as np
@@ -77,8 +77,8 @@ def test_matmul_and_large_sum_give_one_result_under_every_affinity_when_pinned()
 
 
 def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -> str:
-    """The job's digest from `python -m ape_crowdml.runner`, under `taskset -c cpus`."""
-    command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+    """The job's digest from `python -m ape_crowdml.compute.runner`, under `taskset -c cpus`."""
+    command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
                "--coin", COIN, "--no-progress"]
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
@@ -137,7 +137,7 @@ def test_worker_variables_and_compilation_cache_do_not_reach_the_job(mnist_spec,
 def test_a_profile_needing_more_cpus_than_allowed_is_refused(mnist_spec, tmp_path):
     wide = mnist_spec.profile.model_copy(update={"cpu_threads": len(os.sched_getaffinity(0)) + 1})
     spec_path = save_spec(mnist_spec.model_copy(update={"profile": wide}), tmp_path / "spec.json")
-    child = subprocess.run([sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+    child = subprocess.run([sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
                             "--coin", COIN, "--no-progress"], capture_output=True, text=True,
                            cwd=REPO)
     assert child.returncode == 2 and child.stderr.count("\n") == 1, child.stderr

@@ -11,7 +11,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ape_crowdml.profile import PINNED_PACKAGES
+from ape_crowdml.compute.profile import PINNED_PACKAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")

@@ -10,7 +10,7 @@ from ape_crowdml.errors import DataDigestMismatch, PolicyRefused, SpecError, Tas
 from ape_crowdml.purchase import (
     Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
 )
-from ape_crowdml.spec import Canary, make_spec
+from ape_crowdml.compute.spec import Canary, make_spec
 
 SAMPLES = 20
 JOBS = Path("jobs")

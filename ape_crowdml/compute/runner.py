@@ -7,10 +7,10 @@ A job is a plain Python file (see jobs/) that defines one entry function::
     def run(hparams: dict, data: dict[str, numpy.ndarray], keys: KeyStream, report: Report) -> bytes
 
 - `hparams`: the spec's hyperparameters. A job defines them as a `Config` model derived from
-  `ape_crowdml.spec.HParams`; `make_spec` stores them as `Config` normalises them (types coerced,
+  `ape_crowdml.compute.spec.HParams`; `make_spec` stores them as `Config` normalises them (types coerced,
   defaults filled, None dropped), so one run has one spec digest.
 - `data`: x_train, y_train, x_test, y_test from the spec's dataset, already digest-checked.
-- `keys`: a `ape_crowdml.keys.KeyStream` built from the coin. Every random draw must come from it
+- `keys`: a `ape_crowdml.compute.keys.KeyStream` built from the coin. Every random draw must come from it
   (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
   seeds anything else is not reproducible from the coin.
 - `report`: `report.start(epochs)` once, `report.epoch(tree, **metrics)` after each epoch (adds the
@@ -18,7 +18,7 @@ A job is a plain Python file (see jobs/) that defines one entry function::
   `report.metric(name, value)` for summary figures such as test accuracy.
 - returns the result's canonical bytes, `digest.encode_pytree(...)` or `digest.encode_bits(...)`;
   the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
-  named in `hparams` with their digest and read through `ape_crowdml.data.read_verified`.
+  named in `hparams` with their digest and read through `ape_crowdml.compute.data.read_verified`.
 
 Optionally, `canary(config) -> dict`: the hyperparameter overrides of the job's canary, a short run
 at the job's real model and batch shapes (without it, the canary is the whole job).
@@ -26,7 +26,7 @@ at the job's real model and batch shapes (without it, the canary is the whole jo
 Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child,
-`python -m ape_crowdml.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
+`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
 profile allows (`profile.environment_for`). The child pins its CPUs and seals its environment again
 before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
 checks the environment, the job file's keccak256 and the data digest, runs the job, and writes
@@ -47,9 +47,9 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors
+from .. import errors
 from .digest import encode_pytree, keccak_digest
-from .errors import CanaryMismatch, CrowdmlError, SpecError
+from ..errors import CanaryMismatch, CrowdmlError, SpecError
 from .profile import environment_for
 from .spec import Canary, JobSpec, load_spec, save_spec
 
@@ -212,7 +212,7 @@ def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
         spec_path = save_spec(spec, Path(tmp) / "spec.json")
-        command = [sys.executable, "-m", "ape_crowdml.runner", "--spec", str(spec_path),
+        command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
                    "--coin", "0x" + coin.hex(), "--out", str(out_dir),
                    "--progress" if progress else "--no-progress"]
         from .data import CACHE_FOLDER_VARIABLE, cache_root
@@ -269,7 +269,7 @@ def check_canary(spec: JobSpec) -> JobResult | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.runner",
+    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.compute.runner",
                                      description="Run a crowdml job spec with a coin.")
     parser.add_argument("--spec", required=True, help="job spec JSON file")
     parser.add_argument("--coin", required=True, help="the task's coin r: 0x + 64 hex digits")

@@ -54,7 +54,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from .digest import keccak_digest
-from .errors import EnvironmentMismatch
+from ..errors import EnvironmentMismatch
 
 PINNED_PACKAGES = {
     "jax": "0.7.1",
@@ -72,7 +72,9 @@ JAXLIB_NATIVE = {
     "jaxlib/libjax_common.so": "723e174ba6a8aa19ae12251d4a497fa77317a311fafd6d99d7b6ade9b11a6471",
 }
 # The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
-COMPUTE_MODULES = ("data", "digest", "errors", "keys", "profile", "runner", "spec")
+# Paths relative to the plugin package: every compute module, and the errors they raise.
+COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/keys", "compute/profile",
+                   "compute/runner", "compute/spec", "errors")
 
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
@@ -93,7 +95,7 @@ def compute_code_digest() -> str:
     """keccak256 over the sources of COMPUTE_MODULES (name, length, bytes), 0x-hex. Read once
     per process: both built-in profiles and every check need it, and the sources do not change
     under a running process."""
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent
     parts = []
     for name in COMPUTE_MODULES:
         source = (package / f"{name}.py").read_bytes()
