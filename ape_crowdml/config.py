@@ -4,7 +4,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
     crowdml:
       boards:                      # board address per network, nested as ape's deployments:
         ethereum:
-          sepolia: "0x…"
+          sepolia: "0x…"           # a fork (sepolia-fork) uses its upstream's board unless named
       jobs_folder: jobs            # job files; the worker allowlist defaults to these
       data_folder: data            # datasets the requester publishes
       state_folder: .crowdml       # sqlite store of salts, coin openings and results
@@ -29,6 +29,9 @@ from pydantic_settings import SettingsConfigDict
 
 from .compute.profile import Profile
 from .board import NEUTRAL_SINK
+
+# Ape's name for a local fork of a network: mainnet-fork forks mainnet.
+FORK_SUFFIX = "-fork"
 
 
 class WorkerPolicy(BaseModel):
@@ -71,8 +74,12 @@ class CrowdmlConfig(PluginConfig):
         return boards
 
     def board_for(self, ecosystem: str, network: str) -> str | None:
-        """The configured board of a network, if any."""
-        return self.boards.get(ecosystem, {}).get(network)
+        """The configured board of a network, if any. A fork (ape names it `<upstream>-fork`)
+        holds the upstream's contracts, so it takes the upstream's board unless it names one."""
+        boards = self.boards.get(ecosystem, {})
+        if network in boards or not network.endswith(FORK_SUFFIX):
+            return boards.get(network)
+        return boards.get(network.removesuffix(FORK_SUFFIX))
 
     def artifact_url(self) -> str:
         return self.artifact_store or str(self.state_folder / "artifacts")

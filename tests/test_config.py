@@ -27,6 +27,18 @@ def test_boards_are_nested_by_ecosystem_then_network():
     assert config.board_for("arbitrum", "sepolia") is None
 
 
+def test_a_fork_uses_its_upstreams_board_unless_it_names_its_own():
+    upstream, own = BURN, "0x" + "11" * 20
+    config = CrowdmlConfig.model_validate({"boards": {"ethereum": {"sepolia": upstream}}})
+    assert config.board_for("ethereum", "sepolia-fork") == upstream
+    assert config.board_for("ethereum", "mainnet-fork") is None  # another upstream's fork
+    assert config.board_for("ethereum", "sepolia-forked") is None  # not ape's fork name
+    named = CrowdmlConfig.model_validate(
+        {"boards": {"ethereum": {"sepolia": upstream, "sepolia-fork": own}}})
+    assert named.board_for("ethereum", "sepolia-fork") == own
+    assert named.board_for("ethereum", "sepolia") == upstream
+
+
 def test_the_old_flat_key_says_how_to_nest_it():
     with pytest.raises(ValidationError) as refused:
         CrowdmlConfig.model_validate({"boards": {"ethereum:sepolia": BURN}})
