@@ -23,7 +23,7 @@ from .artifacts import ArtifactStore
 from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
                     commitment, hex32)
-from .config import CrowdmlConfig, crowdml_config
+from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
 from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
                      SpecError, TaskRejected, first_line)
@@ -59,9 +59,11 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         # ape's default local chain lives only as long as this command: its board is gone.
         hint = ("; ethereum:local:test lasts one command: pass --network "
                 "ethereum:local:foundry to reach a running anvil")
+    # A fork takes its upstream's entry: name the one a user would write.
     raise BoardNotConfigured(
         f"no task board configured for {network_key()}: set `crowdml: boards: {ecosystem}: "
-        f"{network}:` in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
+        f"{network.removesuffix(FORK_SUFFIX)}:` in ape-config.yaml, pass --board, or run "
+        f"`ape crowdml deploy`{hint}")
 
 
 def deploy_board(account, sink: str = NEUTRAL_SINK, *, config: CrowdmlConfig | None = None,
