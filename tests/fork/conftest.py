@@ -25,7 +25,7 @@ def pytest_collection_finish(session):
     global _upstream
     if not forks_ethereum_mainnet(session.config):
         return
-    if not any(HERE in Path(item.fspath).parents for item in session.items):
+    if not any(HERE in item.path.parents for item in session.items):
         return
     try:
         _upstream = prepare_upstream()

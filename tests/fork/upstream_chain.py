@@ -98,8 +98,8 @@ def prepare_upstream() -> Upstream:
 
     requester, alice, bob = (accounts.test_accounts[i] for i in range(3))
     with networks.parse_network_choice(UPSTREAM):
-        # Deployed as by someone else: not remembered in the parties' state folder, so only
-        # the config can name it.
+        # Not deploy_board: like a board someone else deployed on mainnet, it is not
+        # remembered in the parties' state folder, so only the config can name it.
         board = Board.deploy(requester)
         spec = tiny_spec_file(folder)
         client = Requester(board, requester)
