@@ -309,7 +309,7 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("job")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", type=JSON(), default="{}", show_default=True,
               help="Hyperparameters as JSON.")
@@ -329,7 +329,10 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_canary, digits,
               out):
     """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
-    runs a canary here whose digest workers must reproduce before committing); prints its digest."""
+    runs a canary here whose digest workers must reproduce before committing); prints its digest.
+    JOB is a job file or the name of a shipped one (train_classifier, evaluate_classifier)."""
+    from ape_crowdml.config import crowdml_config
+    from ape_crowdml.compute.jobs import resolve_job
     from ape_crowdml.errors import SpecError
     from ape_crowdml.compute.spec import make_spec as build, save_spec
 
@@ -339,13 +342,15 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
         from ape_crowdml.compute.data import export_digits
 
         export_digits(data)
+    folders = crowdml_config().jobs_folder
+    job = resolve_job(job, folders)
     spec = build(job, data, hparams, profile=profile, store=store)
     if not no_canary:
         from ape_crowdml.compute.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
-        spec = with_canary(spec, bytes(32), canary_hparams)
+        spec = with_canary(spec, bytes(32), canary_hparams, [*folders, job.parent])
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)

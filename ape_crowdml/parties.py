@@ -25,6 +25,7 @@ from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
                     commitment, hex32)
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
+from .compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
                      SpecError, TaskRejected, first_line)
 from .policy import check_policy
@@ -208,7 +209,8 @@ class Worker(Party):
 
         task = self.board.task(task_id)
         spec = self.spec_of(task_id, spec)
-        check_policy(task, spec, self.config.worker, self.config.jobs_folder, self.board.sink)
+        check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder),
+                     self.board.sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
