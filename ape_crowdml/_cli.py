@@ -372,8 +372,8 @@ def run_job(spec_file, coin, out):
               help="Stop once this many of its tasks have ended (default: run forever).")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between idle polls.")
 @click.option("--mine-when-idle", is_flag=True,
-              help="Mine a block at every idle poll, for a local chain nobody else uses (on a "
-                   "shared one it closes the others' windows while they train).")
+              help="Mine a block at every idle poll while no job trains, for a local chain nobody "
+                   "else uses (on a shared one it closes the others' windows while they train).")
 def agent(account, board_address, tasks, poll, mine_when_idle):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim."""
     from ape_crowdml.agent import Agent

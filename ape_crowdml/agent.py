@@ -2,6 +2,10 @@
 policy accepts, works, commits, reveals as soon as the reveal phase opens, settles, publishes its
 result artifact as soon as it sees the task AGREED (never for any other outcome), and claims.
 
+Jobs run in their own processes, one at a time (each pins the CPUs its profile names): while
+one trains, every other task's deadline-bound actions (join, reveal, settle, abort, claim) keep
+going at each poll, so a long job never makes it miss another task's reveal window.
+
 It keeps no state of its own beyond the Store: on restart it rediscovers its tasks from the
 events and its seat on each from `worker_status`, and reveals from the stored salt. That is
 what makes killing it after a commit safe.
@@ -9,8 +13,8 @@ what makes killing it after a commit safe.
 It leaves the chain's clock alone: it only waits for blocks. On a local chain that mines only
 when a transaction arrives, a deadline then passes only when someone sends one; start anvil
 with a block time (`anvil --block-time 1`) when several parties share it. `mine_when_idle`
-(`--mine-when-idle`) mines a block at every idle poll instead, for a chain nobody else uses: on
-a shared one it would close other workers' windows while they train.
+(`--mine-when-idle`) mines a block at every idle poll while no job of its own trains, for a
+chain nobody else uses: on a shared one it would close other workers' windows while they train.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable
 
 from .board import Phase, WorkerStatus
 from .errors import CrowdmlError, first_line
-from .parties import Worker
+from .parties import Work, Worker
 from .render import wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
@@ -38,6 +42,7 @@ class Agent:
         self._next_block = self.board.start_block
         self._watching: set[int] = set()
         self._given_up: set[int] = set()
+        self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -53,9 +58,9 @@ class Agent:
         """Advance every watched task by at most one action; True if anything was sent.
 
         The actions bound to a deadline (join, reveal, settle, abort, claim) go first for
-        every task; then at most one job runs, the one whose commit window closes first.
-        So reveals already due never wait behind a job; a reveal window that opens and
-        closes while a long job runs is still missed (see the README's known limits).
+        every task; then the running job, if any, is looked at (committed once done), and if
+        none runs, the next job starts: the one whose commit window closes first. No call
+        waits for a job, so the reveals due while one trains are sent on time.
         """
         self._discover()
         acted = False
@@ -66,9 +71,12 @@ class Agent:
                 ready_to_work.append(task_id)
             else:
                 acted |= bool(outcome)
-        if ready_to_work:
+        for task_id in list(self._jobs):
+            acted |= bool(self._guarded(self._poll_job, task_id))
+        ready_to_work = [t for t in ready_to_work if t not in self._jobs]
+        if ready_to_work and not self._jobs:
             task_id = min(ready_to_work, key=lambda t: self.board.task(t).deadline)
-            acted |= bool(self._guarded(self._work, task_id))
+            acted |= bool(self._guarded(self._start_job, task_id))
         return acted
 
     def _guarded(self, action, task_id: int):
@@ -83,16 +91,43 @@ class Agent:
             self.log(f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
         return False
 
-    def _work(self, task_id: int) -> bool:
+    def _start_job(self, task_id: int) -> bool:
         try:
-            digest = self.worker.work(task_id)
+            self._jobs[task_id] = self.worker.start_work(task_id)
         except CrowdmlError:
             # Refusals (canary, E_ck, policy, data) repeat on every try: give the job up, so
             # that it does not hold up the other tasks' jobs; the task is still followed.
             self._given_up.add(task_id)
             raise
+        self.log(f"task {task_id}: job started")
+        return True
+
+    def _poll_job(self, task_id: int) -> bool:
+        """Commit the task's job once it is done; stop it if its commit window closed."""
+        work = self._jobs[task_id]
+        if not work.done:
+            if self.board.phase(task_id) == Phase.COMMIT:
+                return False
+            del self._jobs[task_id]
+            work.cancel()
+            self._given_up.add(task_id)
+            self.log(f"task {task_id}: job stopped, the commit window closed before it ended")
+            return True
+        del self._jobs[task_id]
+        try:
+            digest = self.worker.finish_work(work)
+        except CrowdmlError:
+            self._given_up.add(task_id)
+            raise
         self.log(f"task {task_id}: committed to 0x{digest.hex()}")
         return True
+
+    def stop_jobs(self) -> None:
+        """Stop the jobs still running (their tasks' results were not committed)."""
+        for task_id, work in list(self._jobs.items()):
+            work.cancel()
+            self.log(f"task {task_id}: job stopped")
+        self._jobs.clear()
 
     def _advance(self, task_id: int):
         """Send the task's next deadline-bound action; WORK when its job is due instead."""
@@ -119,7 +154,7 @@ class Agent:
             self.log(f"task {task_id}: window closed, {worker.board.abort(worker.account, task_id).label}")
             return True
         if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
-            return False if task_id in self._given_up else WORK
+            return False if task_id in self._given_up or task_id in self._jobs else WORK
         if status == WorkerStatus.COMMITTED and phase == Phase.REVEAL:
             digest = worker.reveal(task_id)
             self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")
@@ -143,8 +178,12 @@ class Agent:
         """Work until `tasks` tasks have finished (forever if None)."""
         from ape import chain
 
-        while tasks is None or len(self.finished) < tasks:
-            if not self.step():
-                if self.mine_when_idle:
-                    chain.mine(1)
-                time.sleep(poll_seconds)
+        try:
+            while tasks is None or len(self.finished) < tasks:
+                if not self.step():
+                    # Not while a job trains: the blocks would close its own commit window.
+                    if self.mine_when_idle and not self._jobs:
+                        chain.mine(1)
+                    time.sleep(poll_seconds)
+        finally:
+            self.stop_jobs()
