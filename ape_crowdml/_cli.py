@@ -374,14 +374,18 @@ def run_job(spec_file, coin, out):
 @click.option("--mine-when-idle", is_flag=True,
               help="Mine a block at every idle poll while no job trains, for a local chain nobody "
                    "else uses (on a shared one it closes the others' windows while they train).")
-def agent(account, board_address, tasks, poll, mine_when_idle):
+@click.option("--page-blocks", type=click.IntRange(min=1),
+              help="Blocks per event query (default 2000; providers cap eth_getLogs).")
+def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim."""
     from ape_crowdml.agent import Agent
 
     worker = _worker(board_address, account)
     log = _agent_log()
-    log(f"agent {account.address} watching board {worker.board.address}")
-    Agent(worker, mine_when_idle=mine_when_idle, log=log).run(tasks=tasks, poll_seconds=poll)
+    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks, log=log)
+    log(f"agent {account.address} watching board {worker.board.address} from block "
+        f"{agent.next_block}")
+    agent.run(tasks=tasks, poll_seconds=poll)
 
 
 def _agent_log():

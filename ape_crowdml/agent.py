@@ -6,9 +6,11 @@ Jobs run in their own processes, one at a time (each pins the CPUs its profile n
 one trains, every other task's deadline-bound actions (join, reveal, settle, abort, claim) keep
 going at each poll, so a long job never makes it miss another task's reveal window.
 
-It keeps no state of its own beyond the Store: on restart it rediscovers its tasks from the
-events and its seat on each from `worker_status`, and reveals from the stored salt. That is
-what makes killing it after a commit safe.
+It keeps no state of its own beyond the Store: on restart it takes up the event scan where it
+left off (the Store keeps the next block and the tasks it follows), reads its seat on each task
+from `worker_status`, and reveals from the stored salt. That is what makes killing it after a
+commit safe. The scan pages its log queries (`page_blocks`) and outlives a node's errors and
+rate limits: a failed query is logged and retried with backoff while known tasks go on.
 
 It leaves the chain's clock alone: it only waits for blocks. On a local chain that mines only
 when a transaction arrives, a deadline then passes only when someone sends one; start anvil
@@ -22,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from time import monotonic
 
 from .board import Phase, WorkerStatus
 from .errors import CrowdmlError, first_line
@@ -32,27 +35,61 @@ WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
 
 
+# Many providers answer eth_getLogs over at most a few thousand blocks (some 500, some 10,000).
+DEFAULT_PAGE_BLOCKS = 2_000
+# After a failed event scan, wait this long before the next, doubling up to the maximum: a
+# rate-limited node is not hammered, and the agent serves its known tasks meanwhile.
+FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 60.0
+
+
 class Agent:
     def __init__(self, worker: Worker, *, mine_when_idle: bool = False,
-                 log: Callable[[str], None] = print):
+                 page_blocks: int | None = None, log: Callable[[str], None] = print):
+        page_blocks = page_blocks or DEFAULT_PAGE_BLOCKS
         self.worker = worker
         self.board = worker.board
         self.log = log
         self.mine_when_idle = mine_when_idle
-        self._next_block = self.board.start_block
-        self._watching: set[int] = set()
+        self.page_blocks = page_blocks
+        # Where a previous run of this account's agent left off, from the store: a restart
+        # neither rescans the board nor forgets the tasks it follows.
+        self._scan_key = (self.board.chain_id, self.board.address, worker.account.address)
+        next_block, watching = worker.store.agent_scan(*self._scan_key)
+        self.next_block = max(self.board.start_block, next_block or 0)
+        self._watching: set[int] = watching
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
         self._given_up: set[int] = set()
         self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
         self.finished: list[int] = []
 
     def _discover(self) -> None:
-        head = self.board.head
-        if head < self._next_block:
+        """Scan new blocks for Published events, a page of `page_blocks` at a time, saving the
+        place after each page. A failed query is logged and retried later, with backoff."""
+        if monotonic() < self._retry_at:
             return
-        for event in self.board.contract.Published.range(self._next_block, head + 1):
-            if event.task_id not in self.finished:
-                self._watching.add(event.task_id)
-        self._next_block = head + 1
+        try:
+            head = self.board.head
+            while self.next_block <= head:
+                last = min(head, self.next_block + self.page_blocks - 1)
+                found = self.board.published_between(self.next_block, last)
+                self.worker.store.save_agent_scan(*self._scan_key, last + 1, found)
+                self._watching |= found - set(self.finished)
+                self.next_block = last + 1
+        except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
+            logger.debug("event scan failed", exc_info=True)
+            self._retry_delay = min(MAX_RETRY_SECONDS,
+                                    max(FIRST_RETRY_SECONDS, 2 * self._retry_delay))
+            self._retry_at = monotonic() + self._retry_delay
+            self.log(f"event scan from block {self.next_block} failed "
+                     f"({type(exc).__name__}: {first_line(exc)}); retrying in "
+                     f"{self._retry_delay:g} s")
+            return
+        self._retry_delay = 0.0
+
+    def _forget(self, task_id: int) -> None:
+        self._watching.discard(task_id)
+        self.worker.store.forget_agent_task(*self._scan_key, task_id)
 
     def step(self) -> bool:
         """Advance every watched task by at most one action; True if anything was sent.
@@ -136,12 +173,12 @@ class Agent:
         status = self.board.worker_status(task_id, me)
         if status == WorkerStatus.NONE:
             if phase != Phase.JOINING:
-                self._watching.discard(task_id)
+                self._forget(task_id)
                 return False
             try:
                 worker.join(task_id)
             except CrowdmlError as exc:
-                self._watching.discard(task_id)
+                self._forget(task_id)
                 self.log(f"task {task_id}: not joining: {exc}")
                 return False
             self.log(f"task {task_id}: joined")
@@ -169,7 +206,7 @@ class Agent:
                 self.log(f"task {task_id}: result artifact published")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
-            self._watching.discard(task_id)
+            self._forget(task_id)
             self.finished.append(task_id)
             return True
         return False
