@@ -22,17 +22,53 @@ chain nobody else uses: on a shared one it would close other workers' windows wh
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from time import monotonic
 
 from .board import Phase, WorkerStatus
-from .errors import CrowdmlError, first_line
+from .errors import CannotSignUnattended, CrowdmlError, first_line
 from .parties import Work, Worker
 from .render import wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
+
+
+def sign_unattended(account, *, autosign: bool) -> None:
+    """Make sure `account` signs without asking anyone, or raise CannotSignUnattended.
+
+    A keyfile account asks for its passphrase, and to confirm each transaction: with
+    `autosign`, it is unlocked once with the passphrase in ape's own variable,
+    APE_ACCOUNTS_<alias>_PASSPHRASE, and signs from then on without asking (ape's
+    `set_autosign`). Accounts of other plugins (hardware wallets) are refused: a wallet that
+    waits for a button press would leave the agent waiting past its deadlines."""
+    from ape.api.accounts import TestAccountAPI
+    from ape_accounts import KeyfileAccount
+
+    if isinstance(account, TestAccountAPI):
+        return
+    if not isinstance(account, KeyfileAccount):
+        raise CannotSignUnattended(
+            f"{type(account).__name__} accounts may wait for a person to sign; the agent runs "
+            "unattended: use a keyfile account (`ape accounts import`) with --autosign")
+    variable = f"APE_ACCOUNTS_{account.alias}_PASSPHRASE"
+    if not autosign:
+        raise CannotSignUnattended(
+            f"account {account.alias} would ask before signing each transaction and nobody is "
+            f"there to answer: pass --autosign, with its passphrase in {variable}")
+    passphrase = os.environ.get(variable)
+    if not passphrase:
+        raise CannotSignUnattended(f"--autosign unlocks account {account.alias} with the "
+                                   f"passphrase in {variable}, which is not set")
+    from ape.exceptions import AccountsError
+
+    try:
+        account.set_autosign(True, passphrase=passphrase)
+    except AccountsError:  # InvalidPasswordError
+        raise CannotSignUnattended(f"the passphrase in {variable} does not unlock account "
+                                   f"{account.alias}") from None
 
 
 # Many providers answer eth_getLogs over at most a few thousand blocks (some 500, some 10,000).
