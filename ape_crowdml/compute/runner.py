@@ -25,12 +25,14 @@ at the job's real model and batch shapes (without it, the canary is the whole jo
 
 Processes
 ---------
-`run_job` (any process, jax loaded or not) starts a fresh child,
+`run_job` (any process, jax loaded or not) starts a fresh child and waits for it (`start_job`
+returns at once, for a caller that does other things while the job runs),
 `python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR [--jobs-folder DIR …]`, with
 the environment the spec's profile allows (`profile.environment_for`). The child pins its CPUs and
-seals its environment again before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
-checks the environment and the data digest, finds the job by its keccak256 (compute/jobs.py: the
-shipped jobs and the folders it is given; any working directory will do), runs the job, and writes
+seals its environment again before importing jax (`profile.apply_environment`, so the same command
+run by hand is sealed too), checks the environment and the data digest, finds the job by its
+keccak256 (compute/jobs.py: the shipped jobs and the folders it is given; any working directory
+will do), runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
 stderr; bad input gives one line on stderr and exit 2.
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,40 +209,87 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False,
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
 
 
+class JobProcess:
+    """A job running in its child process (`start_job`): `running` while it trains, then
+    `result()`. The caller stays free meanwhile: the agent keeps revealing, settling and
+    claiming its other tasks while one trains."""
+
+    def __init__(self, process: subprocess.Popen, out_dir: Path, tmp: Path, stderr: Path | None):
+        self._process = process
+        self._out_dir = out_dir
+        self._tmp = tmp
+        self._stderr = stderr
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def result(self) -> JobResult:
+        """Wait for the child, then its result; raises the child's CrowdmlError subclass."""
+        try:
+            returncode = self._process.wait()
+            if (self._out_dir / ERROR_FILE).exists():
+                error = json.loads((self._out_dir / ERROR_FILE).read_text())
+                raise getattr(errors, error["type"], CrowdmlError)(error["message"])
+            if returncode != 0:
+                text = self._stderr.read_text() if self._stderr else ""
+                last = text.strip().splitlines()[-1:] or ["no output"]
+                raise CrowdmlError(f"job process exited with {returncode}: {last[0]}")
+            return JobResult.load(self._out_dir)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Stop the child (if still running) and remove its files."""
+        if self.running:
+            self._process.kill()
+        self._process.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def start_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+              progress: bool = False,
+              job_folders: Sequence[str | Path] | None = None) -> JobProcess:
+    """Start `spec` with `coin` in a fresh child process under the spec's environment profile,
+    and return at once. The child finds the job by digest among the shipped jobs and
+    `job_folders` (default: the config's `jobs_folder`). With `out`, the artifact and
+    result.json stay there."""
+    if job_folders is None:
+        job_folders = configured_job_folders()
+    tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
+    out_dir = Path(out) if out is not None else tmp / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+    spec_path = save_spec(spec, tmp / "spec.json")
+    command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
+               "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+               "--progress" if progress else "--no-progress"]
+    for folder in job_folders:
+        command += ["--jobs-folder", str(folder)]
+    from .data import CACHE_FOLDER_VARIABLE, cache_root
+
+    # The child reads no config: it is handed the cache folder, and nothing else of ours.
+    parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
+    # Its stderr goes to a file, not a pipe: nobody reads a pipe while the job runs in the
+    # background, and a full one would stall the child.
+    stderr = None if progress else tmp / "stderr.txt"
+    with open(stderr or os.devnull, "w") as stderr_file:
+        process = subprocess.Popen(command, env=environment_for(spec.profile, parent),
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=None if progress else stderr_file)
+    return JobProcess(process, out_dir, tmp, stderr)
+
+
 def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
             progress: bool = False, job_folders: Sequence[str | Path] | None = None) -> JobResult:
-    """Run `spec` with `coin` in a fresh child process under the spec's environment profile.
+    """Run `spec` with `coin` in a fresh child process under the spec's environment profile,
+    and wait for it.
 
     The child finds the job by digest among the shipped jobs and `job_folders` (default: the
     config's `jobs_folder`). Raises the child's CrowdmlError subclass (DataDigestMismatch,
     EnvironmentMismatch, …) on bad input. With `out`, the artifact and result.json stay there.
     """
-    if job_folders is None:
-        job_folders = configured_job_folders()
-    with tempfile.TemporaryDirectory(prefix="crowdml-") as tmp:
-        out_dir = Path(out) if out is not None else Path(tmp) / "out"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ERROR_FILE).unlink(missing_ok=True)
-        spec_path = save_spec(spec, Path(tmp) / "spec.json")
-        command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-                   "--coin", "0x" + coin.hex(), "--out", str(out_dir),
-                   "--progress" if progress else "--no-progress"]
-        for folder in job_folders:
-            command += ["--jobs-folder", str(folder)]
-        from .data import CACHE_FOLDER_VARIABLE, cache_root
-
-        # The child reads no config: it is handed the cache folder, and nothing else of ours.
-        parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
-        child = subprocess.run(command, env=environment_for(spec.profile, parent),
-                               stdout=subprocess.PIPE,
-                               stderr=None if progress else subprocess.PIPE, text=True)
-        if (out_dir / ERROR_FILE).exists():
-            error = json.loads((out_dir / ERROR_FILE).read_text())
-            raise getattr(errors, error["type"], CrowdmlError)(error["message"])
-        if child.returncode != 0:
-            last = (child.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            raise CrowdmlError(f"job process exited with {child.returncode}: {last[0]}")
-        return JobResult.load(out_dir)
+    return start_job(spec, coin, out=out, progress=progress, job_folders=job_folders).result()
 
 
 def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
