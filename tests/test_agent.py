@@ -134,7 +134,7 @@ def test_a_long_job_does_not_make_the_agent_miss_another_tasks_reveal(board, acc
     """Task B's job is done and committed; task A's job then trains through B's whole reveal
     window (it waits on a file the test creates last). The agent reveals, settles and claims B
     meanwhile, then commits A once its job ends."""
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     requester = Requester(board, accounts[0], config=config)
     coworker = Worker(board, accounts[2], config=config)
     release_a = tmp_path / "release-a"
@@ -176,7 +176,7 @@ def test_a_long_job_does_not_make_the_agent_miss_another_tasks_reveal(board, acc
 
 def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, accounts, config,
                                                                       tmp_path, chain):
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     spec = wait_spec(tmp_path, tmp_path / "never")
     task = Requester(board, accounts[0], config=config).publish(
         spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=5, requester_coin=False)
