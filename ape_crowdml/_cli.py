@@ -151,9 +151,12 @@ def deploy(account, board_address, sink, skip_confirmation):
               help="Let the board derive the coin from a block instead of committing one.")
 @click.option("--trivial", multiple=True, type=BYTES32,
               help="A result digest to count as no submission (E_ck); repeatable.")
+@click.option("--spec-uri", metavar="URL",
+              help="Where workers fetch the spec, if you serve it yourself (default: the spec's "
+                   "artifact store, or this project's, where it is uploaded).")
 @yes_option()
 def publish(account, board_address, spec_file, reward, deposit, workers, join_blocks,
-            commit_blocks, reveal_blocks, chain_coin, trivial, skip_confirmation):
+            commit_blocks, reveal_blocks, chain_coin, trivial, spec_uri, skip_confirmation):
     """Publish the job in SPEC_FILE and escrow the reward."""
     from ape_crowdml.board import hex32
     from ape_crowdml.render import wei
@@ -164,14 +167,15 @@ def publish(account, board_address, spec_file, reward, deposit, workers, join_bl
     task_id = requester.publish(
         spec_file, reward=reward, deposit=deposit, workers=workers, join_blocks=join_blocks,
         commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, requester_coin=not chain_coin,
-        trivial=trivial, confirm=lambda: confirm(question, skip_confirmation))
+        trivial=trivial, spec_uri=spec_uri, confirm=lambda: confirm(question, skip_confirmation))
     task = requester.board.task(task_id)
-    click.echo(f"task {task_id} published: spec {hex32(task.spec)}, data {hex32(task.data)}")
+    click.echo(f"task {task_id} published: spec {hex32(task.spec)} at "
+               f"{requester.board.spec_uri(task_id)}, data {hex32(task.data)}")
 
 
 spec_option = click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
-                           help="The task's spec file (default: fetched by its on-chain digest "
-                                "from the artifact store).")
+                           help="The task's spec file (default: fetched from the spec URI the "
+                                "task was published with, checked against its digest).")
 
 
 @connected()

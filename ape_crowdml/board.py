@@ -304,11 +304,20 @@ class Board:
         Built from the Published event rather than by asking the `is_trivial` view about a
         result: that would send the result to a node before its reveal.
         """
-        published = list(self._events("Published", task.task_id))
+        published = self.published(task.task_id)
+        return {NO_DIGEST, task.spec, task.data, *(bytes(d) for d in published.trivial)}
+
+    def published(self, task_id: int):
+        """The task's Published event: its E_ck list and spec URI live only there."""
+        published = list(self._events("Published", task_id))
         if not published:
-            raise TaskRejected(f"task {task.task_id}'s Published event is not after block "
-                               f"{self.start_block}; its E_ck list cannot be read")
-        return {NO_DIGEST, task.spec, task.data, *(bytes(d) for d in published[0].trivial)}
+            raise TaskRejected(f"task {task_id}'s Published event is not after block "
+                               f"{self.start_block}; its E_ck list and spec URI cannot be read")
+        return published[0]
+
+    def spec_uri(self, task_id: int) -> str:
+        """Where the requester says the task's spec is ("" if it named no place)."""
+        return self.published(task_id).spec_uri
 
     def roster(self, task_id: int) -> list[str]:
         """Workers in joining order."""
@@ -342,14 +351,16 @@ class Board:
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,
-                coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = ()) -> int:
+                coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = (),
+                spec_uri: str = "") -> int:
         """Publish a task escrowing `reward`; returns its id (read from the Published event:
-        a state-changing call's return value is not reliable on every provider)."""
+        a state-changing call's return value is not reliable on every provider). `spec_uri`,
+        where workers fetch the spec, goes into the event only."""
         preflight.check_amounts(
             reward=reward, deposit=deposit, workers=workers, balance=sender.balance,
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         receipt = self._send("publish", "publish", spec, data, workers, deposit, join_blocks,
-                             commit_blocks, reveal_blocks, coin_hash, list(trivial),
+                             commit_blocks, reveal_blocks, coin_hash, list(trivial), spec_uri,
                              sender=sender, value=reward)
         return receipt.decode_logs(self.contract.Published)[0].task_id
 

@@ -19,6 +19,7 @@ from .errors import InsufficientFunds, TaskRejected
 
 MIN_WORKERS = 2  # TaskBoard.MIN_WORKERS
 MAX_WINDOW = 2**24 - 1  # TaskBoard.MAX_WINDOW
+MAX_SPEC_URI = 512  # TaskBoard.MAX_SPEC_URI, bytes
 # `work` refuses to start with fewer blocks left in the commit window: the commit itself needs
 # one, and a job needs time. Two is the floor, not an estimate; a worker that knows its job
 # takes longer than the remaining blocks should not start it.
@@ -70,6 +71,13 @@ def check_amounts(*, reward: int, deposit: int, workers: int, windows: dict[str,
     if balance < reward:
         raise InsufficientFunds(f"publish: insufficient funds: the reward is {reward} wei, "
                                 f"the account holds {balance}")
+
+
+def check_spec_uri(uri: str) -> None:
+    """publish: a spec URI that fits the Published event (String[MAX_SPEC_URI], in bytes)."""
+    if len(uri.encode()) > MAX_SPEC_URI:
+        raise TaskRejected(f"the spec URI is {len(uri.encode())} bytes, the board takes at most "
+                           f"{MAX_SPEC_URI}: {uri[:60]}…")
 
 
 def check_join(task: TaskInfo, next_block: int, status: WorkerStatus, *, is_sink: bool,

@@ -1,14 +1,20 @@
 """Fixtures shared by the suites: a board, its parties, a driver that plays one
-task through with a strategy per worker and reports every payoff, and the
-`ape crowdml` command line run through ape's root CLI."""
+task through with a strategy per worker and reports every payoff, the
+`ape crowdml` command line run through ape's root CLI, an S3-compatible store
+server on loopback, and the package installed alone from its wheel."""
 
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 from eth_utils import keccak
 
+ROOT = Path(__file__).resolve().parents[1]
 DEPOSIT = 2 * 10**16
 REWARD = 12 * 10**15  # divisible by 2, 3 and 4: the tables' reward/n is exact
 WINDOW = 10
@@ -158,3 +164,31 @@ def ape(networks, state):
         return result.output
 
     return run
+
+
+@pytest.fixture(scope="session")
+def store_server():
+    """An S3-compatible server on loopback (tests/store_server.py), for the session; this
+    process's AWS_* variables point at it while it runs."""
+    from store_server import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The package built as a wheel and installed alone (no dependencies) into a folder; with
+    it on PYTHONPATH, the venv's packages serve the dependencies."""
+    source = tmp_path_factory.mktemp("source")  # setuptools writes build/ beside the sources
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("ape_crowdml", "jobs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    built = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(built), str(source)], check=True, capture_output=True)
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), *map(str, built.glob("*.whl"))], check=True, capture_output=True)
+    return target
