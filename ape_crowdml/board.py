@@ -17,7 +17,8 @@ from pathlib import Path
 from eth_abi import encode
 
 from .compute.digest import keccak_digest
-from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
+from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
+                     UnknownTask, first_line)
 
 
 class Phase(IntEnum):
@@ -250,8 +251,20 @@ class Board:
     def cap_fees(self, max_fee: int | None = None, priority_fee: int | None = None) -> None:
         """Send every later transaction with at most `max_fee` wei per gas in all, of which at
         most `priority_fee` to the block's proposer (None leaves ape's default)."""
+        if None not in (max_fee, priority_fee) and priority_fee > max_fee:
+            raise CrowdmlError(f"the priority fee {priority_fee} wei is above the max fee "
+                               f"{max_fee}: no node takes such a transaction")
         caps = {"max_fee": max_fee, "max_priority_fee": priority_fee}
         self.fees = {name: cap for name, cap in caps.items() if cap is not None}
+
+    def _transaction_fees(self) -> dict[str, int]:
+        """The caps, with ape's default priority fee kept under a max fee given alone."""
+        from ape import chain
+
+        fees = dict(self.fees)
+        if "max_fee" in fees and "max_priority_fee" not in fees:
+            fees["max_priority_fee"] = min(chain.provider.priority_fee, fees["max_fee"])
+        return fees
 
     def fee_per_gas(self) -> int:
         """The most a transaction sent now may pay per gas: the cap, or else what ape offers
@@ -370,7 +383,7 @@ class Board:
     def _send(self, action: str, method: str, *args, sender, value: int = 0):
         self.check_fee_cap()
         return send(self.contract, action, method, *args, sender=sender, value=value,
-                    fees=self.fees)
+                    fees=self._transaction_fees())
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,

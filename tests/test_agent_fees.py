@@ -5,6 +5,7 @@ import pytest
 
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import WorkerStatus
+from ape_crowdml.errors import CrowdmlError
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from ape_crowdml.preflight import WORKER_GAS, check_join
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
@@ -46,7 +47,23 @@ def test_the_fee_caps_default_to_the_config(board, accounts, config):
     assert board.fees == {"max_fee": 500, "max_priority_fee": 4}  # the option wins
 
 
-def test_a_base_fee_above_the_cap_holds_every_transaction(board, accounts, config, task, chain):
+def test_a_max_fee_alone_keeps_the_priority_fee_under_it(board, accounts, config, task, chain):
+    max_fee = chain.provider.base_fee + 1
+    board.cap_fees(max_fee=max_fee)
+    board.join(accounts[1], task)
+    joined = list(board.contract.Joined.range(board.start_block, board.head + 1))
+    sent = chain.provider.web3.eth.get_transaction(joined[0].transaction_hash)
+    assert sent["maxFeePerGas"] == max_fee
+    assert sent["maxPriorityFeePerGas"] == min(chain.provider.priority_fee, max_fee)
+    with pytest.raises(CrowdmlError, match="priority fee 5 wei is above the max fee 4"):
+        Agent(Worker(board, accounts[1], config=config), max_fee=4, priority_fee=5)
+
+
+def test_a_base_fee_above_the_cap_holds_every_transaction(board, accounts, config, task, chain,
+                                                          networks):
+    if chain.provider.base_fee == 0:  # ape's anvil starts at 0
+        chain.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])
+        chain.mine(1)
     lines = []
     agent = Agent(Worker(board, accounts[1], config=config), max_fee=1, log=lines.append)
     assert not agent.step() and not agent.step()
