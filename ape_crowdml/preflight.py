@@ -23,7 +23,7 @@ MAX_WINDOW = 2**24 - 1  # TaskBoard.MAX_WINDOW
 # one, and a job needs time. Two is the floor, not an estimate; a worker that knows its job
 # takes longer than the remaining blocks should not start it.
 MIN_BLOCKS_TO_WORK = 2
-# Gas of a worker's own calls, join + commit + reveal + claim: 174,032 at most in bench/gas.py
+# Gas of a worker's own calls, join + commit + reveal + claim: 174,043 at most in bench/gas.py
 # (the join that fills the roster and the first reveal cost more), with 15% to spare for a
 # provider's estimate. A join needs the deposit plus this at the fee cap, or the worker could
 # lock its deposit and then be unable to pay for the reveal that wins it back.
