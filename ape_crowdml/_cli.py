@@ -384,11 +384,16 @@ def run_job(spec_file, coin, out):
               help="Mine a block at every idle poll while no job trains, for a local chain nobody "
                    "else uses (on a shared one it closes the others' windows while they train).")
 @click.option("--page-blocks", type=click.IntRange(min=1),
-              help="Blocks per event query (default 2000; providers cap eth_getLogs).")
+              help="Blocks per event query (default: `crowdml: agent: page_blocks:`, 2000).")
+@click.option("--max-fee", type=WEI, help="Most wei per gas its transactions pay, in all "
+                                          "(default: `crowdml: agent: max_fee:`, or ape's).")
+@click.option("--priority-fee", type=WEI, help="Most wei per gas to the block's proposer "
+                                               "(default: `crowdml: agent: priority_fee:`).")
 @click.option("--autosign", is_flag=True,
               help="Sign with a keyfile account without asking, unlocked once with the "
                    "passphrase in APE_ACCOUNTS_<alias>_PASSPHRASE.")
-def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, autosign):
+def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_fee,
+          priority_fee, autosign):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
     waits for a person: an account that would ask before signing is refused at the start."""
     from ape_crowdml.agent import Agent, sign_unattended
@@ -400,7 +405,8 @@ def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, auto
     sign_unattended(account, autosign=autosign)
     worker = _worker(board_address, account)
     log = _agent_log()
-    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks, log=log)
+    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks,
+                  max_fee=max_fee, priority_fee=priority_fee, log=log)
     log(f"agent {account.address} watching board {worker.board.address} from block "
         f"{agent.next_block}")
     agent.run(tasks=tasks, poll_seconds=poll)

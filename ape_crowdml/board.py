@@ -17,7 +17,8 @@ from pathlib import Path
 from eth_abi import encode
 
 from .compute.digest import keccak_digest
-from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
+from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
+                     UnknownTask, first_line)
 
 
 class Phase(IntEnum):
@@ -163,11 +164,13 @@ def simulate(contract, action: str, method: str, args: tuple, sender, value: int
 
 
 def send(contract, action: str, method: str, *args, sender, value: int = 0,
-         refuser: str = "the board"):
-    """Simulate, then send and wait for the block: a refused call sends nothing."""
+         refuser: str = "the board", fees: dict[str, int] | None = None):
+    """Simulate, then send and wait for the block: a refused call sends nothing. `fees` are
+    ape's transaction fields `max_fee` and `max_priority_fee`, when capped."""
     simulate(contract, action, method, args, sender, value, refuser)
     with transaction(action):
-        return mined(action, getattr(contract, method)(*args, value=value, sender=sender))
+        return mined(action, getattr(contract, method)(*args, value=value, sender=sender,
+                                                       **(fees or {})))
 
 
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
@@ -210,6 +213,8 @@ class Board:
             raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}; "
                                      "deploy one with `ape crowdml deploy`")
         self.address = address
+        # Fee caps for this board's transactions (`cap_fees`); none: ape's defaults.
+        self.fees: dict[str, int] = {}
         self.contract = taskboard_container().at(address)
         self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
 
@@ -242,6 +247,44 @@ class Board:
         """FORFEIT_SINK: where forfeited deposits go; it may neither publish nor join. Immutable
         on chain, so read once per Board (a join consults it twice: policy and pre-flight)."""
         return self.contract.FORFEIT_SINK()
+
+    def cap_fees(self, max_fee: int | None = None, priority_fee: int | None = None) -> None:
+        """Send every later transaction with at most `max_fee` wei per gas in all, of which at
+        most `priority_fee` to the block's proposer (None leaves ape's default)."""
+        if None not in (max_fee, priority_fee) and priority_fee > max_fee:
+            raise CrowdmlError(f"the priority fee {priority_fee} wei is above the max fee "
+                               f"{max_fee}: no node takes such a transaction")
+        caps = {"max_fee": max_fee, "max_priority_fee": priority_fee}
+        self.fees = {name: cap for name, cap in caps.items() if cap is not None}
+
+    def _transaction_fees(self) -> dict[str, int]:
+        """The caps, with ape's default priority fee kept under a max fee given alone."""
+        from ape import chain
+
+        fees = dict(self.fees)
+        if "max_fee" in fees and "max_priority_fee" not in fees:
+            fees["max_priority_fee"] = min(chain.provider.priority_fee, fees["max_fee"])
+        return fees
+
+    def fee_per_gas(self) -> int:
+        """The most a transaction sent now may pay per gas: the cap, or else what ape offers
+        by default (twice the base fee, plus the priority fee)."""
+        from ape import chain
+
+        if "max_fee" in self.fees:
+            return self.fees["max_fee"]
+        provider = chain.provider
+        priority = self.fees.get("max_priority_fee", provider.priority_fee)
+        return 2 * provider.base_fee + priority
+
+    def check_fee_cap(self) -> None:
+        """TaskRejected while the base fee is above the cap: a transaction sent now would wait
+        in the mempool, and its sender with it."""
+        from ape import chain
+
+        if "max_fee" in self.fees and chain.provider.base_fee > self.fees["max_fee"]:
+            raise TaskRejected(f"the base fee is {chain.provider.base_fee} wei, above the max "
+                               f"fee {self.fees['max_fee']}: waiting for it to fall")
 
     @property
     def head(self) -> int:
@@ -347,7 +390,9 @@ class Board:
         return self.head + 1
 
     def _send(self, action: str, method: str, *args, sender, value: int = 0):
-        return send(self.contract, action, method, *args, sender=sender, value=value)
+        self.check_fee_cap()
+        return send(self.contract, action, method, *args, sender=sender, value=value,
+                    fees=self._transaction_fees())
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,

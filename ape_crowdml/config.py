@@ -17,6 +17,10 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_profiles: []        # environment profiles accepted besides the built-in ones
         accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
         max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
+      agent:
+        page_blocks: 2000          # blocks per eth_getLogs query (providers cap the range)
+        max_fee: null              # wei per gas, in all, for its transactions; null: ape's default
+        priority_fee: null         # wei per gas to the block's proposer; null: ape's default
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ class WorkerPolicy(BaseModel):
     max_window_blocks: int = Field(50_400, ge=1)
 
 
+class AgentSettings(BaseModel):
+    """How `ape crowdml agent` (and `Agent`) talks to a live network; its options override."""
+
+    # Many providers answer eth_getLogs over at most a few thousand blocks (some 500).
+    page_blocks: int = Field(2_000, ge=1)
+    max_fee: int | None = Field(None, ge=1)  # wei per gas
+    priority_fee: int | None = Field(None, ge=0)
+
+
 class CrowdmlConfig(PluginConfig):
     boards: dict[str, dict[str, str]] = Field(default_factory=dict)
     # Job files are found by digest among the shipped jobs and these folders (missing ones skip).
@@ -58,6 +71,7 @@ class CrowdmlConfig(PluginConfig):
     artifact_store: str | None = None
     cache_folder: Path = Path("~/.cache/crowdml")
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     model_config = SettingsConfigDict(extra="allow", env_prefix="APE_CROWDML_")
 

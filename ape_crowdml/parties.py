@@ -306,7 +306,8 @@ class Worker(Party):
         preflight.check_join(task, self.board.head + 1,
                              self.board.worker_status(task_id, self.account.address),
                              is_sink=self.account.address == self.board.sink,
-                             balance=self.account.balance)
+                             balance=self.account.balance,
+                             fee_per_gas=self.board.fee_per_gas())
         self.check(task_id, spec)
         if confirm is not None:
             confirm(task.deposit)

@@ -189,3 +189,25 @@ def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, acc
     assert work.done
     assert f"task {task}: job stopped, the commit window closed before it ended" in lines
     assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED
+
+
+def test_an_interrupted_agent_stops_its_running_job(board, accounts, config, tmp_path,
+                                                    monkeypatch):
+    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    task = Requester(board, accounts[0], config=config).publish(
+        wait_spec(tmp_path, tmp_path / "never"), reward=REWARD, deposit=DEPOSIT, workers=2,
+        requester_coin=False)
+    Worker(board, accounts[2], config=config).join(task)
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    drive([agent], lambda: f"task {task}: job started" in lines)
+    work = agent._jobs[task]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ape_crowdml.agent.time.sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        agent.run(poll_seconds=0)
+    assert work.done and not agent._jobs  # the job's process ended with the agent
+    assert lines[-1] == f"task {task}: job stopped"
