@@ -193,7 +193,7 @@ def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, acc
 
 def test_an_interrupted_agent_stops_its_running_job(board, accounts, config, tmp_path,
                                                     monkeypatch):
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     task = Requester(board, accounts[0], config=config).publish(
         wait_spec(tmp_path, tmp_path / "never"), reward=REWARD, deposit=DEPOSIT, workers=2,
         requester_coin=False)
