@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,7 @@ class Rehearsal:
         self.store = root / "store"
         self.store.mkdir(parents=True, exist_ok=True)
         self._accounts = iter(range(ACCOUNTS))
+        self._lock = threading.Lock()  # rehearsals may run side by side, in threads
         self.observer = Observer(anvil.web3)
 
     def party(self, name: str) -> Party:
@@ -159,7 +161,8 @@ class Rehearsal:
             },
         }
         (folder / "ape-config.yaml").write_text(yaml.safe_dump(config))
-        return Party(name, next(self._accounts), folder)
+        with self._lock:
+            return Party(name, next(self._accounts), folder)
 
 
 class Observer:

@@ -41,7 +41,7 @@ def wait(condition, poll: float = 0.5):
 def open_task(board) -> int:
     """The first task still taking workers."""
     def find():
-        return next((t for t in range(1, board.task_count + 1)
+        return next((t for t in range(1, board.task_count() + 1)
                      if board.phase(t) == Phase.JOINING), None)
     return wait(find)
 
