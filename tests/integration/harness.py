@@ -252,7 +252,8 @@ class Played:
     started: float
     ended: float
     logs: dict[str, Path]
-    peak_rss: dict[str, int] = field(default_factory=dict)  # label -> bytes, agent + its jobs
+    # label -> (peak resident bytes of the process alone, of it and its job processes together)
+    peak_rss: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int = 1,
@@ -284,7 +285,7 @@ def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int 
         wait_for(lambda: all("watching board" in logs[n].read_text() for n in logs
                              if n != "requester"), "the workers to start", 180, processes, logs)
         (requester.folder / "go").touch()
-        peaks: dict[str, int] = {}
+        peaks: dict[str, tuple[int, int]] = {}
         crashing = [(n, p) for n, (p, s) in zip(list(processes)[1:], workers) if s == "crash"]
         deadline = time.monotonic() + timeout
         for name, party in crashing:
@@ -294,7 +295,9 @@ def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int 
         def finished() -> bool:
             if sample_memory:
                 for n, process in processes.items():
-                    peaks[n] = max(peaks.get(n, 0), tree_rss(process.pid))
+                    own, family = peaks.get(n, (0, 0))
+                    now_own, now_family = tree_rss(process.pid)
+                    peaks[n] = max(own, now_own), max(family, now_family)
             return result_file.exists() and all(p.poll() is not None
                                                 for p in processes.values())
 
@@ -328,22 +331,22 @@ def _crash_and_restart(rehearsal, board, name, party, processes, logs, deadline)
     del processes[name]
 
 
-def tree_rss(pid: int) -> int:
-    """Resident memory of a process and its descendants (its job processes), in bytes."""
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Resident bytes of a process alone, and with its descendants (its job processes), now."""
     import psutil
 
     try:
         process = psutil.Process(pid)
         family = [process, *process.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    sizes = []
     for member in family:
         try:
-            total += member.memory_info().rss
+            sizes.append(member.memory_info().rss)
         except psutil.NoSuchProcess:
-            pass
-    return total
+            sizes.append(0)
+    return sizes[0], sum(sizes)
 
 
 def check_payouts(observer: Observer, played: Played) -> list[Expected]:
