@@ -20,7 +20,7 @@ CHAIN_TESTS += tests/test_board_payoffs.py tests/test_cli_demo.py tests/test_att
 	tests/test_board_fuzz.py tests/test_purchase.py tests/test_purchase_api.py
 endif
 
-.PHONY: all env lock demo test test-local test-anvil bench taskboard clean
+.PHONY: all env lock demo test test-local test-anvil test-fork bench taskboard clean
 
 all: test
 
@@ -47,13 +47,18 @@ env: $(VENV)/.installed $(TOOLS)/node_modules/.bin/anvil
 demo: env
 	ape crowdml demo
 
-test: env test-local test-anvil
+test: env test-local test-anvil test-fork
 
 test-local: env
 	ape test tests -q
 
 test-anvil: env
 	ape test $(CHAIN_TESTS) -q --network ethereum:local:foundry
+
+# Tasks started on a chain (a second anvil with chain id 1, as ethereum:mainnet's node) and
+# finished on its fork, the way ape users test against mainnet; other networks skip tests/fork.
+test-fork: env
+	ape test tests/fork -q --network ethereum:mainnet-fork:foundry
 
 bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'

@@ -69,14 +69,14 @@ def board_option():
                              "ape-config.yaml, or the last one deployed from here on this chain).")
 
 
-def connected(*, account: bool = True, name: str | None = None):
+def connected(*, account: bool = True, name: str | None = None, unattended: bool = False):
     """A command on a network (`--network`), on a board (`--board`), and usually as an account
-    (`--account alias` or `--account TEST::0`)."""
+    (`--account alias` or `--account TEST::0`; asked for when left out, unless `unattended`)."""
 
     def decorate(function):
         function = board_option()(function)
         if account:
-            function = signer_option()(function)
+            function = signer_option(prompt=not unattended)(function)
         function = network_option()(function)
         return cli.command(name, cls=ConnectedProviderCommand)(function)
 
@@ -309,7 +309,7 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 
 
 @cli.command()
-@click.argument("job", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("job")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", type=JSON(), default="{}", show_default=True,
               help="Hyperparameters as JSON.")
@@ -329,7 +329,10 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_canary, digits,
               out):
     """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
-    runs a canary here whose digest workers must reproduce before committing); prints its digest."""
+    runs a canary here whose digest workers must reproduce before committing); prints its digest.
+    JOB is a job file or the name of a shipped one (train_classifier, evaluate_classifier)."""
+    from ape_crowdml.config import crowdml_config
+    from ape_crowdml.compute.jobs import resolve_job
     from ape_crowdml.errors import SpecError
     from ape_crowdml.compute.spec import make_spec as build, save_spec
 
@@ -339,13 +342,15 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
         from ape_crowdml.compute.data import export_digits
 
         export_digits(data)
+    folders = crowdml_config().jobs_folder
+    job = resolve_job(job, folders)
     spec = build(job, data, hparams, profile=profile, store=store)
     if not no_canary:
         from ape_crowdml.compute.runner import with_canary
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
-        spec = with_canary(spec, bytes(32), canary_hparams)
+        spec = with_canary(spec, bytes(32), canary_hparams, [*folders, job.parent])
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)
@@ -367,21 +372,34 @@ def run_job(spec_file, coin, out):
     click.echo("0x" + result.digest.hex())
 
 
-@connected()
+@connected(unattended=True)
 @click.option("--tasks", type=click.IntRange(min=1),
               help="Stop once this many of its tasks have ended (default: run forever).")
 @click.option("--poll", default=2.0, show_default=True, help="Seconds between idle polls.")
 @click.option("--mine-when-idle", is_flag=True,
-              help="Mine a block at every idle poll, for a local chain nobody else uses (on a "
-                   "shared one it closes the others' windows while they train).")
-def agent(account, board_address, tasks, poll, mine_when_idle):
-    """Work on its own: join accepted tasks, work, commit, reveal, settle, claim."""
-    from ape_crowdml.agent import Agent
+              help="Mine a block at every idle poll while no job trains, for a local chain nobody "
+                   "else uses (on a shared one it closes the others' windows while they train).")
+@click.option("--page-blocks", type=click.IntRange(min=1),
+              help="Blocks per event query (default 2000; providers cap eth_getLogs).")
+@click.option("--autosign", is_flag=True,
+              help="Sign with a keyfile account without asking, unlocked once with the "
+                   "passphrase in APE_ACCOUNTS_<alias>_PASSPHRASE.")
+def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, autosign):
+    """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
+    waits for a person: an account that would ask before signing is refused at the start."""
+    from ape_crowdml.agent import Agent, sign_unattended
+    from ape_crowdml.errors import CannotSignUnattended
 
+    if account is None:
+        raise CannotSignUnattended("the agent runs unattended and cannot ask for an account: "
+                                   "name it with --account ALIAS (or TEST::N)")
+    sign_unattended(account, autosign=autosign)
     worker = _worker(board_address, account)
     log = _agent_log()
-    log(f"agent {account.address} watching board {worker.board.address}")
-    Agent(worker, mine_when_idle=mine_when_idle, log=log).run(tasks=tasks, poll_seconds=poll)
+    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks, log=log)
+    log(f"agent {account.address} watching board {worker.board.address} from block "
+        f"{agent.next_block}")
+    agent.run(tasks=tasks, poll_seconds=poll)
 
 
 def _agent_log():

@@ -67,11 +67,12 @@ def output_format_option():
                         help="A rich table to read, or JSON / YAML for scripts (amounts in wei).")
 
 
-def signer_option():
-    """ape's `--account` (it prompts for one when left out), with a help text."""
+def signer_option(prompt: bool = True):
+    """ape's `--account` (it prompts for one when left out, unless `prompt` is False), with a
+    help text."""
 
     def decorate(function):
-        function = account_option()(function)
+        function = (account_option() if prompt else account_option(prompt=False))(function)
         function.__click_params__[-1].help = ("The account that signs: an alias from `ape "
                                               "accounts list`, or TEST::N for test account N.")
         return function

@@ -2,60 +2,138 @@
 policy accepts, works, commits, reveals as soon as the reveal phase opens, settles, publishes its
 result artifact as soon as it sees the task AGREED (never for any other outcome), and claims.
 
-It keeps no state of its own beyond the Store: on restart it rediscovers its tasks from the
-events and its seat on each from `worker_status`, and reveals from the stored salt. That is
-what makes killing it after a commit safe.
+Jobs run in their own processes, one at a time (each pins the CPUs its profile names): while
+one trains, every other task's deadline-bound actions (join, reveal, settle, abort, claim) keep
+going at each poll, so a long job never makes it miss another task's reveal window.
+
+It keeps no state of its own beyond the Store: on restart it takes up the event scan where it
+left off (the Store keeps the next block and the tasks it follows), reads its seat on each task
+from `worker_status`, and reveals from the stored salt. That is what makes killing it after a
+commit safe. The scan pages its log queries (`page_blocks`) and outlives a node's errors and
+rate limits: a failed query is logged and retried with backoff while known tasks go on.
 
 It leaves the chain's clock alone: it only waits for blocks. On a local chain that mines only
 when a transaction arrives, a deadline then passes only when someone sends one; start anvil
 with a block time (`anvil --block-time 1`) when several parties share it. `mine_when_idle`
-(`--mine-when-idle`) mines a block at every idle poll instead, for a chain nobody else uses: on
-a shared one it would close other workers' windows while they train.
+(`--mine-when-idle`) mines a block at every idle poll while no job of its own trains, for a
+chain nobody else uses: on a shared one it would close other workers' windows while they train.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
+from time import monotonic
 
 from .board import Phase, WorkerStatus
-from .errors import CrowdmlError, first_line
-from .parties import Worker
+from .errors import CannotSignUnattended, CrowdmlError, first_line
+from .parties import Work, Worker
 from .render import wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
 
 
+def sign_unattended(account, *, autosign: bool) -> None:
+    """Make sure `account` signs without asking anyone, or raise CannotSignUnattended.
+
+    A keyfile account asks for its passphrase, and to confirm each transaction: with
+    `autosign`, it is unlocked once with the passphrase in ape's own variable,
+    APE_ACCOUNTS_<alias>_PASSPHRASE, and signs from then on without asking (ape's
+    `set_autosign`). Accounts of other plugins (hardware wallets) are refused: a wallet that
+    waits for a button press would leave the agent waiting past its deadlines."""
+    from ape.api.accounts import TestAccountAPI
+    from ape_accounts import KeyfileAccount
+
+    if isinstance(account, TestAccountAPI):
+        return
+    if not isinstance(account, KeyfileAccount):
+        raise CannotSignUnattended(
+            f"{type(account).__name__} accounts may wait for a person to sign; the agent runs "
+            "unattended: use a keyfile account (`ape accounts import`) with --autosign")
+    variable = f"APE_ACCOUNTS_{account.alias}_PASSPHRASE"
+    if not autosign:
+        raise CannotSignUnattended(
+            f"account {account.alias} would ask before signing each transaction and nobody is "
+            f"there to answer: pass --autosign, with its passphrase in {variable}")
+    passphrase = os.environ.get(variable)
+    if not passphrase:
+        raise CannotSignUnattended(f"--autosign unlocks account {account.alias} with the "
+                                   f"passphrase in {variable}, which is not set")
+    from ape.exceptions import AccountsError
+
+    try:
+        account.set_autosign(True, passphrase=passphrase)
+    except AccountsError:  # InvalidPasswordError
+        raise CannotSignUnattended(f"the passphrase in {variable} does not unlock account "
+                                   f"{account.alias}") from None
+
+
+# Many providers answer eth_getLogs over at most a few thousand blocks (some 500, some 10,000).
+DEFAULT_PAGE_BLOCKS = 2_000
+# After a failed event scan, wait this long before the next, doubling up to the maximum: a
+# rate-limited node is not hammered, and the agent serves its known tasks meanwhile.
+FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 60.0
+
+
 class Agent:
     def __init__(self, worker: Worker, *, mine_when_idle: bool = False,
-                 log: Callable[[str], None] = print):
+                 page_blocks: int | None = None, log: Callable[[str], None] = print):
+        page_blocks = page_blocks or DEFAULT_PAGE_BLOCKS
         self.worker = worker
         self.board = worker.board
         self.log = log
         self.mine_when_idle = mine_when_idle
-        self._next_block = self.board.start_block
-        self._watching: set[int] = set()
+        self.page_blocks = page_blocks
+        # Where a previous run of this account's agent left off, from the store: a restart
+        # neither rescans the board nor forgets the tasks it follows.
+        self._scan_key = (self.board.chain_id, self.board.address, worker.account.address)
+        next_block, watching = worker.store.agent_scan(*self._scan_key)
+        self.next_block = max(self.board.start_block, next_block or 0)
+        self._watching: set[int] = watching
+        self._retry_delay = 0.0
+        self._retry_at = 0.0
         self._given_up: set[int] = set()
+        self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
         self.finished: list[int] = []
 
     def _discover(self) -> None:
-        head = self.board.head
-        if head < self._next_block:
+        """Scan new blocks for Published events, a page of `page_blocks` at a time, saving the
+        place after each page. A failed query is logged and retried later, with backoff."""
+        if monotonic() < self._retry_at:
             return
-        for event in self.board.contract.Published.range(self._next_block, head + 1):
-            if event.task_id not in self.finished:
-                self._watching.add(event.task_id)
-        self._next_block = head + 1
+        try:
+            head = self.board.head
+            while self.next_block <= head:
+                last = min(head, self.next_block + self.page_blocks - 1)
+                found = self.board.published_between(self.next_block, last)
+                self.worker.store.save_agent_scan(*self._scan_key, last + 1, found)
+                self._watching |= found - set(self.finished)
+                self.next_block = last + 1
+        except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
+            logger.debug("event scan failed", exc_info=True)
+            self._retry_delay = min(MAX_RETRY_SECONDS,
+                                    max(FIRST_RETRY_SECONDS, 2 * self._retry_delay))
+            self._retry_at = monotonic() + self._retry_delay
+            self.log(f"event scan from block {self.next_block} failed "
+                     f"({type(exc).__name__}: {first_line(exc)}); retrying in "
+                     f"{self._retry_delay:g} s")
+            return
+        self._retry_delay = 0.0
+
+    def _forget(self, task_id: int) -> None:
+        self._watching.discard(task_id)
+        self.worker.store.forget_agent_task(*self._scan_key, task_id)
 
     def step(self) -> bool:
         """Advance every watched task by at most one action; True if anything was sent.
 
         The actions bound to a deadline (join, reveal, settle, abort, claim) go first for
-        every task; then at most one job runs, the one whose commit window closes first.
-        So reveals already due never wait behind a job; a reveal window that opens and
-        closes while a long job runs is still missed (see the README's known limits).
+        every task; then the running job, if any, is looked at (committed once done), and if
+        none runs, the next job starts: the one whose commit window closes first. No call
+        waits for a job, so the reveals due while one trains are sent on time.
         """
         self._discover()
         acted = False
@@ -66,9 +144,12 @@ class Agent:
                 ready_to_work.append(task_id)
             else:
                 acted |= bool(outcome)
-        if ready_to_work:
+        for task_id in list(self._jobs):
+            acted |= bool(self._guarded(self._poll_job, task_id))
+        ready_to_work = [t for t in ready_to_work if t not in self._jobs]
+        if ready_to_work and not self._jobs:
             task_id = min(ready_to_work, key=lambda t: self.board.task(t).deadline)
-            acted |= bool(self._guarded(self._work, task_id))
+            acted |= bool(self._guarded(self._start_job, task_id))
         return acted
 
     def _guarded(self, action, task_id: int):
@@ -83,16 +164,43 @@ class Agent:
             self.log(f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
         return False
 
-    def _work(self, task_id: int) -> bool:
+    def _start_job(self, task_id: int) -> bool:
         try:
-            digest = self.worker.work(task_id)
+            self._jobs[task_id] = self.worker.start_work(task_id)
         except CrowdmlError:
             # Refusals (canary, E_ck, policy, data) repeat on every try: give the job up, so
             # that it does not hold up the other tasks' jobs; the task is still followed.
             self._given_up.add(task_id)
             raise
+        self.log(f"task {task_id}: job started")
+        return True
+
+    def _poll_job(self, task_id: int) -> bool:
+        """Commit the task's job once it is done; stop it if its commit window closed."""
+        work = self._jobs[task_id]
+        if not work.done:
+            if self.board.phase(task_id) == Phase.COMMIT:
+                return False
+            del self._jobs[task_id]
+            work.cancel()
+            self._given_up.add(task_id)
+            self.log(f"task {task_id}: job stopped, the commit window closed before it ended")
+            return True
+        del self._jobs[task_id]
+        try:
+            digest = self.worker.finish_work(work)
+        except CrowdmlError:
+            self._given_up.add(task_id)
+            raise
         self.log(f"task {task_id}: committed to 0x{digest.hex()}")
         return True
+
+    def stop_jobs(self) -> None:
+        """Stop the jobs still running (their tasks' results were not committed)."""
+        for task_id, work in list(self._jobs.items()):
+            work.cancel()
+            self.log(f"task {task_id}: job stopped")
+        self._jobs.clear()
 
     def _advance(self, task_id: int):
         """Send the task's next deadline-bound action; WORK when its job is due instead."""
@@ -101,12 +209,12 @@ class Agent:
         status = self.board.worker_status(task_id, me)
         if status == WorkerStatus.NONE:
             if phase != Phase.JOINING:
-                self._watching.discard(task_id)
+                self._forget(task_id)
                 return False
             try:
                 worker.join(task_id)
             except CrowdmlError as exc:
-                self._watching.discard(task_id)
+                self._forget(task_id)
                 self.log(f"task {task_id}: not joining: {exc}")
                 return False
             self.log(f"task {task_id}: joined")
@@ -119,7 +227,7 @@ class Agent:
             self.log(f"task {task_id}: window closed, {worker.board.abort(worker.account, task_id).label}")
             return True
         if status == WorkerStatus.JOINED and phase == Phase.COMMIT:
-            return False if task_id in self._given_up else WORK
+            return False if task_id in self._given_up or task_id in self._jobs else WORK
         if status == WorkerStatus.COMMITTED and phase == Phase.REVEAL:
             digest = worker.reveal(task_id)
             self.log(f"task {task_id}: revealed 0x{digest.hex()} from the stored salt")
@@ -134,7 +242,7 @@ class Agent:
                 self.log(f"task {task_id}: result artifact published")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
-            self._watching.discard(task_id)
+            self._forget(task_id)
             self.finished.append(task_id)
             return True
         return False
@@ -143,8 +251,12 @@ class Agent:
         """Work until `tasks` tasks have finished (forever if None)."""
         from ape import chain
 
-        while tasks is None or len(self.finished) < tasks:
-            if not self.step():
-                if self.mine_when_idle:
-                    chain.mine(1)
-                time.sleep(poll_seconds)
+        try:
+            while tasks is None or len(self.finished) < tasks:
+                if not self.step():
+                    # Not while a job trains: the blocks would close its own commit window.
+                    if self.mine_when_idle and not self._jobs:
+                        chain.mine(1)
+                    time.sleep(poll_seconds)
+        finally:
+            self.stop_jobs()

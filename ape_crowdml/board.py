@@ -194,7 +194,8 @@ def taskboard_container():
 
 class Board:
     """A deployed TaskBoard. `start_block` bounds event scans: the deployment block, by default
-    from ape's contract creation metadata (0 where the node and explorers cannot tell)."""
+    read from the board itself (CREATED_AT), so a board named only by its address is not
+    scanned from block 0 on a node that keeps no trace or otterscan index."""
 
     def __init__(self, address: str, start_block: int | None = None):
         from ape import chain, convert
@@ -209,10 +210,8 @@ class Board:
             raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}; "
                                      "deploy one with `ape crowdml deploy`")
         self.address = address
-        if start_block is None:
-            start_block = creation_block(address)
-        self.start_block = start_block
         self.contract = taskboard_container().at(address)
+        self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
 
     def __repr__(self) -> str:
         return f"<Board {self.address}>"
@@ -289,6 +288,10 @@ class Board:
 
     def owed(self, task_id: int, account: str) -> int:
         return self.contract.owed(task_id, account)
+
+    def published_between(self, first: int, last: int) -> set[int]:
+        """The ids of the tasks published in blocks first..last (one eth_getLogs query)."""
+        return {log.task_id for log in self.contract.Published.range(first, last + 1)}
 
     def _events(self, event: str, task_id: int):
         return getattr(self.contract, event).range(
@@ -424,25 +427,6 @@ class Board:
         preflight.check_abort(self.task(task_id), self._next_block(), sender.address)
         self._send(f"abort task {task_id}", "abort", task_id, sender=sender)
         return self.phase(task_id)
-
-
-def creation_block(address: str) -> int:
-    """The block that created the contract at `address`, from ape's contract creation query
-    (an explorer plugin, or the node's otterscan or trace API); 0 where none can tell.
-
-    Queried each time rather than through `chain.contracts.get_creation_metadata`, whose
-    cache outlives a local chain's reverts: the same address, redeployed at a later block, would
-    read the first block and miss no events, or an earlier one and miss them all."""
-    from ape import chain
-    from ape.api.query import ContractCreationQuery
-    from ape.exceptions import ApeException
-
-    try:
-        query = ContractCreationQuery(columns=["*"], contract=address)
-        creation = next(iter(chain.query_manager.query(query)), None)
-    except ApeException:  # no query engine can answer on this network
-        return 0
-    return creation.block if creation and creation.block <= chain.blocks.head.number else 0
 
 
 def revert_reason(exc: BaseException) -> str | None:

@@ -4,14 +4,14 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
     crowdml:
       boards:                      # board address per network, nested as ape's deployments:
         ethereum:
-          sepolia: "0x…"
-      jobs_folder: jobs            # job files; the worker allowlist defaults to these
+          sepolia: "0x…"           # a fork (sepolia-fork) uses its upstream's board unless named
+      jobs_folder: [jobs]          # folders of job files besides the shipped ones (one path or a list)
       data_folder: data            # datasets the requester publishes
       state_folder: .crowdml       # sqlite store of salts, coin openings and results
       artifact_store: null         # fsspec URL; default: <state_folder>/artifacts
       cache_folder: ~/.cache/crowdml   # remote datasets, kept under their digest
       worker:
-        accept_jobs: []            # job file names or keccak256 digests; [] = all of jobs_folder
+        accept_jobs: []            # job names or keccak256 digests; [] = shipped jobs and jobs_folder
         max_deposit: 1000000000000000000   # wei
         min_reward: 1                      # wei per worker: reward // workers
         accept_profiles: []        # environment profiles accepted besides the built-in ones
@@ -29,6 +29,9 @@ from pydantic_settings import SettingsConfigDict
 
 from .compute.profile import Profile
 from .board import NEUTRAL_SINK
+
+# Ape's name for a local fork of a network: mainnet-fork forks mainnet.
+FORK_SUFFIX = "-fork"
 
 
 class WorkerPolicy(BaseModel):
@@ -48,7 +51,8 @@ class WorkerPolicy(BaseModel):
 
 class CrowdmlConfig(PluginConfig):
     boards: dict[str, dict[str, str]] = Field(default_factory=dict)
-    jobs_folder: Path = Path("jobs")
+    # Job files are found by digest among the shipped jobs and these folders (missing ones skip).
+    jobs_folder: list[Path] = Field(default_factory=lambda: [Path("jobs")])
     data_folder: Path = Path("data")
     state_folder: Path = Path(".crowdml")
     artifact_store: str | None = None
@@ -56,6 +60,11 @@ class CrowdmlConfig(PluginConfig):
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
 
     model_config = SettingsConfigDict(extra="allow", env_prefix="APE_CROWDML_")
+
+    @field_validator("jobs_folder", mode="before")
+    @classmethod
+    def _one_or_many(cls, folders):
+        return [folders] if isinstance(folders, (str, Path)) else folders
 
     @field_validator("boards", mode="before")
     @classmethod
@@ -71,8 +80,12 @@ class CrowdmlConfig(PluginConfig):
         return boards
 
     def board_for(self, ecosystem: str, network: str) -> str | None:
-        """The configured board of a network, if any."""
-        return self.boards.get(ecosystem, {}).get(network)
+        """The configured board of a network, if any. A fork (ape names it `<upstream>-fork`)
+        holds the upstream's contracts, so it takes the upstream's board unless it names one."""
+        boards = self.boards.get(ecosystem, {})
+        if network in boards or not network.endswith(FORK_SUFFIX):
+            return boards.get(network)
+        return boards.get(network.removesuffix(FORK_SUFFIX))
 
     def artifact_url(self) -> str:
         return self.artifact_store or str(self.state_folder / "artifacts")
@@ -92,7 +105,7 @@ def crowdml_config() -> CrowdmlConfig:
         return path if path.is_absolute() else root / path
 
     return config.model_copy(update={
-        "jobs_folder": resolve(config.jobs_folder),
+        "jobs_folder": [resolve(folder) for folder in config.jobs_folder],
         "data_folder": resolve(config.data_folder),
         "state_folder": resolve(config.state_folder),
         "cache_folder": resolve(config.cache_folder),

@@ -212,7 +212,7 @@ def run_demo(console: Console | None = None) -> None:
 
         data_file = config.data_folder / "digits.npz"
         data_digest = export_digits(data_file)
-        spec = make_spec(config.jobs_folder / "train_classifier.py", data_file, DEMO_HPARAMS)
+        spec = make_spec("train_classifier", data_file, DEMO_HPARAMS)
         spec_file = save_spec(spec, Path(tmp) / "spec.json")
         console.print(f"digits set {data_file} (keccak {short(data_digest)}), job "
                       f"train_classifier.py {DEMO_HPARAMS}")

@@ -49,6 +49,10 @@ class MissingSecret(CrowdmlError):
     """The local store has no salt (or coin opening) for this task and account."""
 
 
+class CannotSignUnattended(CrowdmlError):
+    """The account would ask someone before signing, and nobody is there to answer."""
+
+
 class PolicyRefused(CrowdmlError):
     """The worker's policy does not accept this task: job not allowlisted, deposit or reward."""
 

@@ -17,19 +17,25 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .artifacts import ArtifactStore
 from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
                     commitment, hex32)
-from .config import CrowdmlConfig, crowdml_config
+from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
+from .compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
                      SpecError, TaskRejected, first_line)
 from .policy import check_policy
 from .compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
+
+if TYPE_CHECKING:
+    from .compute.runner import JobProcess
 
 def network_key() -> str:
     """The connected network as ecosystem:network."""
@@ -59,9 +65,11 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         # ape's default local chain lives only as long as this command: its board is gone.
         hint = ("; ethereum:local:test lasts one command: pass --network "
                 "ethereum:local:foundry to reach a running anvil")
+    # A fork takes its upstream's entry: name the one a user would write.
     raise BoardNotConfigured(
         f"no task board configured for {network_key()}: set `crowdml: boards: {ecosystem}: "
-        f"{network}:` in ape-config.yaml, pass --board, or run `ape crowdml deploy`{hint}")
+        f"{network.removesuffix(FORK_SUFFIX)}:` in ape-config.yaml, pass --board, or run "
+        f"`ape crowdml deploy`{hint}")
 
 
 def deploy_board(account, sink: str = NEUTRAL_SINK, *, config: CrowdmlConfig | None = None,
@@ -77,6 +85,25 @@ def deploy_board(account, sink: str = NEUTRAL_SINK, *, config: CrowdmlConfig | N
 
 def as_spec(spec: JobSpec | str | Path) -> JobSpec:
     return spec if isinstance(spec, JobSpec) else load_spec(spec)
+
+
+@dataclass
+class Work:
+    """A task's job under way (`Worker.start_work`); `done` once its result can be committed."""
+
+    task: TaskInfo
+    coin: bytes
+    store_url: str  # where the artifact goes once the task settles agreed
+    job: JobProcess | None = None  # None when a stored result is reused
+    stored: tuple[bytes, bytes] | None = None  # (result digest, artifact) once known
+
+    @property
+    def done(self) -> bool:
+        return self.job is None or not self.job.running
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
 
 
 class Party:
@@ -206,7 +233,8 @@ class Worker(Party):
 
         task = self.board.task(task_id)
         spec = self.spec_of(task_id, spec)
-        check_policy(task, spec, self.config.worker, self.config.jobs_folder, self.board.sink)
+        check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder),
+                     self.board.sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
@@ -242,19 +270,32 @@ class Worker(Party):
         between storing and committing, the commitment stays the one a pending transaction
         may already carry.
         """
-        from .compute.runner import run_job
+        return self.finish_work(self.start_work(task_id, spec, progress=progress))
+
+    def start_work(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
+                   progress: bool = False) -> Work:
+        """`work`'s first half: the checks, then the job started in its own process (unless a
+        result is stored for this spec and coin); returns at once. `finish_work` commits."""
+        from .compute.runner import start_job
 
         # Before any training: the coin is fixed, this seat can commit, and the window is open.
         self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
         task, spec = self.check(task_id, spec)
         coin = self.board.coin(task_id)
+        store_url = self.artifacts_for(spec).url
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
-            result, artifact = stored.result, stored.artifact
-        else:
-            job = run_job(spec, coin, progress=progress)
-            result, artifact = job.digest, job.artifact
-        self._store_then_commit(task, coin, result, artifact, self.artifacts_for(spec).url)
+            return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
+        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress))
+
+    def finish_work(self, work: Work) -> bytes:
+        """`work`'s second half: wait for the job if it still runs, store its result with a
+        fresh salt, then commit; returns the result digest."""
+        if work.job is not None:
+            job = work.job.result()
+            work.stored = (job.digest, job.artifact)
+        result, artifact = work.stored
+        self._store_then_commit(work.task, work.coin, result, artifact, work.store_url)
         return result
 
     def commit_result(self, task_id: int, result: bytes, artifact: bytes, *,

@@ -6,35 +6,37 @@ deposit is sent."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from eth_utils import to_checksum_address
 
 from .board import TaskInfo
 from .config import WorkerPolicy
 from .compute.digest import file_digest
-from .errors import PolicyRefused
+from .compute.jobs import JobRegistry
+from .errors import PolicyRefused, SpecError
 from .compute.profile import check_profile
 from .compute.spec import JobSpec
 
 
-def allowed_job_digests(policy: WorkerPolicy, jobs_folder: Path) -> dict[str, str]:
-    """0x-digest -> a name for it. Entries of `accept_jobs` are digests or file names in
-    `jobs_folder`; an empty list accepts every job file shipped in `jobs_folder`."""
-    entries = policy.accept_jobs or sorted(p.name for p in jobs_folder.glob("*.py"))
+def allowed_job_digests(policy: WorkerPolicy, jobs: JobRegistry) -> dict[str, str]:
+    """0x-digest -> a name for it. Entries of `accept_jobs` are digests or job names
+    (`train_classifier` or `train_classifier.py`) in the worker's registry; an empty list accepts
+    every job there: the shipped jobs and those of the configured folders."""
+    if not policy.accept_jobs:
+        return {digest: path.name for digest, path in jobs.by_digest.items()}
     allowed = {}
-    for entry in entries:
+    for entry in policy.accept_jobs:
         if entry.startswith("0x"):
             allowed[entry.lower()] = entry
             continue
-        path = jobs_folder / entry
-        if not path.is_file():
-            raise PolicyRefused(f"allowlisted job {entry} is not in {jobs_folder}")
+        try:
+            path = jobs.named(entry)
+        except SpecError as exc:
+            raise PolicyRefused(f"allowlisted job: {exc}") from None
         allowed["0x" + file_digest(path).hex()] = entry
     return allowed
 
 
-def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs_folder: Path,
+def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs: JobRegistry,
                  sink: str) -> None:
     """PolicyRefused (EnvironmentMismatch for the profile) with the first reason this worker must
     not take the task on a board whose forfeits go to `sink`."""
@@ -47,10 +49,14 @@ def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs_folde
         if blocks > policy.max_window_blocks:
             raise PolicyRefused(f"task {task.task_id}'s {name} window is {blocks} blocks, above "
                                 f"this worker's maximum {policy.max_window_blocks}")
-    allowed = allowed_job_digests(policy, jobs_folder)
+    allowed = allowed_job_digests(policy, jobs)
     if spec.job_digest not in allowed:
         raise PolicyRefused(f"task {task.task_id} runs job {spec.job} ({spec.job_digest}), "
                             "which is not on this worker's allowlist; refusing to run its code")
+    try:
+        jobs.find(spec.job_digest, spec.job)
+    except SpecError as exc:
+        raise PolicyRefused(f"task {task.task_id}: {exc}") from None
     check_profile(spec.profile, policy.accept_profiles)
     if task.deposit > policy.max_deposit:
         raise PolicyRefused(f"task {task.task_id} asks a deposit of {task.deposit} wei, above "

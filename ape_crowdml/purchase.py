@@ -33,6 +33,7 @@ from .board import Board, hex32, mined, send, transaction
 from .config import CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
 from .compute.digest import bits_body, decode_bits, file_digest, keccak_digest
+from .compute.jobs import shipped_folder
 from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
 from .compute.spec import JobSpec, make_spec, parse_spec
 
@@ -135,11 +136,11 @@ def fill_template(head: bytes, tail: bytes, model: bytes, uri: str) -> JobSpec:
     return spec
 
 
-def check_template(order: OrderInfo, head: bytes, tail: bytes, jobs_folder: Path) -> JobSpec:
+def check_template(order: OrderInfo, head: bytes, tail: bytes) -> JobSpec:
     """Seller side, before offering: the template must evaluate a model with the shipped
     evaluation job, on the order's test data, on exactly the order's number of samples."""
     spec = fill_template(head, tail, b"\x00" * 32, _URI_MARK)
-    job = jobs_folder / EVALUATION_JOB
+    job = shipped_folder() / EVALUATION_JOB
     if spec.job_digest != "0x" + file_digest(job).hex():
         raise PolicyRefused(f"order {order.order_id} runs job {spec.job} ({spec.job_digest}), "
                             f"not {job}: refusing to offer")
@@ -352,7 +353,7 @@ class Buyer(Trader):
                  profile: str = "cpu-exact", store: str | None = None) -> JobSpec:
         """An evaluation spec of the shipped evaluate job on `test_data`, model left blank.
         `data_uri` is where the data will be served once released (default: the file)."""
-        return make_spec(self.config.jobs_folder / EVALUATION_JOB, test_data,
+        return make_spec(shipped_folder() / EVALUATION_JOB, test_data,
                          {"model_digest": _NO_MODEL, "model_uri": _URI_MARK,
                           "subset_size": samples},
                          profile=profile, store=store, data_uri=data_uri)
@@ -401,7 +402,7 @@ class Seller(Trader):
         if order.stage != Stage.OPEN:
             raise TaskRejected(f"order {order_id} is {order.stage.label}, not open for offers")
         head, tail = self.market.template(order_id)
-        check_template(order, head, tail, self.config.jobs_folder)
+        check_template(order, head, tail)
         model = keccak_digest(Path(model_file).read_bytes())
         uri = model_uri or str(Path(model_file).resolve())
         spec = fill_template(head, tail, model, uri)

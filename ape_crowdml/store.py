@@ -42,6 +42,20 @@ CREATE TABLE IF NOT EXISTS results (
     artifact_store TEXT NOT NULL,
     PRIMARY KEY (chain_id, board, task_id, account)
 );
+CREATE TABLE IF NOT EXISTS agent_scans (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    account TEXT NOT NULL,
+    next_block INTEGER NOT NULL,
+    PRIMARY KEY (chain_id, board, account)
+);
+CREATE TABLE IF NOT EXISTS agent_tasks (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    account TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    PRIMARY KEY (chain_id, board, account, task_id)
+);
 """
 
 
@@ -88,12 +102,13 @@ class Store:
             self._db.executescript(SCHEMA)
         return self._db
 
-    def _write(self, sql: str, args: tuple) -> None:
-        # One transaction per write: when this returns, the row is on disk.
+    def _write(self, sql: str, args: tuple, *more: tuple[str, tuple]) -> None:
+        # One transaction per write: when this returns, the rows are on disk, all or none.
         db = self._connection(create=True)
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(sql, args)
+            for statement, values in ((sql, args), *more):
+                db.execute(statement, values)
 
     def _read_one(self, sql: str, args: tuple) -> tuple | None:
         db = self._connection(create=False)
@@ -140,3 +155,30 @@ class Store:
             "WHERE chain_id = ? AND board = ? AND task_id = ? AND account = ?",
             (chain_id, board, task_id, account))
         return StoredResult(*row) if row else None
+
+    # An agent's place in the board's events, so that a restart neither rescans the board from
+    # its creation nor forgets the tasks it found before.
+
+    def agent_scan(self, chain_id: int, board: str, account: str) -> tuple[int | None, set[int]]:
+        """(the next block to scan or None, the tasks still followed) of `account`'s agent."""
+        db = self._connection(create=False)
+        if db is None:
+            return None, set()
+        key = (chain_id, board, account)
+        row = db.execute("SELECT next_block FROM agent_scans WHERE chain_id = ? AND board = ? "
+                         "AND account = ?", key).fetchone()
+        tasks = db.execute("SELECT task_id FROM agent_tasks WHERE chain_id = ? AND board = ? "
+                           "AND account = ?", key)
+        return (row[0] if row else None), {task_id for (task_id,) in tasks}
+
+    def save_agent_scan(self, chain_id: int, board: str, account: str, next_block: int,
+                        found: set[int]) -> None:
+        """Blocks before `next_block` are scanned, and `found` are the tasks they published."""
+        key = (chain_id, board, account)
+        self._write("INSERT OR REPLACE INTO agent_scans VALUES (?, ?, ?, ?)", (*key, next_block),
+                    *[("INSERT OR IGNORE INTO agent_tasks VALUES (?, ?, ?, ?)", (*key, task_id))
+                      for task_id in sorted(found)])
+
+    def forget_agent_task(self, chain_id: int, board: str, account: str, task_id: int) -> None:
+        self._write("DELETE FROM agent_tasks WHERE chain_id = ? AND board = ? AND account = ? "
+                    "AND task_id = ?", (chain_id, board, account, task_id))

@@ -222,6 +222,10 @@ BITS_160: constant(uint256) = 2**160 - 1
 #      paid from others' forfeits could gain by sabotaging them.
 FORFEIT_SINK: public(immutable(address))
 
+# @dev The block that deployed the board: where a scan for its events starts,
+#      read from the chain itself rather than from an explorer or a trace API.
+CREATED_AT: public(immutable(uint256))
+
 # @dev Number of tasks published; task ids run 1..task_count. Written by `publish`.
 task_count: public(uint256)
 
@@ -268,6 +272,7 @@ def __init__(forfeit_sink: address):
     """
     assert forfeit_sink != empty(address), "sink is the zero address"
     FORFEIT_SINK = forfeit_sink
+    CREATED_AT = block.number
 
 
 # ---------------------------------------------------------------- publish

@@ -1,6 +1,8 @@
 """The agent completes tasks on its own, in process and through `ape crowdml agent`."""
 
 import re
+import time
+from pathlib import Path
 
 import pytest
 from ape._cli import cli as ape_cli
@@ -8,7 +10,8 @@ from ape.logging import logger
 from click.testing import CliRunner
 
 from ape_crowdml.agent import Agent
-from ape_crowdml.board import Phase
+from ape_crowdml.compute.spec import make_spec, save_spec
+from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from ape_crowdml.render import wei
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
@@ -24,16 +27,36 @@ def board(accounts, config):
     return deploy_board(accounts[0], config=config)
 
 
+TEST_JOBS = Path(__file__).parent / "jobs"
+
+
+def wait_spec(folder: Path, release: Path) -> Path:
+    """The spec of a job that ends once `release` exists (tests/jobs/wait_for_file.py)."""
+    folder.mkdir(exist_ok=True)
+    tiny_spec_file(folder)  # writes the digits data set the spec names
+    spec = make_spec(TEST_JOBS / "wait_for_file.py", folder / "digits.npz",
+                     {"release": str(release)})
+    return save_spec(spec, folder / "wait.json")
+
+
+def drive(agents, until, *, timeout: float = 120, chain=None):
+    """Step the agents until `until()` holds. Jobs run in the background, so an idle round
+    waits a little (and mines a block, given `chain`)."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "timed out"
+        if not any([agent.step() for agent in agents]):
+            if chain is not None:
+                chain.mine(1)
+            time.sleep(0.1)
+
+
 def test_two_agents_complete_a_task_and_share_the_reward(board, accounts, config, tmp_path):
     task = Requester(board, accounts[0], config=config).publish(
         tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)
     lines = []
     agents = [Agent(Worker(board, accounts[i], config=config), log=lines.append) for i in (1, 2)]
-    for _ in range(10):
-        for agent in agents:
-            agent.step()
-        if all(agent.finished for agent in agents):
-            break
+    drive(agents, lambda: all(agent.finished for agent in agents))
     assert board.phase(task) == Phase.AGREED, lines
     assert board.claims(task) == {accounts[i].address: DEPOSIT + REWARD // 2 for i in (1, 2)}
     assert sum("revealed" in line for line in lines) == 2
@@ -104,3 +127,65 @@ def test_an_idle_agent_leaves_the_chain_clock_alone(board, accounts, config, cha
     with pytest.raises(Polls):
         agent.run(poll_seconds=0)
     assert chain.blocks.head.number == head + (3 if mine_when_idle else 0)
+
+
+def test_a_long_job_does_not_make_the_agent_miss_another_tasks_reveal(board, accounts, config,
+                                                                      tmp_path):
+    """Task B's job is done and committed; task A's job then trains through B's whole reveal
+    window (it waits on a file the test creates last). The agent reveals, settles and claims B
+    meanwhile, then commits A once its job ends."""
+    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    requester = Requester(board, accounts[0], config=config)
+    coworker = Worker(board, accounts[2], config=config)
+    release_a = tmp_path / "release-a"
+    (tmp_path / "release-b").touch()
+
+    def publish(name: str, release: Path) -> int:
+        spec = wait_spec(tmp_path / name, release)
+        task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2,
+                                 commit_blocks=30, reveal_blocks=4, requester_coin=False)
+        coworker.join(task)
+        return task
+
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    me = accounts[1].address
+    task_b = publish("b", tmp_path / "release-b")
+    drive([agent], lambda: board.worker_status(task_b, me) == WorkerStatus.COMMITTED)
+    task_a = publish("a", release_a)
+    drive([agent], lambda: f"task {task_a}: job started" in lines)
+
+    coworker.work(task_b)  # B's reveal window opens, and lasts 4 blocks
+    reveal_deadline = board.task(task_b).deadline
+    drive([agent], lambda: board.worker_status(task_b, me) == WorkerStatus.REVEALED)
+    assert board.head <= reveal_deadline
+    coworker.reveal(task_b)
+    drive([agent], lambda: task_b in agent.finished)
+    assert board.claims(task_b) == {me: DEPOSIT + REWARD // 2}
+    assert not agent._jobs[task_a].done, "A's job was to run through all of B's reveal window"
+    assert board.worker_status(task_a, me) == WorkerStatus.JOINED
+
+    release_a.touch()
+    drive([agent], lambda: board.worker_status(task_a, me) == WorkerStatus.COMMITTED)
+    coworker.work(task_a)
+    drive([agent], lambda: board.worker_status(task_a, me) == WorkerStatus.REVEALED)
+    actions_on_a = [line.split(": ", 1)[1].split(" 0x")[0] for line in lines
+                    if line.startswith(f"task {task_a}: ")]
+    assert actions_on_a == ["joined", "job started", "committed to", "revealed"]
+
+
+def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, accounts, config,
+                                                                      tmp_path, chain):
+    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    spec = wait_spec(tmp_path, tmp_path / "never")
+    task = Requester(board, accounts[0], config=config).publish(
+        spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=5, requester_coin=False)
+    Worker(board, accounts[2], config=config).join(task)
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    drive([agent], lambda: f"task {task}: job started" in lines)
+    work = agent._jobs[task]
+    drive([agent], lambda: task not in agent._jobs, chain=chain)
+    assert work.done
+    assert f"task {task}: job stopped, the commit window closed before it ended" in lines
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED

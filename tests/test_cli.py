@@ -78,7 +78,7 @@ def test_make_spec_writes_what_publish_reads(state):
     assert result.exit_code == 0, result.output
     spec = load_spec(state / "made.json")
     assert result.output.strip() == f"{state / 'made.json'}: spec 0x{spec.digest().hex()}"
-    assert spec.job == "jobs/train_classifier.py" and spec.canary is None
+    assert spec.job == "train_classifier.py" and spec.canary is None
     # As the job's Config reads them: coerced, defaults filled.
     assert spec.hparams == {"hidden": [128, 64], "dropout": 0.1, "optimizer": "adam",
                             "learning_rate": 0.001, "batch_size": 64, "epochs": 1}

@@ -27,6 +27,18 @@ def test_boards_are_nested_by_ecosystem_then_network():
     assert config.board_for("arbitrum", "sepolia") is None
 
 
+def test_a_fork_uses_its_upstreams_board_unless_it_names_its_own():
+    upstream, own = BURN, "0x" + "11" * 20
+    config = CrowdmlConfig.model_validate({"boards": {"ethereum": {"sepolia": upstream}}})
+    assert config.board_for("ethereum", "sepolia-fork") == upstream
+    assert config.board_for("ethereum", "mainnet-fork") is None  # another upstream's fork
+    assert config.board_for("ethereum", "sepolia-forked") is None  # not ape's fork name
+    named = CrowdmlConfig.model_validate(
+        {"boards": {"ethereum": {"sepolia": upstream, "sepolia-fork": own}}})
+    assert named.board_for("ethereum", "sepolia-fork") == own
+    assert named.board_for("ethereum", "sepolia") == upstream
+
+
 def test_the_old_flat_key_says_how_to_nest_it():
     with pytest.raises(ValidationError) as refused:
         CrowdmlConfig.model_validate({"boards": {"ethereum:sepolia": BURN}})
@@ -62,18 +74,17 @@ def test_the_data_cache_folder_is_a_config_field(project, tmp_path, monkeypatch)
 
 
 def test_a_board_named_by_address_scans_events_from_its_creation(networks, accounts, chain):
-    """A board from the config or --board: the deployment block comes from ape's contract
-    creation query, which anvil answers (otterscan); ape's test chain cannot, so from 0. The
-    same address redeployed after a revert (as between tests) reads its new block."""
+    """A board from the config or --board: the deployment block is read from the board itself
+    (CREATED_AT), on any node. The same address redeployed after a revert (as between tests)
+    reads its new block."""
     from ape_crowdml.board import Board
 
-    on_anvil = networks.provider.name == "foundry"
     snapshot = chain.snapshot()
     first = Board.deploy(accounts[0], BURN)
-    assert Board(first.address).start_block == (first.start_block if on_anvil else 0)
+    assert Board(first.address).start_block == first.start_block > 0
     chain.restore(snapshot)
     chain.mine(5)
     again = Board.deploy(accounts[0], BURN)
     assert again.address == first.address
     assert again.start_block == chain.blocks.head.number == first.start_block + 5  # its receipt
-    assert Board(again.address).start_block == (again.start_block if on_anvil else 0)
+    assert Board(again.address).start_block == again.start_block

@@ -177,11 +177,17 @@ def test_canary_is_reproduced_and_a_wrong_one_refused(train_spec):
         check_canary(wrong)
 
 
-def test_edited_job_file_is_refused(train_spec, tmp_path):
-    job = tmp_path / "train_classifier.py"
-    job.write_text(TRAIN_JOB.read_text() + "\n# edited\n")
-    with pytest.raises(SpecError, match="job file"):
-        run_job(train_spec.model_copy(update={"job": str(job)}), COIN)
+def test_the_job_is_found_by_digest_never_by_the_specs_path(train_spec, trained, tmp_path):
+    edited = tmp_path / "train_classifier.py"
+    edited.write_text(TRAIN_JOB.read_text() + "\n# edited\n")
+    # The spec's `job` is a label: a path to the edited file does not make the worker run it.
+    relabelled = train_spec.model_copy(update={"job": str(edited)})
+    assert run_job(relabelled, COIN, job_folders=[tmp_path]).digest == trained[0].digest
+    # A spec of the edited job runs only where a configured folder holds that exact file.
+    spec = make_spec(edited, train_spec.data_uri, {"epochs": 1})
+    with pytest.raises(SpecError, match="no job file with keccak256"):
+        run_job(spec, COIN, job_folders=[])
+    assert run_job(spec, COIN, job_folders=[tmp_path]).digest
 
 
 def bad_specs(train_spec, tmp_path) -> dict[str, tuple[str, str]]:

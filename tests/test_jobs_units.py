@@ -266,6 +266,7 @@ def test_a_weakened_or_foreign_profile_is_refused_unless_accepted():
 def test_worker_policy_refuses_a_weakened_profile_before_any_deposit(digits, tmp_path):
     from ape_crowdml.config import WorkerPolicy
     from ape_crowdml.board import NEUTRAL_SINK
+    from ape_crowdml.compute.jobs import JobRegistry
     from ape_crowdml.policy import check_policy
 
     spec = make_spec(TRAIN, digits, {})
@@ -273,7 +274,7 @@ def test_worker_policy_refuses_a_weakened_profile_before_any_deposit(digits, tmp
         update={"xla_flags": ("--xla_cpu_enable_fast_math=true",)})})
     task = SimpleNamespace(task_id=1, deposit=10, reward=10, workers=2, join_blocks=10,
                            commit_blocks=10, reveal_blocks=10)  # what the policy reads
-    jobs = Path(TRAIN).parent
+    jobs = JobRegistry()
     check_policy(task, spec, WorkerPolicy(), jobs, NEUTRAL_SINK)
     with pytest.raises(EnvironmentMismatch, match="xla_flags"):
         check_policy(task, weakened, WorkerPolicy(), jobs, NEUTRAL_SINK)

@@ -13,7 +13,6 @@ from ape_crowdml.purchase import (
 from ape_crowdml.compute.spec import Canary, make_spec
 
 SAMPLES = 20
-JOBS = Path("jobs")
 
 
 @pytest.fixture
@@ -62,18 +61,17 @@ def test_a_template_must_be_fillable(test_data):
 
 
 def test_a_seller_checks_the_template_before_offering(test_data):
-    assert check_template(FakeOrder, *split_template(evaluation(test_data)), JOBS).hparams[
+    assert check_template(FakeOrder, *split_template(evaluation(test_data))).hparams[
         "subset_size"] == SAMPLES
     with pytest.raises(PolicyRefused, match="runs job"):
         check_template(FakeOrder, *split_template(evaluation(test_data).model_copy(
             update={"job": "jobs/train_classifier.py",
-                    "job_digest": "0x" + keccak(Path("jobs/train_classifier.py").read_bytes()).hex()})),
-            JOBS)
+                    "job_digest": "0x" + keccak(Path("jobs/train_classifier.py").read_bytes()).hex()})))
     with pytest.raises(PolicyRefused, match="evaluates 21 samples, the contract counts 20"):
-        check_template(FakeOrder, *split_template(evaluation(test_data, samples=21)), JOBS)
+        check_template(FakeOrder, *split_template(evaluation(test_data, samples=21)))
     test_data.write_bytes(b"another test set")
     with pytest.raises(PolicyRefused, match="evaluates data"):
-        check_template(FakeOrder, *split_template(evaluation(test_data)), JOBS)
+        check_template(FakeOrder, *split_template(evaluation(test_data)))
 
 
 @pytest.fixture

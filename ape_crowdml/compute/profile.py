@@ -73,8 +73,8 @@ JAXLIB_NATIVE = {
 }
 # The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
 # Paths relative to the plugin package: every compute module, and the errors they raise.
-COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/keys", "compute/profile",
-                   "compute/runner", "compute/spec", "errors")
+COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/jobs", "compute/keys",
+                   "compute/profile", "compute/runner", "compute/spec", "errors")
 
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass

@@ -25,11 +25,14 @@ at the job's real model and batch shapes (without it, the canary is the whole jo
 
 Processes
 ---------
-`run_job` (any process, jax loaded or not) starts a fresh child,
-`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
-profile allows (`profile.environment_for`). The child pins its CPUs and seals its environment again
-before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
-checks the environment, the job file's keccak256 and the data digest, runs the job, and writes
+`run_job` (any process, jax loaded or not) starts a fresh child and waits for it (`start_job`
+returns at once, for a caller that does other things while the job runs),
+`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR [--jobs-folder DIR …]`, with
+the environment the spec's profile allows (`profile.environment_for`). The child pins its CPUs and
+seals its environment again before importing jax (`profile.apply_environment`, so the same command
+run by hand is sealed too), checks the environment and the data digest, finds the job by its
+keccak256 (compute/jobs.py: the shipped jobs and the folders it is given; any working directory
+will do), runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
 stderr; bad input gives one line on stderr and exit 2.
@@ -40,16 +43,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import errors
 from .digest import encode_pytree, keccak_digest
 from ..errors import CanaryMismatch, CrowdmlError, SpecError
+from .jobs import JobRegistry, configured_job_folders
 from .profile import environment_for
 from .spec import Canary, JobSpec, load_spec, save_spec
 
@@ -149,9 +155,11 @@ def load_job_file(path: str | Path,
     return module, digest
 
 
-def load_job(spec: JobSpec) -> types.ModuleType:
-    """Import the spec's job file, refused unless its keccak256 is the spec's."""
-    return load_job_file(spec.job, spec.job_digest)[0]
+def load_job(spec: JobSpec, job_folders: Sequence[str | Path] = ()) -> types.ModuleType:
+    """Import the spec's job: the file with the spec's keccak256 among the shipped jobs and
+    `job_folders` (never the path the requester wrote, which is a label)."""
+    path = JobRegistry(job_folders).find(spec.job_digest, spec.job)
+    return load_job_file(path, spec.job_digest)[0]
 
 
 def _hparams_error(job: str | Path, exc) -> SpecError:
@@ -176,7 +184,8 @@ def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
     return config.model_dump(mode="json", exclude_none=True)
 
 
-def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
+def execute(spec: JobSpec, coin: bytes, *, progress: bool = False,
+            job_folders: Sequence[str | Path] = ()) -> JobResult:
     """Run the job in this process. The profile's environment must already be in force
     (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
     from pydantic import ValidationError
@@ -189,7 +198,7 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     configure_jax(spec.profile.jax_config, spec.profile.flax_config)
     check_process(spec.profile)
     data = load_dataset(spec.data_uri, spec.data_digest)
-    job = load_job(spec)
+    job = load_job(spec, job_folders)
     report = Report(progress)
     try:
         artifact = job.run(dict(spec.hparams), data, KeyStream(coin), report)
@@ -200,35 +209,87 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
 
 
+class JobProcess:
+    """A job running in its child process (`start_job`): `running` while it trains, then
+    `result()`. The caller stays free meanwhile: the agent keeps revealing, settling and
+    claiming its other tasks while one trains."""
+
+    def __init__(self, process: subprocess.Popen, out_dir: Path, tmp: Path, stderr: Path | None):
+        self._process = process
+        self._out_dir = out_dir
+        self._tmp = tmp
+        self._stderr = stderr
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def result(self) -> JobResult:
+        """Wait for the child, then its result; raises the child's CrowdmlError subclass."""
+        try:
+            returncode = self._process.wait()
+            if (self._out_dir / ERROR_FILE).exists():
+                error = json.loads((self._out_dir / ERROR_FILE).read_text())
+                raise getattr(errors, error["type"], CrowdmlError)(error["message"])
+            if returncode != 0:
+                text = self._stderr.read_text() if self._stderr else ""
+                last = text.strip().splitlines()[-1:] or ["no output"]
+                raise CrowdmlError(f"job process exited with {returncode}: {last[0]}")
+            return JobResult.load(self._out_dir)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def cancel(self) -> None:
+        """Stop the child (if still running) and remove its files."""
+        if self.running:
+            self._process.kill()
+        self._process.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def start_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+              progress: bool = False,
+              job_folders: Sequence[str | Path] | None = None) -> JobProcess:
+    """Start `spec` with `coin` in a fresh child process under the spec's environment profile,
+    and return at once. The child finds the job by digest among the shipped jobs and
+    `job_folders` (default: the config's `jobs_folder`). With `out`, the artifact and
+    result.json stay there."""
+    if job_folders is None:
+        job_folders = configured_job_folders()
+    tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
+    out_dir = Path(out) if out is not None else tmp / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / ERROR_FILE).unlink(missing_ok=True)
+    spec_path = save_spec(spec, tmp / "spec.json")
+    command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
+               "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+               "--progress" if progress else "--no-progress"]
+    for folder in job_folders:
+        command += ["--jobs-folder", str(folder)]
+    from .data import CACHE_FOLDER_VARIABLE, cache_root
+
+    # The child reads no config: it is handed the cache folder, and nothing else of ours.
+    parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
+    # Its stderr goes to a file, not a pipe: nobody reads a pipe while the job runs in the
+    # background, and a full one would stall the child.
+    stderr = None if progress else tmp / "stderr.txt"
+    with open(stderr or os.devnull, "w") as stderr_file:
+        process = subprocess.Popen(command, env=environment_for(spec.profile, parent),
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=None if progress else stderr_file)
+    return JobProcess(process, out_dir, tmp, stderr)
+
+
 def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
-            progress: bool = False) -> JobResult:
-    """Run `spec` with `coin` in a fresh child process under the spec's environment profile.
+            progress: bool = False, job_folders: Sequence[str | Path] | None = None) -> JobResult:
+    """Run `spec` with `coin` in a fresh child process under the spec's environment profile,
+    and wait for it.
 
-    Raises the child's CrowdmlError subclass (DataDigestMismatch, EnvironmentMismatch, …) on bad
-    input. With `out`, the artifact and result.json stay there.
+    The child finds the job by digest among the shipped jobs and `job_folders` (default: the
+    config's `jobs_folder`). Raises the child's CrowdmlError subclass (DataDigestMismatch,
+    EnvironmentMismatch, …) on bad input. With `out`, the artifact and result.json stay there.
     """
-    with tempfile.TemporaryDirectory(prefix="crowdml-") as tmp:
-        out_dir = Path(out) if out is not None else Path(tmp) / "out"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / ERROR_FILE).unlink(missing_ok=True)
-        spec_path = save_spec(spec, Path(tmp) / "spec.json")
-        command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-                   "--coin", "0x" + coin.hex(), "--out", str(out_dir),
-                   "--progress" if progress else "--no-progress"]
-        from .data import CACHE_FOLDER_VARIABLE, cache_root
-
-        # The child reads no config: it is handed the cache folder, and nothing else of ours.
-        parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
-        child = subprocess.run(command, env=environment_for(spec.profile, parent),
-                               stdout=subprocess.PIPE,
-                               stderr=None if progress else subprocess.PIPE, text=True)
-        if (out_dir / ERROR_FILE).exists():
-            error = json.loads((out_dir / ERROR_FILE).read_text())
-            raise getattr(errors, error["type"], CrowdmlError)(error["message"])
-        if child.returncode != 0:
-            last = (child.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            raise CrowdmlError(f"job process exited with {child.returncode}: {last[0]}")
-        return JobResult.load(out_dir)
+    return start_job(spec, coin, out=out, progress=progress, job_folders=job_folders).result()
 
 
 def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
@@ -236,31 +297,37 @@ def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
     return spec.model_copy(update={"hparams": {**spec.hparams, **hparams}, "canary": None})
 
 
-def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None) -> JobSpec:
+def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None,
+                job_folders: Sequence[str | Path] | None = None) -> JobSpec:
     """Requester side: run the canary here and return the spec carrying its digest.
 
     `hparams` overrides the spec's hyperparameters for the canary run; by default the job's own
     `canary(config)` overrides (a few steps at the real shapes), or none (the whole job).
+    `job_folders` is where the job is found besides the shipped ones (default: the config's).
     """
-    job, _ = load_job_file(spec.job)
+    if job_folders is None:
+        job_folders = configured_job_folders()
+    job = load_job(spec, job_folders)
     if hparams is None:
         choose = getattr(job, "canary", None)
         hparams = {} if choose is None else choose(job.Config.model_validate(spec.hparams))
     merged = normalise_hparams(job, {**spec.hparams, **hparams})
     overrides = {name: merged.get(name) for name in hparams}
-    result = run_job(canary_spec(spec, overrides), coin)
+    result = run_job(canary_spec(spec, overrides), coin, job_folders=job_folders)
     canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})
 
 
-def check_canary(spec: JobSpec) -> JobResult | None:
+def check_canary(spec: JobSpec,
+                 job_folders: Sequence[str | Path] | None = None) -> JobResult | None:
     """Worker side, before committing: reproduce the spec's canary or raise CanaryMismatch.
 
     Returns the canary's result, or None when the spec carries no canary.
     """
     if spec.canary is None:
         return None
-    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]))
+    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]),
+                     job_folders=job_folders)
     if "0x" + result.digest.hex() != spec.canary.digest:
         raise CanaryMismatch(f"canary gave 0x{result.digest.hex()} here, the spec expects "
                              f"{spec.canary.digest}: this machine does not reproduce the "
@@ -274,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="job spec JSON file")
     parser.add_argument("--coin", required=True, help="the task's coin r: 0x + 64 hex digits")
     parser.add_argument("--out", type=Path, help="folder for result.bin and result.json")
+    parser.add_argument("--jobs-folder", type=Path, action="append", default=[],
+                        help="a folder of job files to search besides the shipped jobs "
+                             "(the job is found by its keccak256; repeatable)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                         default=sys.stderr.isatty(), help="progress bar on stderr")
     args = parser.parse_args(argv)
@@ -287,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise SpecError(str(exc)) from None
         apply_environment(spec.profile)
-        result = execute(spec, coin, progress=args.progress)
+        result = execute(spec, coin, progress=args.progress, job_folders=args.jobs_folder)
     except CrowdmlError as exc:
         print(f"crowdml: {exc}", file=sys.stderr)
         if args.out is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,7 +85,7 @@ class Canary(BaseModel):
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: str  # path of the job file (relative paths resolve against the working directory)
+    job: str  # a label: the job file's name. Workers find the job by its digest (compute/jobs.py)
     job_digest: Bytes32Hex  # keccak256 of the job file's bytes
     hparams: FiniteJson  # as the job's Config normalises them (see make_spec)
     data_uri: str  # where workers get the .npz dataset: a local path, file:// or any fsspec URL
@@ -139,26 +140,31 @@ def make_spec(
     canary: Canary | None = None,
     store: str | None = None,
     data_uri: str | None = None,
+    job_folders: Sequence[str | Path] = (),
 ) -> JobSpec:
     """Build a spec, computing the job-source and data digests from the files.
+
+    `job` is a job file's path or the name of a shipped job (or one in `job_folders`), such as
+    `train_classifier`; the spec records the file's name as a label and its keccak256.
 
     The hyperparameters are stored as the job's `Config` normalises them (so `2`, `2.0` and `"2"`
     give one spec), which imports the job file here. `data_uri` is where workers fetch the data
     (e.g. https://… or s3://…); the digest is computed from the local copy `data_path`, which
     defaults to being that location too.
     """
+    from .jobs import resolve_job
     from .runner import load_job_file, normalise_hparams
 
-    for kind, path in (("job file", job), ("data file", data_path)):
-        if not Path(path).is_file():
-            raise SpecError(f"{kind} {path} does not exist")
+    job = resolve_job(job, job_folders)
+    if not Path(data_path).is_file():
+        raise SpecError(f"data file {data_path} does not exist")
     try:
         _finite(hparams)
     except ValueError as exc:
         raise SpecError(f"hparams: {exc}") from None
     module, job_digest = load_job_file(job)
     return JobSpec(
-        job=str(job),
+        job=job.name,
         job_digest=job_digest,
         hparams=normalise_hparams(module, hparams),
         data_uri=data_uri or str(data_path),

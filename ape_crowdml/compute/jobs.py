@@ -1,0 +1,90 @@
+"""A worker's job registry: the job files it may run, found by the keccak256 of their source.
+
+A spec names its job by digest (`job_digest`); the `job` field is only a label. A worker looks
+the digest up among the jobs shipped with the package (`crowdml_jobs`, the repository's `jobs/`
+folder) and the folders it configures (`crowdml: jobs_folder:`), never at a path the requester
+wrote: the spec is then valid wherever it is read, and nothing outside these folders can run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from pathlib import Path
+
+from .digest import keccak_digest
+from ..errors import SpecError
+
+SHIPPED_PACKAGE = "crowdml_jobs"
+
+
+def shipped_folder() -> Path:
+    """Where the shipped jobs are: the installed `crowdml_jobs` package, or in a source checkout
+    (where `jobs/` is not importable under that name) the `jobs/` folder beside the plugin."""
+    found = importlib.util.find_spec(SHIPPED_PACKAGE)
+    if found is not None and found.submodule_search_locations:
+        return Path(list(found.submodule_search_locations)[0])
+    return Path(__file__).resolve().parents[2] / "jobs"
+
+
+def job_files(folder: Path) -> list[Path]:
+    """The job files of a folder: its .py files except private ones such as __init__.py."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+
+
+def configured_job_folders() -> list[Path]:
+    """`crowdml: jobs_folder:` of the active ape project (read by the parent process only: a
+    job's child process reads no config and is handed the folders)."""
+    from ..config import crowdml_config
+
+    return crowdml_config().jobs_folder
+
+
+class JobRegistry:
+    """The shipped jobs plus `folders`, indexed by 0x-keccak256 of their bytes (a file found
+    twice, e.g. the shipped folder also configured, counts once)."""
+
+    def __init__(self, folders: Iterable[str | Path] = ()):
+        self.folders = [shipped_folder()] + [Path(f).expanduser() for f in folders]
+        self.by_digest: dict[str, Path] = {}
+        for folder in self.folders:
+            for path in job_files(folder):
+                self.by_digest.setdefault("0x" + keccak_digest(path.read_bytes()).hex(), path)
+
+    def __repr__(self) -> str:
+        return f"JobRegistry({', '.join(map(str, self.folders))})"
+
+    def where(self) -> str:
+        return ", ".join(str(f) for f in self.folders)
+
+    def find(self, digest: str, label: str = "") -> Path:
+        """The job file whose keccak256 is `digest`; SpecError if this worker has none."""
+        path = self.by_digest.get(digest.lower())
+        if path is None:
+            named = f" ({label})" if label else ""
+            raise SpecError(f"no job file with keccak256 {digest}{named} among this worker's jobs "
+                            f"({self.where()}); add the requester's job file to a folder listed "
+                            "in crowdml.jobs_folder")
+        return path
+
+    def named(self, name: str) -> Path:
+        """A job by file name, with or without `.py` (`train_classifier`); the first folder
+        holding it wins, the shipped jobs first."""
+        filename = name if name.endswith(".py") else f"{name}.py"
+        for folder in self.folders:
+            if (folder / filename).is_file() and not filename.startswith("_"):
+                return folder / filename
+        raise SpecError(f"no job named {name} among this worker's jobs ({self.where()})")
+
+
+def resolve_job(job: str | Path, folders: Iterable[str | Path] = ()) -> Path:
+    """Requester side: `job` is a job file's path, or the name of a shipped or configured job
+    (`train_classifier`). SpecError if neither."""
+    path = Path(job).expanduser()
+    if path.is_file():
+        return path
+    if len(path.parts) > 1 or path.suffix not in ("", ".py"):
+        raise SpecError(f"job file {job} does not exist")
+    return JobRegistry(folders).named(str(job))
