@@ -6,9 +6,11 @@ config, which holds the published specs, the dataset and the agreed results by d
 Used by tests/integration (which assert payouts) and bench/rehearsal.py (which times them).
 The observer below reads the chain with web3 alone, as any stranger could.
 
-Accounts: anvil's default mnemonic derives the same keys as ape's test accounts, so a party
-signs as `TEST::i` (each index used by one party only: two processes sharing an account would
-race for nonces), funded by anvil at genesis.
+Accounts: each party has its own key, anvil's i-th default one (funded at genesis; no two
+processes share one, which would race for nonces). A worker agent holds it as an ape keyfile
+account in an ape data folder of its own and signs unattended (`--autosign`, the passphrase in
+ape's variable), as on a worker's machine; the requester and the adversary scripts use the
+Python API with the same key as ape's `TEST::i` (anvil's mnemonic is ape's test mnemonic).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ ACTORS = Path(__file__).resolve().parent / "actors"
 BIN = Path(sys.executable).parent
 ACCOUNTS = 64  # anvil funds this many; each party takes its own
 NETWORK = "ethereum:local:foundry"
+MNEMONIC = "test test test test test test test test test test test junk"  # anvil's and ape's
+KEYFILE_ALIAS, KEYFILE_PASSPHRASE = "worker", "rehearsal passphrase"
 TINY_HPARAMS = {"hidden": [16], "epochs": 1, "batch_size": 128}
 DEPOSIT = 2 * 10**16
 REWARD = 10**16 + 2  # not a multiple of 3: an agreed task leaves the requester 1 wei of dust
@@ -104,27 +108,44 @@ class Party:
     account: int
     folder: Path
 
-    @property
-    def address(self) -> str:
+    def _key(self):
         from eth_account import Account
 
         Account.enable_unaudited_hdwallet_features()
-        return Account.from_mnemonic(
-            "test test test test test test test test test test test junk",
-            account_path=f"m/44'/60'/0'/0/{self.account}").address
+        return Account.from_mnemonic(MNEMONIC, account_path=f"m/44'/60'/0'/0/{self.account}")
+
+    @property
+    def address(self) -> str:
+        return self._key().address
 
     def log(self, label: str) -> Path:
         return self.folder / f"{label}.log"
 
-    def start(self, command: list[str], label: str) -> subprocess.Popen:
-        return subprocess.Popen(command, cwd=self.folder, env=_environment(),
-                                stdout=self.log(label).open("w"), stderr=subprocess.STDOUT)
+    def start(self, command: list[str], label: str, **env: str) -> subprocess.Popen:
+        return subprocess.Popen(command, cwd=self.folder, env={**_environment(), **env},
+                                stdin=subprocess.DEVNULL, stdout=self.log(label).open("w"),
+                                stderr=subprocess.STDOUT)
+
+    def keyfile(self) -> dict[str, str]:
+        """Import this party's key as ape keyfile account `KEYFILE_ALIAS` into an ape data folder
+        of its own (once); returns the environment that lets it sign unattended."""
+        env = {"APE_DATA_FOLDER": str(self.folder / "ape-data"),
+               f"APE_ACCOUNTS_{KEYFILE_ALIAS}_PASSPHRASE": KEYFILE_PASSPHRASE}
+        if not (self.folder / "ape-data" / "accounts" / f"{KEYFILE_ALIAS}.json").exists():
+            script = ("import sys; from ape_accounts import import_account_from_private_key as i; "
+                      "i(*sys.argv[1:])")
+            subprocess.run([sys.executable, "-c", script, KEYFILE_ALIAS, KEYFILE_PASSPHRASE,
+                            self._key().key.hex()], env={**_environment(), **env},
+                           cwd=self.folder, check=True, capture_output=True)
+        return env
 
     def agent(self, board: str, tasks: int, label: str = "agent") -> subprocess.Popen:
-        """`ape crowdml agent`, the product's worker, as it would run on a worker's machine."""
+        """`ape crowdml agent`, the product's worker, as it would run on a worker's machine:
+        a keyfile account signing unattended."""
         return self.start([str(BIN / "ape"), "crowdml", "agent", "--tasks", str(tasks),
-                           "--poll", "0.5", "--board", board, "--account", f"TEST::{self.account}",
-                           "--network", NETWORK, "-v", "INFO"], label)
+                           "--poll", "0.5", "--board", board, "--account", KEYFILE_ALIAS,
+                           "--autosign", "--network", NETWORK, "-v", "INFO"], label,
+                          **self.keyfile())
 
     def actor(self, script: str, *args, label: str | None = None) -> subprocess.Popen:
         """One of the scripts in actors/ (a requester, an adversary), run in this party's folder."""
@@ -156,8 +177,8 @@ class Rehearsal:
                 "state_folder": str(folder / "state"),
                 "artifact_store": str(self.store),
                 "cache_folder": str(folder / "cache"),
-                # Until jobs resolve from the installed package, the shipped job files.
-                "jobs_folder": str(REPO / "jobs"),
+                # Jobs are found by digest among the ones the package ships.
+                "jobs_folder": [],
             },
         }
         (folder / "ape-config.yaml").write_text(yaml.safe_dump(config))

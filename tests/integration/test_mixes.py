@@ -34,7 +34,8 @@ EXPECTED_PHASE = {"honest": "AGREED", "crash": "AGREED", "junk": "DISAGREED"}
 def played(rehearsal):
     """Every mix, started together; each test waits for its own."""
     with ThreadPoolExecutor(len(MIXES)) as pool:
-        futures = {mix: pool.submit(play, rehearsal, mix, strategies, commit_blocks=180)
+        futures = {mix: pool.submit(play, rehearsal, mix, strategies, commit_blocks=300,
+                                   timeout=900)
                    for mix, strategies in MIXES.items()}
         yield futures
 

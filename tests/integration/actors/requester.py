@@ -22,7 +22,6 @@ from ape_crowdml.config import crowdml_config
 from ape_crowdml.errors import CrowdmlError
 from ape_crowdml.parties import Requester, deploy_board
 
-REPO = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import TINY_HPARAMS  # noqa: E402
 
@@ -34,7 +33,7 @@ def spec_file(config, folder: Path) -> Path:
     store = ArtifactStore(config.artifact_url())
     digest = store.put(local.read_bytes())
     uri = f"{config.artifact_url()}/0x{digest.hex()}"
-    spec = make_spec(REPO / "jobs" / "train_classifier.py", local, TINY_HPARAMS, data_uri=uri)
+    spec = make_spec("train_classifier", local, TINY_HPARAMS, data_uri=uri)  # a shipped job
     return save_spec(spec, folder / "spec.json")
 
 
