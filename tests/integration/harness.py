@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -108,6 +109,7 @@ class Party:
     account: int
     folder: Path
 
+    @cached_property
     def _key(self):
         from eth_account import Account
 
@@ -116,7 +118,7 @@ class Party:
 
     @property
     def address(self) -> str:
-        return self._key().address
+        return self._key.address
 
     def log(self, label: str) -> Path:
         return self.folder / f"{label}.log"
@@ -135,7 +137,7 @@ class Party:
             script = ("import sys; from ape_accounts import import_account_from_private_key as i; "
                       "i(*sys.argv[1:])")
             subprocess.run([sys.executable, "-c", script, KEYFILE_ALIAS, KEYFILE_PASSPHRASE,
-                            self._key().key.hex()], env={**_environment(), **env},
+                            self._key.key.hex()], env={**_environment(), **env},
                            cwd=self.folder, check=True, capture_output=True)
         return env
 
