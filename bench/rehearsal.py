@@ -5,8 +5,8 @@
    (tests/integration's), split by the chain's own clock (block timestamps, 1 s resolution)
    into its phases, and against the job's own time.
 2. The job: one cold run in a fresh process as a worker runs it (interpreter, imports, sealed
-   environment, checks, compile, train) against the same job run twice in one process (the
-   second run warm), with the digests of both, which must be equal.
+   environment, checks, compile, train) against the same job run again in one process, timed
+   piece by piece, with the digests of both, which must be equal (`--job-only`: just this).
 3. A load: TASKS tasks published at once, taken by three agents: tasks per minute (publish of
    the first → the requester's last claim) and each agent's peak resident memory, alone and
    with its job processes (sampled every 0.25 s).
@@ -93,15 +93,20 @@ def job_costs(folder: Path) -> None:
     print("the tiny job, one worker's run")
     print(f"  {'cold run_job in a fresh process (best of 3)':<62} {min(cold):>6.2f} s")
     print(f"  {'  of which: jax/flax/optax import':<62} {warm['import']:>6.2f} s")
-    print(f"  {'  first run in a process (checks, data, compile, train)':<62} {warm['first']:>6.2f} s")
-    print(f"  {'  second run in the same process (warm)':<62} {warm['second']:>6.2f} s")
+    print(f"  {'  first run in that process (checks, data, compile, train)':<62} {warm['first']:>6.2f} s")
+    print(f"  {'second run in the same process, by piece:':<62}")
+    for piece, label in (("checks", "environment checks (hash jaxlib's native files)"),
+                         ("data", "load and verify the data"), ("run", "the job's run (warm)")):
+        print(f"  {'  ' + label:<62} {warm[piece]:>6.2f} s")
     same = warm["digest"] == "0x" + result.digest.hex()
     print(f"  digests: cold 0x{result.digest.hex()[:16]}…, warm {warm['digest'][:18]}…: "
           f"{'equal' if same else 'DIFFERENT'}")
 
 
 def warm_child(spec_file: str) -> None:
-    """In a sealed process (the profile's environment): import, then run the job twice."""
+    """In a sealed process (the profile's environment): import, run the job once as `execute`
+    does, then time the second run's pieces: the environment checks (which hash jaxlib's native
+    files), loading the data, and the job's own `run`."""
     from ape_crowdml.compute.profile import apply_environment
     from ape_crowdml.compute.spec import load_spec
 
@@ -112,16 +117,28 @@ def warm_child(spec_file: str) -> None:
     import jax  # noqa: F401
     import optax  # noqa: F401
     imported = time.perf_counter() - start
-    from ape_crowdml.compute.runner import execute
+    from ape_crowdml.compute.data import load_dataset
+    from ape_crowdml.compute.digest import keccak_digest
+    from ape_crowdml.compute.keys import KeyStream
+    from ape_crowdml.compute.profile import check_environment, check_process
+    from ape_crowdml.compute.runner import Report, execute, load_job
 
-    times, digests = [], set()
-    for _ in range(2):
-        start = time.perf_counter()
-        digests.add(execute(spec, COIN).digest)
-        times.append(time.perf_counter() - start)
-    assert len(digests) == 1, "the warm run changed the digest"
-    print(json.dumps({"import": imported, "first": times[0], "second": times[1],
-                      "digest": "0x" + digests.pop().hex()}))
+    start = time.perf_counter()
+    first = execute(spec, COIN).digest
+    times = {"import": imported, "first": time.perf_counter() - start}
+    start = time.perf_counter()
+    check_environment(spec, native=False)
+    check_process(spec.profile)
+    times["checks"] = time.perf_counter() - start
+    start = time.perf_counter()
+    data = load_dataset(spec.data_uri, spec.data_digest)
+    times["data"] = time.perf_counter() - start
+    job = load_job(spec)
+    start = time.perf_counter()
+    artifact = job.run(dict(spec.hparams), data, KeyStream(COIN), Report(False))
+    times["run"] = time.perf_counter() - start
+    assert keccak_digest(artifact) == first, "the warm run changed the digest"
+    print(json.dumps({**times, "digest": "0x" + first.hex()}))
 
 
 def load(rehearsal, tasks: int) -> None:
@@ -143,6 +160,7 @@ def load(rehearsal, tasks: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10, help="tasks in the load run")
+    parser.add_argument("--job-only", action="store_true", help="only the job's costs (2.)")
     parser.add_argument("--warm-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child:
@@ -152,6 +170,8 @@ def main() -> None:
         root = Path(tmp)
         print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
         job_costs(root)
+        if args.job_only:
+            return
         anvil = Anvil(root)
         try:
             rehearsal = Rehearsal(root, anvil)

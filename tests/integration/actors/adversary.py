@@ -32,8 +32,12 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
-def wait(condition, poll: float = 0.5):
+def wait(condition, poll: float = 0.5, board=None, task: int | None = None):
+    """Poll until `condition()` is truthy; with a task, give up (exit 1) if it ends first."""
     while not (value := condition()):
+        if task is not None and board.phase(task).ended:
+            say(f"task {task} ended ({board.phase(task).label}) before this worker could act")
+            sys.exit(1)
         time.sleep(poll)
     return value
 
@@ -64,7 +68,7 @@ def main() -> None:
         say(f"task {task}: joined")
         if args.strategy == "noshow":
             return
-        wait(lambda: board.phase(task) >= Phase.COMMIT)
+        wait(lambda: board.phase(task) >= Phase.COMMIT, board=board, task=task)
         PLAYS[args.strategy](worker, task)
         phase = wait(lambda: (p := board.phase(task)).ended and p)
         owed = worker.owed(task)
@@ -78,7 +82,7 @@ def junk(worker: Worker, task: int) -> None:
     result = keccak(b"junk of " + bytes.fromhex(worker.account.address[2:]))
     worker.commit_result(task, result, b"junk")
     say(f"task {task}: committed junk 0x{result.hex()}")
-    wait(lambda: worker.board.phase(task) >= Phase.REVEAL)
+    wait(lambda: worker.board.phase(task) >= Phase.REVEAL, board=worker.board, task=task)
     worker.reveal(task)
     say(f"task {task}: revealed junk")
 
@@ -88,7 +92,7 @@ def trivial(worker: Worker, task: int) -> None:
     result, salt = board.task(task).spec, secrets.token_bytes(32)
     board.commit(me, task, commitment(result, salt, me.address, task))
     say(f"task {task}: committed the spec digest, an E_ck result")
-    wait(lambda: board.phase(task) >= Phase.REVEAL)
+    wait(lambda: board.phase(task) >= Phase.REVEAL, board=board, task=task)
     board.reveal(me, task, result, salt)
     say(f"task {task}: revealed the spec digest")
 
@@ -102,12 +106,12 @@ def copycat(worker: Worker, task: int) -> None:
                 return other, copied
         return None
 
-    victim, copied = wait(victim_commitment)
+    victim, copied = wait(victim_commitment, board=board, task=task)
     board.commit(me, task, copied)
     say(f"task {task}: committed {victim}'s commitment 0x{copied.hex()}")
     reveal = wait(lambda: next(iter(board.contract.Revealed.range(
         board.start_block, board.head + 1, search_topics={"task_id": task, "worker": victim})),
-        None))
+        None), board=board, task=task)
     call = chain.provider.web3.eth.get_transaction(reveal.transaction_hash)
     _, arguments = board.contract.decode_input(call["input"])
     try:
