@@ -293,7 +293,7 @@ class Worker(Party):
                                      f"{task_id}'s {hex32(task.data)}")
         check_environment(spec)
         read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec)
+        check_canary(spec, self.config.jobs_folder)
         return task, spec
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
@@ -340,7 +340,8 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
-        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress))
+        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress,
+                                                       job_folders=self.config.jobs_folder))
 
     def finish_work(self, work: Work) -> bytes:
         """`work`'s second half: wait for the job if it still runs, store its result with a

@@ -41,10 +41,10 @@ def wait_spec(folder: Path, release: Path) -> Path:
 
 def drive(agents, until, *, timeout: float = 120, chain=None):
     """Step the agents until `until()` holds. Jobs run in the background, so an idle round
-    waits a little (and mines a block, given `chain`)."""
+    waits a little (and mines a block, given `chain`). Each agent's log is a list."""
     deadline = time.monotonic() + timeout
     while not until():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, [agent.log.__self__ for agent in agents]
         if not any([agent.step() for agent in agents]):
             if chain is not None:
                 chain.mine(1)
@@ -193,7 +193,7 @@ def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, acc
 
 def test_an_interrupted_agent_stops_its_running_job(board, accounts, config, tmp_path,
                                                     monkeypatch):
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     task = Requester(board, accounts[0], config=config).publish(
         wait_spec(tmp_path, tmp_path / "never"), reward=REWARD, deposit=DEPOSIT, workers=2,
         requester_coin=False)
