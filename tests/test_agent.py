@@ -41,10 +41,10 @@ def wait_spec(folder: Path, release: Path) -> Path:
 
 def drive(agents, until, *, timeout: float = 120, chain=None):
     """Step the agents until `until()` holds. Jobs run in the background, so an idle round
-    waits a little (and mines a block, given `chain`)."""
+    waits a little (and mines a block, given `chain`). Each agent's log is a list."""
     deadline = time.monotonic() + timeout
     while not until():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, [agent.log.__self__ for agent in agents]
         if not any([agent.step() for agent in agents]):
             if chain is not None:
                 chain.mine(1)
