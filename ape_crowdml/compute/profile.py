@@ -73,8 +73,8 @@ JAXLIB_NATIVE = {
 }
 # The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
 # Paths relative to the plugin package: every compute module, and the errors they raise.
-COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/keys", "compute/profile",
-                   "compute/runner", "compute/spec", "errors")
+COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/keys", "compute/parallel",
+                   "compute/profile", "compute/runner", "compute/spec", "errors")
 
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
@@ -88,6 +88,9 @@ ALLOWED_VARIABLES = frozenset({
 ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 # Set by jax itself when it is imported (logging level; "not a Cloud TPU").
 SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
+# cpu-exact's XLA pool: 8 threads, so a job may run on 1, 2, 4 or 8 virtual CPU devices with the
+# bits of any other count (a pool of max(PJRT_NPROC, devices) threads stays at 8).
+MAX_CPU_DEVICES = 8
 
 
 @functools.cache
@@ -116,7 +119,10 @@ class Profile(BaseModel):
     packages: dict[str, str]
     native: dict[str, str] = {}  # site-packages path -> sha256 of the native library
     code: str  # compute_code_digest() of the plugin that made the spec
-    cpu_threads: int | None = Field(None, gt=0)  # CPUs and XLA threads of the job; None: unpinned
+    cpu_threads: int | None = Field(None, gt=0)  # CPUs of the job per device; None: unpinned
+    # XLA CPU's intra-op pool (PJRT_NPROC), whose size the bits follow; also the most (virtual)
+    # devices a job may use, as more would enlarge the pool (parallel.py). None: cpu_threads.
+    xla_threads: int | None = Field(None, gt=0)
     xla_flags: tuple[str, ...]
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
@@ -134,6 +140,7 @@ PROFILES = {
         native=JAXLIB_NATIVE,
         code=compute_code_digest(),
         cpu_threads=1,
+        xla_threads=MAX_CPU_DEVICES,
         xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2",
                    "--xla_cpu_prefer_vector_width=256"),
         # XLA's matmuls run oneDNN's sgemm, which picks its kernel from the CPU it runs on.
@@ -199,9 +206,19 @@ def environment_for(profile: Profile, parent: dict[str, str] | None = None) -> d
            if name in ALLOWED_VARIABLES or name.startswith(ALLOWED_PREFIXES)}
     env.update(profile.env)
     env["XLA_FLAGS"] = " ".join(profile.xla_flags)
-    if profile.cpu_threads is not None:
-        env["PJRT_NPROC"] = str(profile.cpu_threads)  # XLA CPU's intra-op pool size
+    threads = profile.xla_threads or profile.cpu_threads
+    if threads is not None:
+        env["PJRT_NPROC"] = str(threads)  # XLA CPU's intra-op pool size
     return env
+
+
+def job_cpus(profile: Profile, devices: int = 1) -> int | None:
+    """The most CPUs the job's process is pinned to: cpu_threads per virtual CPU device (on GPU
+    the host side needs cpu_threads). The bits follow the XLA pool's size, not the CPUs, so
+    fewer (down to cpu_threads) only run the devices slower."""
+    if profile.cpu_threads is None:
+        return None
+    return profile.cpu_threads * (devices if profile.platform == "cpu" else 1)
 
 
 def _check_cpu_count(profile: Profile) -> list[int]:
@@ -214,9 +231,9 @@ def _check_cpu_count(profile: Profile) -> list[int]:
     return allowed
 
 
-def apply_environment(profile: Profile) -> None:
+def apply_environment(profile: Profile, devices: int = 1) -> None:
     """In the job's own process, before jax is imported: pin the CPU affinity to the profile's
-    CPU count and replace the whole environment with `environment_for(profile)`."""
+    CPU count (per device) and replace the whole environment with `environment_for(profile)`."""
     if "jax" in sys.modules or "flax" in sys.modules:
         raise EnvironmentMismatch(
             "jax was imported before the profile was applied; run the job in a fresh process"
@@ -224,7 +241,7 @@ def apply_environment(profile: Profile) -> None:
     allowed = _check_cpu_count(profile)
     if profile.cpu_threads is not None:
         # Threads started later (XLA's pools) inherit the calling thread's affinity.
-        os.sched_setaffinity(0, allowed[: profile.cpu_threads])
+        os.sched_setaffinity(0, allowed[: job_cpus(profile, devices)])
     sealed = environment_for(profile)
     os.environ.clear()
     os.environ.update(sealed)
@@ -349,7 +366,7 @@ def check_environment(spec, *, native: bool = True) -> None:
     _check_cpu_count(profile)
 
 
-def check_process(profile: Profile) -> None:
+def check_process(profile: Profile, devices: int = 1) -> None:
     """Checks that need jax, in the job's own process: the sealed environment, the CPU affinity,
     the native libraries actually loaded, the live backend and the jax/flax config in force."""
     import flax
@@ -361,9 +378,12 @@ def check_process(profile: Profile) -> None:
     if wrong:
         raise EnvironmentMismatch(f"the job process's environment is not the profile's: "
                                   f"{', '.join(wrong)}")
-    if profile.cpu_threads is not None and len(os.sched_getaffinity(0)) != profile.cpu_threads:
+    cpus = len(os.sched_getaffinity(0))
+    if profile.cpu_threads is not None and not (
+            profile.cpu_threads <= cpus <= job_cpus(profile, devices)):
         raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.cpu_threads} "
-                                  f"CPUs, the job process has {len(os.sched_getaffinity(0))}")
+                                  f"to {job_cpus(profile, devices)} CPUs, the job process has "
+                                  f"{cpus}")
     _check_native(profile, _loaded_native(profile))
     try:
         backend = jax.default_backend()

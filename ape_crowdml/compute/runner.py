@@ -176,18 +176,22 @@ def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
     return config.model_dump(mode="json", exclude_none=True)
 
 
-def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
-    """Run the job in this process. The profile's environment must already be in force
-    (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
+def execute(spec: JobSpec, coin: bytes, *, devices: int = 1,
+            progress: bool = False) -> JobResult:
+    """Run the job in this process on `devices` devices. The profile's environment must already
+    be in force (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
     from pydantic import ValidationError
 
     from .data import load_dataset
     from .keys import KeyStream, configure_jax
+    from .parallel import check_devices, configure_devices
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
     configure_jax(spec.profile.jax_config, spec.profile.flax_config)
-    check_process(spec.profile)
+    configure_devices(spec.profile, devices)
+    check_process(spec.profile, devices)
+    check_devices(spec.profile)
     data = load_dataset(spec.data_uri, spec.data_digest)
     job = load_job(spec)
     report = Report(progress)
@@ -200,9 +204,10 @@ def execute(spec: JobSpec, coin: bytes, *, progress: bool = False) -> JobResult:
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
 
 
-def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+def run_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path | None = None,
             progress: bool = False) -> JobResult:
-    """Run `spec` with `coin` in a fresh child process under the spec's environment profile.
+    """Run `spec` with `coin` in a fresh child process under the spec's environment profile, on
+    `devices` devices (see parallel.py: the digest does not depend on it).
 
     Raises the child's CrowdmlError subclass (DataDigestMismatch, EnvironmentMismatch, …) on bad
     input. With `out`, the artifact and result.json stay there.
@@ -213,7 +218,7 @@ def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
         (out_dir / ERROR_FILE).unlink(missing_ok=True)
         spec_path = save_spec(spec, Path(tmp) / "spec.json")
         command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-                   "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+                   "--coin", "0x" + coin.hex(), "--out", str(out_dir), "--devices", str(devices),
                    "--progress" if progress else "--no-progress"]
         from .data import CACHE_FOLDER_VARIABLE, cache_root
 
@@ -236,7 +241,8 @@ def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
     return spec.model_copy(update={"hparams": {**spec.hparams, **hparams}, "canary": None})
 
 
-def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None) -> JobSpec:
+def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None, *,
+                devices: int = 1) -> JobSpec:
     """Requester side: run the canary here and return the spec carrying its digest.
 
     `hparams` overrides the spec's hyperparameters for the canary run; by default the job's own
@@ -248,19 +254,21 @@ def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None) -> JobS
         hparams = {} if choose is None else choose(job.Config.model_validate(spec.hparams))
     merged = normalise_hparams(job, {**spec.hparams, **hparams})
     overrides = {name: merged.get(name) for name in hparams}
-    result = run_job(canary_spec(spec, overrides), coin)
+    result = run_job(canary_spec(spec, overrides), coin, devices=devices)
     canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})
 
 
-def check_canary(spec: JobSpec) -> JobResult | None:
-    """Worker side, before committing: reproduce the spec's canary or raise CanaryMismatch.
+def check_canary(spec: JobSpec, devices: int = 1) -> JobResult | None:
+    """Worker side, before committing: reproduce the spec's canary (on the devices the job will
+    use) or raise CanaryMismatch.
 
     Returns the canary's result, or None when the spec carries no canary.
     """
     if spec.canary is None:
         return None
-    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]))
+    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]),
+                     devices=devices)
     if "0x" + result.digest.hex() != spec.canary.digest:
         raise CanaryMismatch(f"canary gave 0x{result.digest.hex()} here, the spec expects "
                              f"{spec.canary.digest}: this machine does not reproduce the "
@@ -274,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", required=True, help="job spec JSON file")
     parser.add_argument("--coin", required=True, help="the task's coin r: 0x + 64 hex digits")
     parser.add_argument("--out", type=Path, help="folder for result.bin and result.json")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="devices to run on (virtual ones on CPU); the digest does not "
+                             "depend on it")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                         default=sys.stderr.isatty(), help="progress bar on stderr")
     args = parser.parse_args(argv)
@@ -286,8 +297,8 @@ def main(argv: list[str] | None = None) -> int:
             coin = coin_from_hex(args.coin)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        apply_environment(spec.profile)
-        result = execute(spec, coin, progress=args.progress)
+        apply_environment(spec.profile, args.devices)
+        result = execute(spec, coin, devices=args.devices, progress=args.progress)
     except CrowdmlError as exc:
         print(f"crowdml: {exc}", file=sys.stderr)
         if args.out is not None:
