@@ -211,9 +211,24 @@ class Worker(Party):
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
         check_environment(spec)
+        devices = self.devices_for(spec)
+        from ape.logging import logger
+
+        logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
+                    f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
+                    "offered; its digest does not depend on the device count")
         read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec)
+        check_canary(spec, devices)
         return task, spec
+
+    def devices_for(self, spec: JobSpec) -> int:
+        """The devices this worker runs `spec`'s job on: the largest divisor of its
+        micro_batches (1 for a job without them) within `worker.devices` and the profile's
+        limit."""
+        from .compute.parallel import devices_for
+
+        micro_batches = int(spec.hparams.get("micro_batches", 1))
+        return devices_for(spec.profile, micro_batches, self.config.worker.devices)
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
              confirm: Callable[[int], None] | None = None) -> None:
@@ -252,7 +267,7 @@ class Worker(Party):
         if stored and stored.spec == task.spec and stored.coin == coin:
             result, artifact = stored.result, stored.artifact
         else:
-            job = run_job(spec, coin, progress=progress)
+            job = run_job(spec, coin, devices=self.devices_for(spec), progress=progress)
             result, artifact = job.digest, job.artifact
         self._store_then_commit(task, coin, result, artifact, self.artifacts_for(spec).url)
         return result

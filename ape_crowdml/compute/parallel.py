@@ -59,8 +59,8 @@ def configure_devices(profile, devices: int) -> None:
     if devices < 1 or (limit is not None and devices > limit):
         raise EnvironmentMismatch(f"profile {profile.name} runs jobs on 1 to {limit} devices, "
                                   f"not {devices}")
-    if profile.platform == "cpu":
-        jax.config.update("jax_num_cpu_devices", devices)
+    if profile.platform == "cpu" and jax.config.jax_num_cpu_devices != devices:
+        jax.config.update("jax_num_cpu_devices", devices)  # once: the backend then starts
     _configured = devices
 
 
