@@ -36,7 +36,9 @@ machines" has the figures):
   XLA nor Eigen has a switch for that. The canary, run at the job's real shapes, is the guard.
 
 gpu-exact: deterministic GPU ops (no atomics-ordered reductions), TF32 off, highest matmul
-precision; never run on a GPU here.
+precision, one GPU model (`device_kind`) and the CUDA runtime, cuDNN and cuBLAS builds it loads
+(GPU kernels and their autotuned choices differ between GPU models and library versions); never
+run on a GPU here.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ import importlib.util
 import json
 import os
 import platform as _platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,6 +92,16 @@ ALLOWED_VARIABLES = frozenset({
 ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 # Set by jax itself when it is imported (logging level; "not a Cloud TPU").
 SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
+# The CUDA libraries' versions as jax's CUDA plugin reads them from the loaded libraries
+# (`jax._src.lib.cuda_versions`), by the name a profile pins them under.
+GPU_LIBRARY_VERSIONS = {"cuda": "cuda_runtime_get_version", "cudnn": "cudnn_get_version",
+                        "cublas": "cublas_get_version"}
+# gpu-exact's GPU and libraries: the NVIDIA wheels of CUDA 12.9 (pip), cuDNN 9.10.2 (9.10.0 has
+# a known binary-compatibility bug), cuBLAS 12.9.1; the integers are what the libraries report.
+GPU_DEVICE_KIND = "NVIDIA H100 80GB HBM3"
+GPU_PACKAGES = {"nvidia-cuda-runtime-cu12": "12.9.79", "nvidia-cudnn-cu12": "9.10.2.21",
+                "nvidia-cublas-cu12": "12.9.1.4"}
+GPU_LIBRARIES = {"cuda": 12090, "cudnn": 91002, "cublas": 120901}
 # cpu-exact's XLA pool: 8 threads, so a job may run on 1, 2, 4 or 8 virtual CPU devices with the
 # bits of any other count (a pool of max(PJRT_NPROC, devices) threads stays at 8).
 MAX_CPU_DEVICES = 8
@@ -123,6 +137,8 @@ class Profile(BaseModel):
     # XLA CPU's intra-op pool (PJRT_NPROC), whose size the bits follow; also the most (virtual)
     # devices a job may use, as more would enlarge the pool (parallel.py). None: cpu_threads.
     xla_threads: int | None = Field(None, gt=0)
+    device_kind: str | None = None  # every GPU's jax device_kind, e.g. "NVIDIA H100 80GB HBM3"
+    gpu_libraries: dict[str, int] = {}  # GPU_LIBRARY_VERSIONS name -> version the library reports
     xla_flags: tuple[str, ...]
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
@@ -153,12 +169,15 @@ PROFILES = {
         machine="x86_64",
         python=PYTHON,
         # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
-        packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1"},
+        packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1",
+                  **GPU_PACKAGES},
         native=JAXLIB_NATIVE,
         code=compute_code_digest(),
         xla_flags=("--xla_gpu_deterministic_ops=true",),
         env={"JAX_PLATFORMS": "cuda", "NVIDIA_TF32_OVERRIDE": "0"},
         jax_config={"jax_default_matmul_precision": "highest"},
+        device_kind=GPU_DEVICE_KIND,
+        gpu_libraries=GPU_LIBRARIES,
     ),
 }
 
@@ -324,6 +343,46 @@ def _loaded_native(profile: Profile) -> dict[str, Path]:
     return files
 
 
+def _check_device_kind(profile: Profile, kinds: list[str]) -> None:
+    """Every GPU the job may use is the profile's model."""
+    if profile.device_kind is None:
+        return
+    if not kinds:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.device_kind} "
+                                  "GPUs, this machine shows none")
+    other = sorted(set(kinds) - {profile.device_kind})
+    if other:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.device_kind} "
+                                  f"GPUs, this machine has {other[0]}")
+
+
+def _check_gpu_libraries(profile: Profile, loaded: dict[str, int | None]) -> None:
+    for name, pinned in profile.gpu_libraries.items():
+        if loaded.get(name) != pinned:
+            raise EnvironmentMismatch(f"profile {profile.name} pins {name} {pinned}, the job "
+                                      f"process loads {loaded.get(name) or 'none'}")
+
+
+def _nvidia_smi_gpus() -> list[str]:
+    """GPU names as nvidia-smi prints them (jax's device_kind is the same string), without
+    starting jax; [] where there is no NVIDIA driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listing = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+
+
+def _loaded_gpu_libraries() -> dict[str, int | None]:
+    """The versions the CUDA plugin's loaded libraries report (jax must be running on CUDA)."""
+    from jax._src.lib import cuda_versions
+
+    if cuda_versions is None:
+        return {}
+    return {name: getattr(cuda_versions, getter)()
+            for name, getter in GPU_LIBRARY_VERSIONS.items()}
+
+
 def check_environment(spec, *, native: bool = True) -> None:
     """Static checks of a spec's (or a bare Profile's) pinned environment against this machine:
     package versions and native builds, the plugin's compute code, machine, CPU features and CPU
@@ -364,6 +423,7 @@ def check_environment(spec, *, native: bool = True) -> None:
             f"profile {profile.name} needs CPU features {', '.join(missing)}, which this CPU lacks"
         )
     _check_cpu_count(profile)
+    _check_device_kind(profile, _nvidia_smi_gpus() if profile.device_kind else [])
 
 
 def check_process(profile: Profile, devices: int = 1) -> None:
@@ -395,6 +455,9 @@ def check_process(profile: Profile, devices: int = 1) -> None:
         raise EnvironmentMismatch(
             f"profile {profile.name} needs the {profile.platform} backend, jax runs on {backend}"
         )
+    if profile.platform == "gpu":
+        _check_device_kind(profile, [device.device_kind for device in jax.devices()])
+        _check_gpu_libraries(profile, _loaded_gpu_libraries())
     for config, settings in ((jax.config, profile.jax_config), (flax.config, profile.flax_config)):
         for name, value in settings.items():
             if getattr(config, name) != value:
