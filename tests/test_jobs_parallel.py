@@ -202,3 +202,60 @@ def test_synthetic_set_is_refused_unless_its_digest_matches(digits):
 
     with pytest.raises(DataDigestMismatch, match="synthetic set of seed 7"):
         run_job(make_spec(CONV_JOB, digits, hparams), COIN)
+
+
+# Several processes on one machine (jax.distributed over loopback, gloo collectives on CPU),
+# each with its share of the devices: one mean_gradient call over a mesh of all of them.
+MULTI_PROCESS_CHILD = """
+import hashlib, sys
+process, processes, local, port = map(int, sys.argv[1:5])
+from ape_crowdml.compute.profile import PROFILES, apply_environment
+apply_environment(PROFILES["cpu-exact"], local)
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ape_crowdml.compute import parallel
+from ape_crowdml.compute.keys import configure_jax
+configure_jax(PROFILES["cpu-exact"].jax_config)
+parallel.configure_devices(PROFILES["cpu-exact"], local)
+if processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes, process_id=process)
+mesh = parallel.device_mesh(8)
+rng = np.random.default_rng(0)
+arrays = (rng.standard_normal((784, 64), np.float32) * 0.05, rng.random((256, 784), np.float32),
+          rng.integers(0, 10, 256).astype(np.int32))
+w, x, y = (jax.device_put(a, NamedSharding(mesh, P())) for a in arrays)
+def loss_fn(w, batch, key):
+    logits = jnp.tanh(batch[0] @ w)[:, :10] + jax.random.normal(key, (10,))
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(batch[1].shape[0]), batch[1]])
+gradient = jax.jit(lambda w, x, y: parallel.mean_gradient(
+    loss_fn, w, (x, y), jax.random.key(0), mesh=mesh, micro_batches=8)[1])
+bits = np.asarray(gradient(w, x, y).addressable_data(0)).tobytes()
+print(len(jax.devices()), hashlib.sha256(bits).hexdigest(), flush=True)
+if processes > 1:
+    jax.distributed.shutdown()  # together: the coordinator (process 0) must not leave first
+"""
+
+
+def test_processes_on_loopback_agree_with_one_process(tmp_path):
+    """2 processes × 2 devices (jax.distributed on 127.0.0.1) give one process's bits on 4."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def start(process: int, processes: int, local: int) -> subprocess.Popen:
+        # Output to files: a full pipe would block one process while the other waits for it.
+        log = tmp_path / f"{processes}-{process}"
+        return subprocess.Popen([sys.executable, "-c", MULTI_PROCESS_CHILD, str(process),
+                                 str(processes), str(local), str(port)], cwd=REPO,
+                                stdout=open(log.with_suffix(".out"), "w"),
+                                stderr=open(log.with_suffix(".err"), "w"))
+
+    children = [start(0, 2, 2), start(1, 2, 2)]
+    codes = [child.wait(timeout=300) for child in children] + [start(0, 1, 4).wait(timeout=300)]
+    lines = {path.name: path.read_text().strip() for path in tmp_path.glob("*.out")}
+    errors = {path.name: path.read_text()[-500:] for path in tmp_path.glob("*.err")}
+    assert codes == [0, 0, 0] and all(lines.values()) and len(lines) == 3, errors
+    assert len(set(lines.values())) == 1 and lines["1-0.out"].startswith("4 "), lines

@@ -76,12 +76,15 @@ def check_devices(profile) -> None:
 
 
 def device_mesh(micro_batches: int):
-    """A one-axis mesh of the process's job devices; SpecError unless their count divides K."""
+    """A one-axis mesh of the job devices of every process (several under jax.distributed),
+    process by process; SpecError unless their count divides K."""
     import jax
     import numpy as np
     from jax.sharding import Mesh
 
-    devices = jax.devices()[: _configured or len(jax.devices())]
+    per_process = _configured or len(jax.local_devices())
+    devices = [device for process in range(jax.process_count())
+               for device in [d for d in jax.devices() if d.process_index == process][:per_process]]
     if micro_batches % len(devices):
         raise SpecError(f"{len(devices)} devices cannot share {micro_batches} micro-batches "
                         "evenly; run on a divisor of micro_batches")
