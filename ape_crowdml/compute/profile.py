@@ -15,9 +15,11 @@ machines" has the figures):
   the summed dimension: `a @ b` at 64×784×128, 256×784×512, 64×1024×64 and 32×16384×32 gives
   other bits with 2 threads than with 1, as does a jitted sum over 2**24 floats. The bits follow
   the pool size, not the cores: PJRT_NPROC=1 on two cores gives the one-core bits, PJRT_NPROC=2 on
-  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. So
-  `cpu_threads` pins both the affinity and PJRT_NPROC (bench/train.py (d) measures the cost); a
-  machine allowing the job fewer CPUs is refused.
+  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. Virtual
+  CPU devices enlarge the pool to max(PJRT_NPROC, devices) threads, so `xla_threads` pins
+  PJRT_NPROC at the most devices a job may use (cpu-exact: 8; parallel.py), and `cpu_threads`
+  the job's CPUs per device (the bits do not follow the CPUs); a machine allowing the job fewer
+  than cpu_threads CPUs is refused.
 - Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC,
   TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL, DNNL_/ONEDNN_MAX_CPU_ISA and a persistent compilation
   cache each change the digest or crash the job, so the child's environment is built from an

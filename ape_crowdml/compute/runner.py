@@ -26,9 +26,10 @@ at the job's real model and batch shapes (without it, the canary is the whole jo
 Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child,
-`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR`, with the environment the spec's
-profile allows (`profile.environment_for`). The child pins its CPUs and seals its environment again
-before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
+`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR --devices D`, with the
+environment the spec's profile allows (`profile.environment_for`). The child runs the job on D
+devices (virtual ones on CPU; parallel.py keeps the digest independent of D), pins its CPUs and
+seals its environment again before importing jax (`profile.apply_environment`, so the same command run by hand is sealed too),
 checks the environment, the job file's keccak256 and the data digest, runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
