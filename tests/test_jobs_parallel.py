@@ -259,3 +259,16 @@ def test_processes_on_loopback_agree_with_one_process(tmp_path):
     errors = {path.name: path.read_text()[-500:] for path in tmp_path.glob("*.err")}
     assert codes == [0, 0, 0] and all(lines.values()) and len(lines) == 3, errors
     assert len(set(lines.values())) == 1 and lines["1-0.out"].startswith("4 "), lines
+
+
+def test_a_worker_runs_a_job_on_the_divisor_of_k_within_its_offer(digits):
+    """`crowdml: worker: devices:` is an offer: 6 devices run K = 8 on 4, a job without
+    micro-batches (the MLP's default K = 1) on 1."""
+    from types import SimpleNamespace
+
+    from ape_crowdml.config import WorkerPolicy
+    from ape_crowdml.parties import Worker
+
+    worker = SimpleNamespace(config=SimpleNamespace(worker=WorkerPolicy(devices=6)))
+    assert Worker.devices_for(worker, make_spec(MLP_JOB, digits, MLP)) == 4
+    assert Worker.devices_for(worker, make_spec(MLP_JOB, digits, {"epochs": 1})) == 1
