@@ -187,6 +187,8 @@ def test_runner_refuses_more_devices_than_the_profile_allows_or_k_shares(digits,
         run_job(spec, COIN, devices=16)
     with pytest.raises(SpecError, match="3 devices cannot share 4 micro-batches"):
         run_job(spec, COIN, devices=3)
+    with pytest.raises(SpecError, match="--devices must be at least 1"):
+        run_job(spec, COIN, devices=0)
 
 
 @pytest.mark.parametrize("job", [MLP_JOB, CONV_JOB])

@@ -57,7 +57,8 @@ def configure_devices(profile, devices: int) -> None:
     global _configured
     limit = most_devices(profile)
     if devices < 1 or (limit is not None and devices > limit):
-        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on 1 to {limit} devices, "
+        most = f"1 to {limit}" if limit is not None else "at least 1"
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {most} devices, "
                                   f"not {devices}")
     if profile.platform == "cpu" and jax.config.jax_num_cpu_devices != devices:
         jax.config.update("jax_num_cpu_devices", devices)  # once: the backend then starts

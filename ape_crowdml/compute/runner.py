@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             coin = coin_from_hex(args.coin)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
+        if args.devices < 1:
+            raise SpecError(f"--devices must be at least 1, not {args.devices}")
         apply_environment(spec.profile, args.devices)
         result = execute(spec, coin, devices=args.devices, progress=args.progress)
     except CrowdmlError as exc:
