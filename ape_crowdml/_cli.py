@@ -354,7 +354,7 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
-        spec = with_canary(spec, bytes(32), canary_hparams, [*folders, job.parent])
+        spec = with_canary(spec, bytes(32), canary_hparams, job_folders=[*folders, job.parent])
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)

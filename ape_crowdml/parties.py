@@ -292,9 +292,24 @@ class Worker(Party):
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
         check_environment(spec)
+        devices = self.devices_for(spec)
+        from ape.logging import logger
+
+        logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
+                    f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
+                    "offered; its digest does not depend on the device count")
         read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec, job_folders=self.config.jobs_folder)
+        check_canary(spec, devices, job_folders=self.config.jobs_folder)
         return task, spec
+
+    def devices_for(self, spec: JobSpec) -> int:
+        """The devices this worker runs `spec`'s job on: the largest divisor of its
+        micro_batches (1 for a job without them) within `worker.devices` and the profile's
+        limit."""
+        from .compute.parallel import devices_for
+
+        micro_batches = int(spec.hparams.get("micro_batches", 1))
+        return devices_for(spec.profile, micro_batches, self.config.worker.devices)
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
              confirm: Callable[[int], None] | None = None) -> None:
@@ -341,6 +356,7 @@ class Worker(Party):
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
         return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress,
+                                                         devices=self.devices_for(spec),
                                                          job_folders=self.config.jobs_folder))
 
     def finish_work(self, work: Work) -> bytes:
