@@ -13,6 +13,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH
 # and tests/fork play end to end; CROWDML_ANVIL_ALL=1 runs every chain suite on anvil too.
 CHAIN_TESTS := tests/test_board_rules.py tests/test_cli_errors.py tests/test_preflight.py \
 	tests/test_agent_recovery.py tests/test_stranger.py \
+	tests/test_agent_keyfile.py::test_a_keyfile_agent_signs_unattended_through_a_task \
+	tests/test_agent_fees.py::test_pending_transactions_of_the_account_are_waited_for \
 	tests/test_readme.py::test_console_example_runs_as_written
 ifdef CROWDML_ANVIL_ALL
 CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_api.py \
