@@ -392,8 +392,11 @@ def run_job(spec_file, coin, out):
 @click.option("--autosign", is_flag=True,
               help="Sign with a keyfile account without asking, unlocked once with the "
                    "passphrase in APE_ACCOUNTS_<alias>_PASSPHRASE.")
+@click.option("--warm-jobs/--cold-jobs", default=None,
+              help="Run jobs in one warm process per profile (same digests, no start-up per "
+                   "job) or each in a fresh one (default: `crowdml: worker: warm_jobs:`, off).")
 def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_fee,
-          priority_fee, autosign):
+          priority_fee, autosign, warm_jobs):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
     waits for a person: an account that would ask before signing is refused at the start."""
     from ape_crowdml.agent import Agent, sign_unattended
@@ -403,7 +406,14 @@ def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_
         raise CannotSignUnattended("the agent runs unattended and cannot ask for an account: "
                                    "name it with --account ALIAS (or TEST::N)")
     sign_unattended(account, autosign=autosign)
-    worker = _worker(board_address, account)
+    from ape_crowdml.config import crowdml_config
+    from ape_crowdml.parties import Worker
+
+    config = crowdml_config()
+    if warm_jobs is not None:
+        config = config.model_copy(
+            update={"worker": config.worker.model_copy(update={"warm_jobs": warm_jobs})})
+    worker = Worker(_board(board_address), account, config=config)
     log = _agent_log()
     agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks,
                   max_fee=max_fee, priority_fee=priority_fee, log=log)

@@ -294,3 +294,4 @@ class Agent:
                     time.sleep(poll_seconds)
         finally:
             self.stop_jobs()
+            self.worker.close()

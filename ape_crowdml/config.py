@@ -18,6 +18,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
         max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
         devices: 1                 # devices a job may use (virtual CPU ones or GPUs); not in the digest
+        warm_jobs: false           # one warm job process per profile instead of a fresh one per job
       agent:
         page_blocks: 2000          # blocks per eth_getLogs query (providers cap the range)
         max_fee: null              # wei per gas, in all, for its transactions; null: ape's default
@@ -55,6 +56,9 @@ class WorkerPolicy(BaseModel):
     # Devices a job may run on: virtual CPU devices (up to cpu-exact's 8) or GPUs. A job uses
     # the largest divisor of its micro_batches within this; its digest does not depend on it.
     devices: int = Field(1, ge=1)
+    # Run jobs in a warm process per profile (jax imported and the environment sealed once)
+    # rather than a fresh one each: the same digests, without ~10 s of start-up per job.
+    warm_jobs: bool = False
 
 
 class AgentSettings(BaseModel):

@@ -277,6 +277,25 @@ class Worker(Party):
     def __init__(self, board: Board, account, **kwargs):
         super().__init__(board, account, **kwargs)
         self._delivered: set[int] = set()  # tasks whose artifact this worker has published
+        self._warm = None  # the WarmPool of `worker.warm_jobs`, started on the first job
+
+    def _start_job(self, spec: JobSpec, coin: bytes, progress: bool):
+        from .compute.runner import start_job
+
+        devices, folders = self.devices_for(spec), self.config.jobs_folder
+        if not self.config.worker.warm_jobs or progress:
+            return start_job(spec, coin, progress=progress, devices=devices, job_folders=folders)
+        if self._warm is None:
+            from .compute.data import cache_root
+            from .compute.warm import WarmPool
+
+            self._warm = WarmPool(cache_root())
+        return self._warm.start(spec, coin, devices=devices, job_folders=folders)
+
+    def close(self) -> None:
+        """Stop this worker's warm job processes, if any."""
+        if self._warm is not None:
+            self._warm.close()
 
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
@@ -345,8 +364,6 @@ class Worker(Party):
                    progress: bool = False) -> Work:
         """`work`'s first half: the checks, then the job started in its own process (unless a
         result is stored for this spec and coin); returns at once. `finish_work` commits."""
-        from .compute.runner import start_job
-
         # Before any training: the coin is fixed, this seat can commit, and the window is open.
         self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
         task, spec = self.check(task_id, spec)
@@ -355,9 +372,7 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
-        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress,
-                                                         devices=self.devices_for(spec),
-                                                         job_folders=self.config.jobs_folder))
+        return Work(task, coin, store_url, job=self._start_job(spec, coin, progress))
 
     def finish_work(self, work: Work) -> bytes:
         """`work`'s second half: wait for the job if it still runs, store its result with a

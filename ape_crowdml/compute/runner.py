@@ -214,6 +214,18 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
 
 
+def write_outcome(out: Path, *, result: JobResult | None = None,
+                  error: CrowdmlError | None = None) -> None:
+    """A job's files in `out`: the artifact and result.json, or error.json (the error's class
+    name and message, raised again in the parent)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if error is not None:
+        (out / ERROR_FILE).write_text(json.dumps({"type": type(error).__name__,
+                                                  "message": str(error)}))
+    else:
+        result.save(out)
+
+
 class JobProcess:
     """A job running in its child process (`start_job`): `running` while it trains, then
     `result()`. The caller stays free meanwhile: the agent keeps revealing, settling and
@@ -233,16 +245,19 @@ class JobProcess:
         """Wait for the child, then its result; raises the child's CrowdmlError subclass."""
         try:
             returncode = self._process.wait()
-            if (self._out_dir / ERROR_FILE).exists():
-                error = json.loads((self._out_dir / ERROR_FILE).read_text())
-                raise getattr(errors, error["type"], CrowdmlError)(error["message"])
-            if returncode != 0:
+            if returncode != 0 and not (self._out_dir / ERROR_FILE).exists():
                 text = self._stderr.read_text() if self._stderr else ""
                 last = text.strip().splitlines()[-1:] or ["no output"]
                 raise CrowdmlError(f"job process exited with {returncode}: {last[0]}")
-            return JobResult.load(self._out_dir)
+            return self._load()
         finally:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _load(self) -> JobResult:
+        if (self._out_dir / ERROR_FILE).exists():
+            error = json.loads((self._out_dir / ERROR_FILE).read_text())
+            raise getattr(errors, error["type"], CrowdmlError)(error["message"])
+        return JobResult.load(self._out_dir)
 
     def cancel(self) -> None:
         """Stop the child (if still running) and remove its files."""
@@ -374,12 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     except CrowdmlError as exc:
         print(f"crowdml: {exc}", file=sys.stderr)
         if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            error = {"type": type(exc).__name__, "message": str(exc)}
-            (args.out / ERROR_FILE).write_text(json.dumps(error))
+            write_outcome(args.out, error=exc)
         return EXIT_BAD_INPUT
     if args.out is not None:
-        result.save(args.out)
+        write_outcome(args.out, result=result)
     print("0x" + result.digest.hex())
     return 0
 

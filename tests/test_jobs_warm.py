@@ -1,0 +1,56 @@
+"""A warm job process (compute/warm.py) gives every job the digest a cold, fresh process gives:
+specs of two jobs, and one spec with two coins, run one after another in one warm process."""
+
+import pytest
+
+from ape_crowdml.compute.data import export_digits
+from ape_crowdml.compute.runner import run_job
+from ape_crowdml.compute.spec import make_spec
+from ape_crowdml.compute.warm import WarmPool
+from ape_crowdml.errors import CrowdmlError
+from crowdml_support import TINY_HPARAMS
+
+COINS = [bytes([1]) * 32, bytes([2]) * 32]
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("warm")
+    data = folder / "digits.npz"
+    export_digits(data)
+    return [make_spec("train_classifier", data, TINY_HPARAMS),
+            make_spec("train_classifier", data, {**TINY_HPARAMS, "hidden": [8]})]
+
+
+@pytest.fixture(scope="module")
+def cold(specs):
+    """Each (spec, coin)'s digest from a fresh process, as a worker without warm jobs runs it."""
+    return {(i, coin): run_job(spec, coin).digest for i, spec in enumerate(specs) for coin in COINS}
+
+
+@pytest.fixture
+def pool(tmp_path):
+    pool = WarmPool(tmp_path / "cache")
+    yield pool
+    pool.close()
+
+
+def test_a_warm_process_gives_each_job_the_cold_digest(specs, cold, pool):
+    warm = {(i, coin): pool.start(spec, coin).result().digest
+            for i, spec in enumerate(specs) for coin in COINS}
+    assert warm == cold
+    assert len(set(cold.values())) == len(cold)  # other hparams or another coin: another digest
+
+
+def test_a_failing_job_leaves_the_warm_process_serving(specs, cold, pool):
+    wrong = specs[0].model_copy(update={"data_digest": "0x" + "00" * 32})
+    with pytest.raises(CrowdmlError, match="keccak256"):
+        pool.start(wrong, COINS[0]).result()
+    assert pool.start(specs[0], COINS[0]).result().digest == cold[0, COINS[0]]
+
+
+def test_a_cancelled_warm_job_stops_and_the_next_starts_afresh(specs, cold, pool):
+    job = pool.start(specs[0], COINS[0])
+    job.cancel()
+    assert not job.running
+    assert pool.start(specs[0], COINS[1]).result().digest == cold[0, COINS[1]]
