@@ -8,16 +8,19 @@ TOOLS := .tools
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
 # Suites whose behaviour depends on the node also run on anvil (ethereum:local:foundry): window
-# edges, pending-block simulation, separate processes, the chain coin's block hash, the CLI.
-# Pure contract arithmetic (payoffs), the long demo and the fuzzer run on the local chain only;
-# CROWDML_ANVIL_ALL=1 runs every chain suite on anvil too.
-CHAIN_TESTS := tests/test_board_rules.py tests/test_board_attacks.py tests/test_cli.py \
-	tests/test_cli_errors.py tests/test_plugin_api.py tests/test_agent.py \
-	tests/test_agent_recovery.py tests/test_preflight.py tests/test_purchase_cli.py \
+# edges, pending-block simulation, a worker from an installed wheel, separate processes, the
+# console. Separate processes on anvil are also what tests/integration (own anvil, block time)
+# and tests/fork play end to end; CROWDML_ANVIL_ALL=1 runs every chain suite on anvil too.
+CHAIN_TESTS := tests/test_board_rules.py tests/test_cli_errors.py tests/test_preflight.py \
+	tests/test_agent_recovery.py tests/test_stranger.py \
+	tests/test_agent_keyfile.py::test_a_keyfile_agent_signs_unattended_through_a_task \
+	tests/test_agent_fees.py::test_pending_transactions_of_the_account_are_waited_for \
 	tests/test_readme.py::test_console_example_runs_as_written
 ifdef CROWDML_ANVIL_ALL
-CHAIN_TESTS += tests/test_board_payoffs.py tests/test_cli_demo.py tests/test_attacks_plugin.py \
-	tests/test_board_fuzz.py tests/test_purchase.py tests/test_purchase_api.py
+CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_api.py \
+	tests/test_agent.py tests/test_purchase_cli.py tests/test_board_payoffs.py \
+	tests/test_cli_demo.py tests/test_attacks_plugin.py tests/test_board_fuzz.py \
+	tests/test_purchase.py tests/test_purchase_api.py
 endif
 
 .PHONY: all env lock demo test test-local test-anvil test-fork bench taskboard clean
@@ -50,15 +53,15 @@ demo: env
 test: env test-local test-anvil test-fork
 
 test-local: env
-	ape test tests -q
+	ape test tests -q --durations=15
 
 test-anvil: env
-	ape test $(CHAIN_TESTS) -q --network ethereum:local:foundry
+	ape test $(CHAIN_TESTS) -q --durations=10 --network ethereum:local:foundry
 
 # Tasks started on a chain (a second anvil with chain id 1, as ethereum:mainnet's node) and
 # finished on its fork, the way ape users test against mainnet; other networks skip tests/fork.
 test-fork: env
-	ape test tests/fork -q --network ethereum:mainnet-fork:foundry
+	ape test tests/fork -q --durations=5 --network ethereum:mainnet-fork:foundry
 
 bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'

@@ -151,9 +151,12 @@ def deploy(account, board_address, sink, skip_confirmation):
               help="Let the board derive the coin from a block instead of committing one.")
 @click.option("--trivial", multiple=True, type=BYTES32,
               help="A result digest to count as no submission (E_ck); repeatable.")
+@click.option("--spec-uri", metavar="URL",
+              help="Where workers fetch the spec, if you serve it yourself (default: the spec's "
+                   "artifact store, or this project's, where it is uploaded).")
 @yes_option()
 def publish(account, board_address, spec_file, reward, deposit, workers, join_blocks,
-            commit_blocks, reveal_blocks, chain_coin, trivial, skip_confirmation):
+            commit_blocks, reveal_blocks, chain_coin, trivial, spec_uri, skip_confirmation):
     """Publish the job in SPEC_FILE and escrow the reward."""
     from ape_crowdml.board import hex32
     from ape_crowdml.render import wei
@@ -164,14 +167,15 @@ def publish(account, board_address, spec_file, reward, deposit, workers, join_bl
     task_id = requester.publish(
         spec_file, reward=reward, deposit=deposit, workers=workers, join_blocks=join_blocks,
         commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, requester_coin=not chain_coin,
-        trivial=trivial, confirm=lambda: confirm(question, skip_confirmation))
+        trivial=trivial, spec_uri=spec_uri, confirm=lambda: confirm(question, skip_confirmation))
     task = requester.board.task(task_id)
-    click.echo(f"task {task_id} published: spec {hex32(task.spec)}, data {hex32(task.data)}")
+    click.echo(f"task {task_id} published: spec {hex32(task.spec)} at "
+               f"{requester.board.spec_uri(task_id)}, data {hex32(task.data)}")
 
 
 spec_option = click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
-                           help="The task's spec file (default: fetched by its on-chain digest "
-                                "from the artifact store).")
+                           help="The task's spec file (default: fetched from the spec URI the "
+                                "task was published with, checked against its digest).")
 
 
 @connected()
@@ -350,7 +354,7 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
 
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
-        spec = with_canary(spec, bytes(32), canary_hparams, [*folders, job.parent])
+        spec = with_canary(spec, bytes(32), canary_hparams, job_folders=[*folders, job.parent])
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
     save_spec(spec, out)
@@ -380,11 +384,16 @@ def run_job(spec_file, coin, out):
               help="Mine a block at every idle poll while no job trains, for a local chain nobody "
                    "else uses (on a shared one it closes the others' windows while they train).")
 @click.option("--page-blocks", type=click.IntRange(min=1),
-              help="Blocks per event query (default 2000; providers cap eth_getLogs).")
+              help="Blocks per event query (default: `crowdml: agent: page_blocks:`, 2000).")
+@click.option("--max-fee", type=WEI, help="Most wei per gas its transactions pay, in all "
+                                          "(default: `crowdml: agent: max_fee:`, or ape's).")
+@click.option("--priority-fee", type=WEI, help="Most wei per gas to the block's proposer "
+                                               "(default: `crowdml: agent: priority_fee:`).")
 @click.option("--autosign", is_flag=True,
               help="Sign with a keyfile account without asking, unlocked once with the "
                    "passphrase in APE_ACCOUNTS_<alias>_PASSPHRASE.")
-def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, autosign):
+def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_fee,
+          priority_fee, autosign):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
     waits for a person: an account that would ask before signing is refused at the start."""
     from ape_crowdml.agent import Agent, sign_unattended
@@ -396,7 +405,8 @@ def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, auto
     sign_unattended(account, autosign=autosign)
     worker = _worker(board_address, account)
     log = _agent_log()
-    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks, log=log)
+    agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks,
+                  max_fee=max_fee, priority_fee=priority_fee, log=log)
     log(f"agent {account.address} watching board {worker.board.address} from block "
         f"{agent.next_block}")
     agent.run(tasks=tasks, poll_seconds=poll)

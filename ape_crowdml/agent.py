@@ -71,8 +71,6 @@ def sign_unattended(account, *, autosign: bool) -> None:
                                    f"{account.alias}") from None
 
 
-# Many providers answer eth_getLogs over at most a few thousand blocks (some 500, some 10,000).
-DEFAULT_PAGE_BLOCKS = 2_000
 # After a failed event scan, wait this long before the next, doubling up to the maximum: a
 # rate-limited node is not hammered, and the agent serves its known tasks meanwhile.
 FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 60.0
@@ -80,13 +78,18 @@ FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 60.0
 
 class Agent:
     def __init__(self, worker: Worker, *, mine_when_idle: bool = False,
-                 page_blocks: int | None = None, log: Callable[[str], None] = print):
-        page_blocks = page_blocks or DEFAULT_PAGE_BLOCKS
+                 page_blocks: int | None = None, max_fee: int | None = None,
+                 priority_fee: int | None = None, log: Callable[[str], None] = print):
+        """`page_blocks`, `max_fee` and `priority_fee` default to the config's `agent:`."""
+        settings = worker.config.agent
         self.worker = worker
         self.board = worker.board
+        self.board.cap_fees(settings.max_fee if max_fee is None else max_fee,
+                            settings.priority_fee if priority_fee is None else priority_fee)
         self.log = log
         self.mine_when_idle = mine_when_idle
-        self.page_blocks = page_blocks
+        self.page_blocks = page_blocks or settings.page_blocks
+        self._waiting_reason: str | None = None
         # Where a previous run of this account's agent left off, from the store: a restart
         # neither rescans the board nor forgets the tasks it follows.
         self._scan_key = (self.board.chain_id, self.board.address, worker.account.address)
@@ -123,6 +126,35 @@ class Agent:
             return
         self._retry_delay = 0.0
 
+    def _may_send(self) -> bool:
+        """False, saying why once, while nothing should be sent: transactions of this account
+        still pending (a previous run's, after a restart: sending now would reuse or queue
+        behind their nonces, and their effect is not yet on chain to be read), or a base fee
+        above the fee cap."""
+        try:
+            reason = self._pending_reason()
+            if reason is None:
+                self.board.check_fee_cap()
+        except CrowdmlError as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
+            reason = f"cannot read the account's nonce ({type(exc).__name__}: {first_line(exc)})"
+        if reason is not None and reason != self._waiting_reason:
+            self.log(reason)
+        self._waiting_reason = reason
+        return reason is None
+
+    def _pending_reason(self) -> str | None:
+        from ape import chain
+
+        address = self.worker.account.address
+        count = chain.provider.web3.eth.get_transaction_count
+        pending = count(address, "pending") - count(address, "latest")
+        if pending <= 0:
+            return None
+        return (f"{pending} transaction(s) of {address} pending: waiting for them to be mined "
+                "before sending more")
+
     def _forget(self, task_id: int) -> None:
         self._watching.discard(task_id)
         self.worker.store.forget_agent_task(*self._scan_key, task_id)
@@ -136,6 +168,8 @@ class Agent:
         waits for a job, so the reveals due while one trains are sent on time.
         """
         self._discover()
+        if not self._may_send():
+            return False
         acted = False
         ready_to_work = []
         for task_id in sorted(self._watching):

@@ -1,12 +1,15 @@
 """Content-addressed artifact store: a file per keccak256 digest, under any fsspec URL.
 
-A local folder by default; s3://, gs://, http(s)://… when the spec names one. Readers verify the
-digest, so the store needs no trust: a wrong or truncated file is refused, never handed over.
-The same store carries published specs (under the on-chain spec digest), so a worker can get a
-task's spec from its digest alone.
+A local folder by default; s3:// (s3fs; an S3-compatible server through AWS_ENDPOINT_URL),
+gs://… when the spec names one; http(s):// for reading only. Readers verify the digest, so the
+store needs no trust: a wrong or truncated file is refused, never handed over. The same store
+carries published specs (under the on-chain spec digest): the requester puts the spec's URL in
+the task's Published event, and a worker that shares the store can also find it by digest.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .compute.digest import keccak_digest
 from .errors import ArtifactMissing
@@ -28,6 +31,13 @@ class ArtifactStore:
 
     def _path(self, digest: bytes) -> str:
         return f"{self._root.rstrip('/')}/{_name(digest)}"
+
+    def uri(self, digest: bytes) -> str:
+        """Where `put` stores `digest`, as a URL another process can open (a local folder as an
+        absolute path)."""
+        if "://" in self.url:
+            return f"{self.url.rstrip('/')}/{_name(digest)}"
+        return str(Path(self.url).expanduser().resolve() / _name(digest))
 
     def put(self, data: bytes) -> bytes:
         """Store `data` under its keccak256; returns the digest."""

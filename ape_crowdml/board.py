@@ -17,7 +17,8 @@ from pathlib import Path
 from eth_abi import encode
 
 from .compute.digest import keccak_digest
-from .errors import BoardNotConfigured, InsufficientFunds, TaskRejected, UnknownTask, first_line
+from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
+                     UnknownTask, first_line)
 
 
 class Phase(IntEnum):
@@ -163,11 +164,13 @@ def simulate(contract, action: str, method: str, args: tuple, sender, value: int
 
 
 def send(contract, action: str, method: str, *args, sender, value: int = 0,
-         refuser: str = "the board"):
-    """Simulate, then send and wait for the block: a refused call sends nothing."""
+         refuser: str = "the board", fees: dict[str, int] | None = None):
+    """Simulate, then send and wait for the block: a refused call sends nothing. `fees` are
+    ape's transaction fields `max_fee` and `max_priority_fee`, when capped."""
     simulate(contract, action, method, args, sender, value, refuser)
     with transaction(action):
-        return mined(action, getattr(contract, method)(*args, value=value, sender=sender))
+        return mined(action, getattr(contract, method)(*args, value=value, sender=sender,
+                                                       **(fees or {})))
 
 
 NO_DIGEST = b"\x00" * 32  # the empty bytes32: no coin hash, and always in E_ck
@@ -210,6 +213,8 @@ class Board:
             raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}; "
                                      "deploy one with `ape crowdml deploy`")
         self.address = address
+        # Fee caps for this board's transactions (`cap_fees`); none: ape's defaults.
+        self.fees: dict[str, int] = {}
         self.contract = taskboard_container().at(address)
         self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
 
@@ -242,6 +247,44 @@ class Board:
         """FORFEIT_SINK: where forfeited deposits go; it may neither publish nor join. Immutable
         on chain, so read once per Board (a join consults it twice: policy and pre-flight)."""
         return self.contract.FORFEIT_SINK()
+
+    def cap_fees(self, max_fee: int | None = None, priority_fee: int | None = None) -> None:
+        """Send every later transaction with at most `max_fee` wei per gas in all, of which at
+        most `priority_fee` to the block's proposer (None leaves ape's default)."""
+        if None not in (max_fee, priority_fee) and priority_fee > max_fee:
+            raise CrowdmlError(f"the priority fee {priority_fee} wei is above the max fee "
+                               f"{max_fee}: no node takes such a transaction")
+        caps = {"max_fee": max_fee, "max_priority_fee": priority_fee}
+        self.fees = {name: cap for name, cap in caps.items() if cap is not None}
+
+    def _transaction_fees(self) -> dict[str, int]:
+        """The caps, with ape's default priority fee kept under a max fee given alone."""
+        from ape import chain
+
+        fees = dict(self.fees)
+        if "max_fee" in fees and "max_priority_fee" not in fees:
+            fees["max_priority_fee"] = min(chain.provider.priority_fee, fees["max_fee"])
+        return fees
+
+    def fee_per_gas(self) -> int:
+        """The most a transaction sent now may pay per gas: the cap, or else what ape offers
+        by default (twice the base fee, plus the priority fee)."""
+        from ape import chain
+
+        if "max_fee" in self.fees:
+            return self.fees["max_fee"]
+        provider = chain.provider
+        priority = self.fees.get("max_priority_fee", provider.priority_fee)
+        return 2 * provider.base_fee + priority
+
+    def check_fee_cap(self) -> None:
+        """TaskRejected while the base fee is above the cap: a transaction sent now would wait
+        in the mempool, and its sender with it."""
+        from ape import chain
+
+        if "max_fee" in self.fees and chain.provider.base_fee > self.fees["max_fee"]:
+            raise TaskRejected(f"the base fee is {chain.provider.base_fee} wei, above the max "
+                               f"fee {self.fees['max_fee']}: waiting for it to fall")
 
     @property
     def head(self) -> int:
@@ -304,11 +347,20 @@ class Board:
         Built from the Published event rather than by asking the `is_trivial` view about a
         result: that would send the result to a node before its reveal.
         """
-        published = list(self._events("Published", task.task_id))
+        published = self.published(task.task_id)
+        return {NO_DIGEST, task.spec, task.data, *(bytes(d) for d in published.trivial)}
+
+    def published(self, task_id: int):
+        """The task's Published event: its E_ck list and spec URI live only there."""
+        published = list(self._events("Published", task_id))
         if not published:
-            raise TaskRejected(f"task {task.task_id}'s Published event is not after block "
-                               f"{self.start_block}; its E_ck list cannot be read")
-        return {NO_DIGEST, task.spec, task.data, *(bytes(d) for d in published[0].trivial)}
+            raise TaskRejected(f"task {task_id}'s Published event is not after block "
+                               f"{self.start_block}; its E_ck list and spec URI cannot be read")
+        return published[0]
+
+    def spec_uri(self, task_id: int) -> str:
+        """Where the requester says the task's spec is ("" if it named no place)."""
+        return self.published(task_id).spec_uri
 
     def roster(self, task_id: int) -> list[str]:
         """Workers in joining order."""
@@ -338,18 +390,22 @@ class Board:
         return self.head + 1
 
     def _send(self, action: str, method: str, *args, sender, value: int = 0):
-        return send(self.contract, action, method, *args, sender=sender, value=value)
+        self.check_fee_cap()
+        return send(self.contract, action, method, *args, sender=sender, value=value,
+                    fees=self._transaction_fees())
 
     def publish(self, sender, *, spec: bytes, data: bytes, workers: int, deposit: int,
                 reward: int, join_blocks: int, commit_blocks: int, reveal_blocks: int,
-                coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = ()) -> int:
+                coin_hash: bytes = NO_DIGEST, trivial: tuple[bytes, ...] = (),
+                spec_uri: str = "") -> int:
         """Publish a task escrowing `reward`; returns its id (read from the Published event:
-        a state-changing call's return value is not reliable on every provider)."""
+        a state-changing call's return value is not reliable on every provider). `spec_uri`,
+        where workers fetch the spec, goes into the event only."""
         preflight.check_amounts(
             reward=reward, deposit=deposit, workers=workers, balance=sender.balance,
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         receipt = self._send("publish", "publish", spec, data, workers, deposit, join_blocks,
-                             commit_blocks, reveal_blocks, coin_hash, list(trivial),
+                             commit_blocks, reveal_blocks, coin_hash, list(trivial), spec_uri,
                              sender=sender, value=reward)
         return receipt.decode_logs(self.contract.Published)[0].task_id
 

@@ -17,6 +17,11 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_profiles: []        # environment profiles accepted besides the built-in ones
         accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
         max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
+        devices: 1                 # devices a job may use (virtual CPU ones or GPUs); not in the digest
+      agent:
+        page_blocks: 2000          # blocks per eth_getLogs query (providers cap the range)
+        max_fee: null              # wei per gas, in all, for its transactions; null: ape's default
+        priority_fee: null         # wei per gas to the block's proposer; null: ape's default
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ class WorkerPolicy(BaseModel):
     accept_sinks: list[str] = Field(default_factory=lambda: [NEUTRAL_SINK])
     # The board allows windows of up to 2**24 - 1 blocks, years of locked deposit.
     max_window_blocks: int = Field(50_400, ge=1)
+    # Devices a job may run on: virtual CPU devices (up to cpu-exact's 8) or GPUs. A job uses
+    # the largest divisor of its micro_batches within this; its digest does not depend on it.
+    devices: int = Field(1, ge=1)
+
+
+class AgentSettings(BaseModel):
+    """How `ape crowdml agent` (and `Agent`) talks to a live network; its options override."""
+
+    # Many providers answer eth_getLogs over at most a few thousand blocks (some 500).
+    page_blocks: int = Field(2_000, ge=1)
+    max_fee: int | None = Field(None, ge=1)  # wei per gas
+    priority_fee: int | None = Field(None, ge=0)
 
 
 class CrowdmlConfig(PluginConfig):
@@ -58,6 +75,7 @@ class CrowdmlConfig(PluginConfig):
     artifact_store: str | None = None
     cache_folder: Path = Path("~/.cache/crowdml")
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
 
     model_config = SettingsConfigDict(extra="allow", env_prefix="APE_CROWDML_")
 

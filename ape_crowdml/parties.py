@@ -28,8 +28,8 @@ from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
 from .compute.jobs import JobRegistry
-from .errors import (ArtifactMissing, BoardNotConfigured, DataDigestMismatch, MissingSecret,
-                     SpecError, TaskRejected, first_line)
+from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
+                     MissingSecret, SpecError, TaskRejected, first_line)
 from .policy import check_policy
 from .compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
@@ -106,6 +106,37 @@ class Work:
             self.job.cancel()
 
 
+ORDER_URI_SCHEME = "crowdml-order:"  # ModelPurchase's evaluation tasks (contracts/ModelPurchase.vy)
+
+
+def spec_at(uri: str, task: TaskInfo) -> JobSpec:
+    """The spec at a task's spec URI, verified against the task's spec digest: any fsspec URL
+    (a path, file://, http(s)://, s3://…), or `crowdml-order:<id>` for a model purchase's
+    evaluation, rebuilt from the events of the market that published the task."""
+    if uri.startswith(ORDER_URI_SCHEME):
+        return _order_spec(uri, task)
+    try:
+        text = read_verified(uri, task.spec)
+    except DataDigestMismatch as exc:
+        raise SpecError(f"task {task.task_id}'s spec: {exc}") from None
+    return parse_spec(text, uri)
+
+
+def _order_spec(uri: str, task: TaskInfo) -> JobSpec:
+    from ape.exceptions import ApeException
+
+    from .purchase import Market
+
+    order_id = uri.removeprefix(ORDER_URI_SCHEME)
+    if not order_id.isdigit():
+        raise SpecError(f"task {task.task_id}'s spec URI {uri} names no order")
+    try:
+        return Market(task.requester).evaluation_spec(int(order_id))
+    except (ApeException, CrowdmlError) as exc:
+        raise SpecError(f"task {task.task_id}'s spec URI {uri}: its requester "
+                        f"{task.requester} gives no evaluation spec ({first_line(exc)})") from None
+
+
 class Party:
     """What requesters and workers share: a board, an account, the store and the config.
 
@@ -126,16 +157,27 @@ class Party:
         return ArtifactStore(spec.store) if spec.store else self.artifacts
 
     def spec_of(self, task_id: int, spec: JobSpec | str | Path | None = None) -> JobSpec:
-        """The task's spec: the given one, or the one published in the artifact store under the
-        task's on-chain spec digest. Either way its digest must be the task's."""
+        """The task's spec: the given one, or the one the chain says where to find (the spec
+        URI of the task's Published event), or failing that the one in this party's artifact
+        store under the task's spec digest. Either way its digest must be the task's."""
         task = self.board.task(task_id)
-        if spec is None:
-            spec = parse_spec(self.artifacts.get(task.spec), f"spec {hex32(task.spec)}")
-        spec = as_spec(spec)
+        spec = self._published_spec(task) if spec is None else as_spec(spec)
         if spec.digest() != task.spec:
             raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task_id} "
                             f"published {hex32(task.spec)}; get the requester's spec file")
         return spec
+
+    def _published_spec(self, task: TaskInfo) -> JobSpec:
+        uri = self.board.spec_uri(task.task_id)
+        try:
+            if not uri:
+                raise SpecError(f"task {task.task_id} names no spec URI")
+            return spec_at(uri, task)
+        except CrowdmlError as at_uri:
+            try:  # the store this party shares with the requester, if any
+                return parse_spec(self.artifacts.get(task.spec), f"spec {hex32(task.spec)}")
+            except ArtifactMissing:
+                raise at_uri from None
 
     def settle(self, task_id: int) -> Phase:
         return self.board.settle(self.account, task_id)
@@ -172,8 +214,12 @@ class Requester(Party):
     def publish(self, spec: JobSpec | str | Path, *, reward: int, deposit: int, workers: int,
                 join_blocks: int = 20, commit_blocks: int = 20, reveal_blocks: int = 20,
                 requester_coin: bool = True, trivial: tuple[bytes, ...] = (),
-                confirm: Callable[[], None] | None = None) -> int:
+                spec_uri: str | None = None, confirm: Callable[[], None] | None = None) -> int:
         """Publish the spec's job and escrow `reward`; returns the task id.
+
+        The task's Published event says where workers fetch the spec: `spec_uri` if given (it
+        must serve the spec's bytes now), else the spec's artifact store (or this party's),
+        where the spec is uploaded.
 
         With `requester_coin`, a fresh coin is committed and its opening stored first; without,
         the board derives the coin from the block that fills the roster. `confirm`, if given,
@@ -185,11 +231,18 @@ class Requester(Party):
         preflight.check_amounts(
             reward=reward, deposit=deposit, workers=workers, balance=self.account.balance,
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
+        uploaded_to = self.artifacts_for(spec).uri(spec.digest())
+        preflight.check_spec_uri(spec_uri or uploaded_to)
         # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
         read_verified(spec.data_uri, spec.data_digest, cached=False)
+        if spec_uri is not None:
+            try:
+                read_verified(spec_uri, spec.digest(), cached=False)
+            except DataDigestMismatch as exc:
+                raise SpecError(f"the spec URI does not serve this spec: {exc}") from None
         if confirm is not None:
             confirm()
-        # Workers look specs up by digest in their configured store and the spec's own.
+        # Workers fetch the spec at its URI; those sharing a store with us also find it there.
         for store in {s.url: s for s in (self.artifacts, self.artifacts_for(spec))}.values():
             store.put(spec.canonical_json())
         hidden_coin = NO_DIGEST
@@ -202,7 +255,7 @@ class Requester(Party):
             self.account, spec=spec.digest(), data=bytes.fromhex(spec.data_digest[2:]),
             workers=workers, deposit=deposit, reward=reward, join_blocks=join_blocks,
             commit_blocks=commit_blocks, reveal_blocks=reveal_blocks, coin_hash=hidden_coin,
-            trivial=trivial)
+            trivial=trivial, spec_uri=spec_uri or uploaded_to)
 
     def release_coin(self, task_id: int) -> bytes:
         """Open the stored coin once the roster is full; returns the task's coin."""
@@ -239,9 +292,24 @@ class Worker(Party):
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
         check_environment(spec)
+        devices = self.devices_for(spec)
+        from ape.logging import logger
+
+        logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
+                    f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
+                    "offered; its digest does not depend on the device count")
         read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec)
+        check_canary(spec, devices, job_folders=self.config.jobs_folder)
         return task, spec
+
+    def devices_for(self, spec: JobSpec) -> int:
+        """The devices this worker runs `spec`'s job on: the largest divisor of its
+        micro_batches (1 for a job without them) within `worker.devices` and the profile's
+        limit."""
+        from .compute.parallel import devices_for
+
+        micro_batches = int(spec.hparams.get("micro_batches", 1))
+        return devices_for(spec.profile, micro_batches, self.config.worker.devices)
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
              confirm: Callable[[int], None] | None = None) -> None:
@@ -253,7 +321,8 @@ class Worker(Party):
         preflight.check_join(task, self.board.head + 1,
                              self.board.worker_status(task_id, self.account.address),
                              is_sink=self.account.address == self.board.sink,
-                             balance=self.account.balance)
+                             balance=self.account.balance,
+                             fee_per_gas=self.board.fee_per_gas())
         self.check(task_id, spec)
         if confirm is not None:
             confirm(task.deposit)
@@ -286,7 +355,9 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
-        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress))
+        return Work(task, coin, store_url, job=start_job(spec, coin, progress=progress,
+                                                         devices=self.devices_for(spec),
+                                                         job_folders=self.config.jobs_folder))
 
     def finish_work(self, work: Work) -> bytes:
         """`work`'s second half: wait for the job if it still runs, store its result with a

@@ -19,10 +19,16 @@ from .errors import InsufficientFunds, TaskRejected
 
 MIN_WORKERS = 2  # TaskBoard.MIN_WORKERS
 MAX_WINDOW = 2**24 - 1  # TaskBoard.MAX_WINDOW
+MAX_SPEC_URI = 512  # TaskBoard.MAX_SPEC_URI, bytes
 # `work` refuses to start with fewer blocks left in the commit window: the commit itself needs
 # one, and a job needs time. Two is the floor, not an estimate; a worker that knows its job
 # takes longer than the remaining blocks should not start it.
 MIN_BLOCKS_TO_WORK = 2
+# Gas of a worker's own calls, join + commit + reveal + claim: 174,043 at most in bench/gas.py
+# (the join that fills the roster and the first reveal cost more), with 15% to spare for a
+# provider's estimate. A join needs the deposit plus this at the fee cap, or the worker could
+# lock its deposit and then be unable to pay for the reveal that wins it back.
+WORKER_GAS = 200_000
 
 
 def _ended(task: TaskInfo) -> TaskRejected:
@@ -72,8 +78,17 @@ def check_amounts(*, reward: int, deposit: int, workers: int, windows: dict[str,
                                 f"the account holds {balance}")
 
 
+def check_spec_uri(uri: str) -> None:
+    """publish: a spec URI that fits the Published event (String[MAX_SPEC_URI], in bytes)."""
+    if len(uri.encode()) > MAX_SPEC_URI:
+        raise TaskRejected(f"the spec URI is {len(uri.encode())} bytes, the board takes at most "
+                           f"{MAX_SPEC_URI}: {uri[:60]}…")
+
+
 def check_join(task: TaskInfo, next_block: int, status: WorkerStatus, *, is_sink: bool,
-               balance: int) -> None:
+               balance: int, fee_per_gas: int = 0) -> None:
+    """join: the seat and window, and the deposit in the account; with `fee_per_gas`, also the
+    gas of the worker's calls (WORKER_GAS) at that fee."""
     if task.phase.ended:
         raise _ended(task)
     if status != WorkerStatus.NONE:
@@ -88,6 +103,12 @@ def check_join(task: TaskInfo, next_block: int, status: WorkerStatus, *, is_sink
     if balance < task.deposit:
         raise InsufficientFunds(f"join task {task.task_id}: insufficient funds: the deposit is "
                                 f"{task.deposit} wei, the account holds {balance}")
+    needed = task.deposit + WORKER_GAS * fee_per_gas
+    if balance < needed:
+        raise InsufficientFunds(
+            f"join task {task.task_id}: insufficient funds: the deposit {task.deposit} wei plus "
+            f"the gas of join, commit, reveal and claim ({WORKER_GAS} at {fee_per_gas} wei) is "
+            f"{needed} wei, the account holds {balance}")
 
 
 def check_release_coin(task: TaskInfo, next_block: int, account: str) -> None:

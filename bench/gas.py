@@ -25,13 +25,15 @@ DEPOSIT = 2 * 10**16
 WINDOW = 100
 TARGET_PER_WORKER = 175_000
 TARGET_PUBLISH = 250_000
+# What Requester.publish puts in the Published event by default: the spec's URL in its store.
+TYPICAL_SPEC_URI = "s3://crowdml-tasks/artifacts/0x" + keccak(b"spec").hex()
 
 
 def run_task(board, requester, crew):
     n = len(crew)
     gas = {"join": [], "commit": [], "reveal": [], "claim": []}
     receipt = board.publish(keccak(b"spec"), keccak(b"data"), n, DEPOSIT, WINDOW, WINDOW, WINDOW,
-                            b"\x00" * 32, [], value=10**18, sender=requester)
+                            b"\x00" * 32, [], TYPICAL_SPEC_URI, value=10**18, sender=requester)
     publish_gas = receipt.gas_used
     task_id = receipt.decode_logs(board.Published)[0].task_id
     result = keccak(b"result")

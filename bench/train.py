@@ -57,6 +57,10 @@ def plain_trainers(job, data):
     model = job.MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
     optimizer = optax.adam(config.learning_rate)
     steps = len(data["y_train"]) // config.batch_size
+    from ape_crowdml.compute.parallel import device_mesh
+
+    mesh = device_mesh(config.micro_batches)
+    split = {"mesh": mesh, "micro_batches": config.micro_batches}
 
     def fresh_state(rng, x):
         params = model.init(rng, x[:1], train=False)["params"]
@@ -71,7 +75,7 @@ def plain_trainers(job, data):
             order = shuffle.permutation(x.shape[0])[: steps * config.batch_size]
             for i, idx in enumerate(order.reshape(steps, config.batch_size)):
                 rng_step = jax.random.fold_in(rng, epoch * steps + i)
-                state, _ = job.train_step(state, (x[idx], y[idx]), rng_step)
+                state, _ = job.train_step(state, (x[idx], y[idx]), rng_step, **split)
         return float(job.eval_step(state, x_test, y_test))
 
     def scan_loop():
@@ -80,7 +84,7 @@ def plain_trainers(job, data):
         state = fresh_state(rng, x)
         for epoch in range(config.epochs):
             state, _ = job.train_epoch(state, x, y, rng, epoch * (steps + 1),
-                                       batch_size=config.batch_size, steps=steps)
+                                       batch_size=config.batch_size, steps=steps, **split)
         return float(job.eval_step(state, x_test, y_test))
 
     return python_loop, scan_loop
@@ -167,7 +171,7 @@ def measure_mnist(pinning: str) -> dict:
 
     profile = get_profile("cpu-exact")
     if pinning == "unpinned":
-        profile = profile.model_copy(update={"cpu_threads": None})
+        profile = profile.model_copy(update={"cpu_threads": None, "xla_threads": None})
     apply_environment(profile)
     configure_jax(profile.jax_config, profile.flax_config)
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))

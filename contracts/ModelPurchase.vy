@@ -31,7 +31,7 @@
 
 
 interface TaskBoard:
-    def publish(spec: bytes32, data: bytes32, workers: uint256, deposit: uint256, join_blocks: uint256, commit_blocks: uint256, reveal_blocks: uint256, coin_hash: bytes32, trivial: DynArray[bytes32, 16]) -> uint256: payable
+    def publish(spec: bytes32, data: bytes32, workers: uint256, deposit: uint256, join_blocks: uint256, commit_blocks: uint256, reveal_blocks: uint256, coin_hash: bytes32, trivial: DynArray[bytes32, 16], spec_uri: String[512]) -> uint256: payable
     def abort(task_id: uint256): nonpayable
     def settle(task_id: uint256): nonpayable
     def claim(task_id: uint256): nonpayable
@@ -238,6 +238,10 @@ BITS_64: constant(uint256) = 2**64 - 1
 #   BITS_MAGIC ++ uint256 bit count, big-endian ++ the bits, MSB first,
 #   zero-padded to whole 32-byte words.
 BITS_MAGIC: constant(Bytes[16]) = b"crowdml/bits/v2\n"
+# An evaluation task's spec URI on the board: "crowdml-order:<order id>". The
+# spec is not a file anywhere: workers rebuild it from this contract's events
+# (the task's requester) and check it against the task's spec digest.
+ORDER_URI_SCHEME: constant(String[14]) = "crowdml-order:"
 # What the canonical spec JSON holds between the model digest and its URI.
 MODEL_URI_KEY: constant(Bytes[15]) = b'","model_uri":"'
 
@@ -692,7 +696,7 @@ def _publish_round(order_id: uint256, p: Progress, escrow: uint256):
     t: Terms = self._terms[order_id]
     task_id: uint256 = extcall BOARD.publish(
         t.spec, t.test_data, t.workers, t.deposit, t.join_blocks, t.commit_blocks, t.reveal_blocks,
-        empty(bytes32), [], value=t.reward
+        empty(bytes32), [], concat(ORDER_URI_SCHEME, uint2str(order_id)), value=t.reward
     )
     self._escrow[order_id] = escrow - t.reward
     p.rounds += 1

@@ -87,6 +87,7 @@ event Published:
     reveal_blocks: uint256
     coin_hash: bytes32
     trivial: DynArray[bytes32, MAX_TRIVIAL]
+    spec_uri: String[MAX_SPEC_URI]
 
 
 # Events carry what a watcher cannot read from the `task` view (counters and
@@ -183,6 +184,7 @@ STATUS_TRIVIAL: constant(uint8) = 4
 MIN_WORKERS: constant(uint256) = 2
 MAX_WORKERS: constant(uint256) = 1024
 MAX_TRIVIAL: constant(uint256) = 16
+MAX_SPEC_URI: constant(uint256) = 512
 MAX_WINDOW: constant(uint256) = 2**24 - 1
 MAX_DEPOSIT: constant(uint256) = 2**80 - 1
 MAX_REWARD: constant(uint256) = 2**96 - 1
@@ -290,6 +292,7 @@ def publish(
     reveal_blocks: uint256,
     coin_hash: bytes32,
     trivial: DynArray[bytes32, MAX_TRIVIAL],
+    spec_uri: String[MAX_SPEC_URI] = "",
 ) -> uint256:
     """
     @notice Publish a task and escrow `msg.value` as its reward.
@@ -304,6 +307,8 @@ def publish(
     @param coin_hash keccak256(abi_encode(coin, salt)) of the requester's coin,
            or empty to take the coin from the chain when the roster fills.
     @param trivial Extra common-knowledge wrong results (E_ck) to treat as failures.
+    @param spec_uri Where workers fetch the spec (any URL; they check it against `spec`).
+           Logged in Published only, not stored: a worker reads it from the event.
     @return The new task id.
     """
     assert msg.sender != FORFEIT_SINK, "the sink cannot take part"
@@ -357,6 +362,7 @@ def publish(
         reveal_blocks=reveal_blocks,
         coin_hash=coin_hash,
         trivial=trivial,
+        spec_uri=spec_uri,
     )
     return task_id
 

@@ -6,8 +6,12 @@ Hyperparameters are the fields of `Config`. The result is `encode_pytree({"param
 
 Every random draw comes from the coin, through counters taken from `keys` in this order:
 one for parameter init; then per epoch one for the shuffle permutation and one per step for
-dropout. Steps per epoch = n_train // batch_size (the remainder of each shuffle is skipped), or
+dropout (micro-batch k of a step drops out with `draw(step key, k)`). Steps per epoch = n_train // batch_size (the remainder of each shuffle is skipped), or
 `steps_per_epoch` when smaller: the canary's few steps at the real model and batch shapes.
+
+Each step's batch is cut into `micro_batches` micro-batches whose gradients are summed in a fixed
+order (ape_crowdml/compute/parallel.py): the worker may run it on any number of devices dividing
+`micro_batches`, with one digest.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pydantic import Field, model_validator
 from ape_crowdml.compute.digest import encode_pytree
 from ape_crowdml.errors import SpecError
 from ape_crowdml.compute.keys import draw
+from ape_crowdml.compute.parallel import device_mesh, mean_gradient
 from ape_crowdml.compute.spec import HParams
 
 SGD_MOMENTUM = 0.9
@@ -41,6 +46,14 @@ class Config(HParams):
     batch_size: int = Field(64, gt=0)
     epochs: int = Field(20, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
+    micro_batches: int = Field(1, gt=0)  # K: a batch's fixed split; workers use devices dividing K
+
+    @model_validator(mode="after")
+    def _batch_splits(self):
+        if self.batch_size % self.micro_batches:
+            raise ValueError(f"batch_size {self.batch_size} does not split into "
+                             f"{self.micro_batches} micro_batches")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -75,20 +88,21 @@ class MLP(nn.Module):
         return nn.Dense(self.classes)(x)
 
 
-@jax.jit
-def train_step(state: train_state.TrainState, batch, key):
-    x, y = batch
-
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": key})
+@partial(jax.jit, static_argnames=("mesh", "micro_batches"))
+def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int):
+    def loss_fn(params, micro_batch, micro_key):
+        x, y = micro_batch
+        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": micro_key})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = mean_gradient(loss_fn, state.params, batch, key, mesh=mesh,
+                                micro_batches=micro_batches)
     return state.apply_gradients(grads=grads), loss
 
 
-@partial(jax.jit, static_argnames=("batch_size", "steps"))
-def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int):
+@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches"))
+def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, mesh,
+                micro_batches: int):
     """`steps` batches of one shuffle: counter first_ctr shuffles, first_ctr + 1 + i drives step
     i's dropout.
 
@@ -98,7 +112,8 @@ def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int):
 
     def step(state, i):
         idx = batches[i]
-        return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i))
+        return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i), mesh=mesh,
+                          micro_batches=micro_batches)
 
     state, losses = jax.lax.scan(step, state, jnp.arange(steps))
     return state, losses.mean()
@@ -140,11 +155,13 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     if steps == 0:
         raise SpecError(f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} examples")
     steps = min(steps, config.steps_per_epoch or steps)
+    mesh = device_mesh(config.micro_batches)
 
     report.start(config.epochs)
     for _ in range(config.epochs):
         state, loss = train_epoch(state, x_train, y_train, keys.base, keys.reserve(1 + steps),
-                                  batch_size=config.batch_size, steps=steps)
+                                  batch_size=config.batch_size, steps=steps, mesh=mesh,
+                                  micro_batches=config.micro_batches)
         report.epoch({"params": state.params}, loss=loss)
     report.metric("test_accuracy", float(eval_step(state, x_test, y_test)))
     return encode_pytree({"params": state.params})

@@ -1,27 +1,18 @@
 """Fixtures shared by the suites: a board, its parties, a driver that plays one
-task through with a strategy per worker and reports every payoff, and the
-`ape crowdml` command line run through ape's root CLI."""
+task through with a strategy per worker and reports every payoff, the
+`ape crowdml` command line run through ape's root CLI, an S3-compatible store
+server on loopback, and the package installed alone from its wheel."""
 
-from dataclasses import dataclass, field
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
-from eth_utils import keccak
-
-DEPOSIT = 2 * 10**16
-REWARD = 12 * 10**15  # divisible by 2, 3 and 4: the tables' reward/n is exact
-WINDOW = 10
-
-SPEC = keccak(b"spec: train_classifier")
-DATA = keccak(b"data: digits.npz")
-TRUE_RESULT = keccak(b"the true result")
-
-# Worker strategies, named after the paper's: SKIP joins but never commits,
-# HIDE commits but never opens, TRIVIAL opens a result in E_ck, TRUE opens the
-# true result, JUNK opens junk unique to the worker, and AGREED_JUNK opens the
-# junk a coalition agreed on beforehand.
-SKIP, HIDE, TRIVIAL, TRUE, JUNK, AGREED_JUNK = "skip", "hide", "trivial", "true", "junk", "agreed-junk"
+from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, assert_solvent,
+                           mine_past_deadline, publish, result_for, salt_for)
 
 
 @pytest.fixture(scope="session")
@@ -42,48 +33,6 @@ def workers(accounts):
 @pytest.fixture
 def board(project, requester, sink):
     return project.TaskBoard.deploy(sink, sender=requester)
-
-
-def salt_for(worker) -> bytes:
-    return keccak(b"salt" + bytes.fromhex(worker.address[2:]))
-
-
-def result_for(strategy: str, worker) -> bytes:
-    if strategy == TRIVIAL:
-        return SPEC
-    if strategy == JUNK:
-        return keccak(b"junk of " + bytes.fromhex(worker.address[2:]))
-    if strategy == AGREED_JUNK:
-        return keccak(b"pre-agreed junk")
-    return TRUE_RESULT
-
-
-def publish(board, requester, workers=2, reward=REWARD, deposit=DEPOSIT, window=WINDOW,
-            coin_hash=b"\x00" * 32, trivial=(), spec=SPEC, data=DATA):
-    """Publish a task; returns its id, read from the Published event."""
-    receipt = board.publish(
-        spec, data, workers, deposit, window, window, window, coin_hash, list(trivial),
-        value=reward, sender=requester,
-    )
-    return receipt.decode_logs(board.Published)[0].task_id
-
-
-def mine_past_deadline(chain, board, task_id):
-    """Mine so that the next transaction lands just after the task's current deadline."""
-    chain.mine(max(board.deadline(task_id) - chain.blocks.head.number, 0))
-
-
-def assert_solvent(board, task_id, parties):
-    """The board holds exactly what it still owes: unclaimed shares plus forfeits."""
-    owed = sum(board.owed(task_id, p) for p in set(parties))
-    assert board.balance == owed + board.forfeited()
-
-
-@dataclass
-class Played:
-    task_id: int
-    outcome: int
-    payoff: dict = field(default_factory=dict)  # address -> wei gained (negative: lost)
 
 
 @pytest.fixture
@@ -158,3 +107,31 @@ def ape(networks, state):
         return result.output
 
     return run
+
+
+@pytest.fixture(scope="session")
+def store_server():
+    """An S3-compatible server on loopback (tests/store_server.py), for the session; this
+    process's AWS_* variables point at it while it runs."""
+    from store_server import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> Path:
+    """The package built as a wheel and installed alone (no dependencies) into a folder; with
+    it on PYTHONPATH, the venv's packages serve the dependencies."""
+    source = tmp_path_factory.mktemp("source")  # setuptools writes build/ beside the sources
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source)
+    for name in ("ape_crowdml", "jobs"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    built = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(built), str(source)], check=True, capture_output=True)
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), *map(str, built.glob("*.whl"))], check=True, capture_output=True)
+    return target

@@ -41,10 +41,10 @@ def wait_spec(folder: Path, release: Path) -> Path:
 
 def drive(agents, until, *, timeout: float = 120, chain=None):
     """Step the agents until `until()` holds. Jobs run in the background, so an idle round
-    waits a little (and mines a block, given `chain`)."""
+    waits a little (and mines a block, given `chain`). Each agent's log is a list."""
     deadline = time.monotonic() + timeout
     while not until():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, [agent.log.__self__ for agent in agents]
         if not any([agent.step() for agent in agents]):
             if chain is not None:
                 chain.mine(1)
@@ -134,7 +134,7 @@ def test_a_long_job_does_not_make_the_agent_miss_another_tasks_reveal(board, acc
     """Task B's job is done and committed; task A's job then trains through B's whole reveal
     window (it waits on a file the test creates last). The agent reveals, settles and claims B
     meanwhile, then commits A once its job ends."""
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     requester = Requester(board, accounts[0], config=config)
     coworker = Worker(board, accounts[2], config=config)
     release_a = tmp_path / "release-a"
@@ -176,7 +176,7 @@ def test_a_long_job_does_not_make_the_agent_miss_another_tasks_reveal(board, acc
 
 def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, accounts, config,
                                                                       tmp_path, chain):
-    config = config.model_copy(update={"jobs_folder": TEST_JOBS})
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
     spec = wait_spec(tmp_path, tmp_path / "never")
     task = Requester(board, accounts[0], config=config).publish(
         spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=5, requester_coin=False)
@@ -189,3 +189,25 @@ def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, acc
     assert work.done
     assert f"task {task}: job stopped, the commit window closed before it ended" in lines
     assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED
+
+
+def test_an_interrupted_agent_stops_its_running_job(board, accounts, config, tmp_path,
+                                                    monkeypatch):
+    config = config.model_copy(update={"jobs_folder": [TEST_JOBS]})
+    task = Requester(board, accounts[0], config=config).publish(
+        wait_spec(tmp_path, tmp_path / "never"), reward=REWARD, deposit=DEPOSIT, workers=2,
+        requester_coin=False)
+    Worker(board, accounts[2], config=config).join(task)
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    drive([agent], lambda: f"task {task}: job started" in lines)
+    work = agent._jobs[task]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ape_crowdml.agent.time.sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        agent.run(poll_seconds=0)
+    assert work.done and not agent._jobs  # the job's process ended with the agent
+    assert lines[-1] == f"task {task}: job stopped"

@@ -17,7 +17,7 @@ from ape_crowdml.board import NEUTRAL_SINK, Phase
 from ape_crowdml.errors import ArtifactMissing, PolicyRefused, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from ape_crowdml.render import wei
-from conftest import (DEPOSIT as d, HIDE, JUNK, REWARD as BOARD_REWARD, SKIP, TRIVIAL, TRUE,
+from board_support import (DEPOSIT as d, HIDE, JUNK, REWARD as BOARD_REWARD, SKIP, TRIVIAL, TRUE,
                       mine_past_deadline, publish, result_for, salt_for)
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 

@@ -8,7 +8,7 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from conftest import DATA, DEPOSIT, REWARD, SPEC, WINDOW, publish, salt_for
+from board_support import DATA, DEPOSIT, REWARD, SPEC, WINDOW, publish, salt_for
 from vyper_source import actor, board_variant
 
 ZERO = b"\x00" * 32

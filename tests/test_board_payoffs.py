@@ -2,7 +2,7 @@
 Table II (coalitions), with exact wei and the board always solvent."""
 
 import pytest
-from conftest import AGREED_JUNK, DEPOSIT as d, HIDE, JUNK, REWARD as r, SKIP, TRIVIAL, TRUE
+from board_support import AGREED_JUNK, DEPOSIT as d, HIDE, JUNK, REWARD as r, SKIP, TRIVIAL, TRUE
 
 AGREED, DISAGREED, FAILED = 6, 7, 8
 

@@ -6,7 +6,7 @@ import pytest
 from eth_abi import encode
 from eth_utils import keccak
 
-from conftest import (DATA, DEPOSIT, REWARD, SPEC, TRUE_RESULT, WINDOW, assert_solvent, mine_past_deadline,
+from board_support import (DATA, DEPOSIT, REWARD, SPEC, TRUE_RESULT, WINDOW, assert_solvent, mine_past_deadline,
                       publish, salt_for)
 
 ZERO = b"\x00" * 32

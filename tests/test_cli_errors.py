@@ -132,3 +132,17 @@ def test_bad_coin_for_run_job(state, spec):
     assert result.exit_code == 2
     assert result.output == ("Error: Invalid value for '--coin': '0x12' is 1 bytes, not 32 "
                              "(0x and 64 hex digits)\n")
+
+
+def test_a_spec_uri_that_does_not_serve_the_spec_is_refused_before_publishing(
+        fails, ape, board, state, spec, accounts):
+    wrong = state / "wrong.json"
+    wrong.write_bytes(spec.read_bytes() + b" ")
+    terms = ["--reward", REWARD, "--deposit", DEPOSIT, "--workers", 2]
+    before = accounts[0].nonce
+    assert "the spec URI does not serve this spec" in fails(
+        "publish", spec, *terms, "--spec-uri", wrong, account=0)
+    assert accounts[0].nonce == before
+    served = state / "served.json"
+    served.write_bytes(spec.read_bytes())
+    assert f" at {served}, data " in ape("publish", spec, *terms, "--spec-uri", served, account=0)

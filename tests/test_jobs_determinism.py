@@ -116,7 +116,7 @@ def test_mnist_shaped_digest_is_one_under_every_affinity(mnist_spec, tmp_path):
 @needs_two_cpus
 def test_control_unpinned_profile_disagrees_between_one_and_two_cpus(mnist_spec, tmp_path):
     """Without the pinning the same spec gives two digests: the test above can fail."""
-    unpinned = mnist_spec.profile.model_copy(update={"cpu_threads": None})
+    unpinned = mnist_spec.profile.model_copy(update={"cpu_threads": None, "xla_threads": None})
     spec_path = save_spec(mnist_spec.model_copy(update={"profile": unpinned}),
                           tmp_path / "spec.json")
     assert run_cli(spec_path, "0") != run_cli(spec_path, "0,1")

@@ -5,7 +5,6 @@ installing the package alone (the wheel, in an empty folder)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -127,24 +126,6 @@ def test_the_runner_works_from_any_folder(digits, own_job, tmp_path):
     found = runner(mine, elsewhere, "--jobs-folder", str(own_job.parent))
     assert found.returncode == 0, found.stderr
     assert found.stdout == shipped.stdout  # a comment changes the source, not the result
-
-
-@pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory) -> Path:
-    """The package built as a wheel and installed alone (no dependencies) into a folder; with
-    it on PYTHONPATH, the venv's packages serve the dependencies."""
-    source = tmp_path_factory.mktemp("source")  # setuptools writes build/ beside the sources
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source)
-    for name in ("ape_crowdml", "jobs"):
-        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    built = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(built), str(source)], check=True, capture_output=True)
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(target), *map(str, built.glob("*.whl"))], check=True, capture_output=True)
-    return target
 
 
 def test_after_installing_the_wheel_alone_a_stranger_runs_a_shipped_job(

@@ -192,7 +192,7 @@ def test_cpu_exact_flags_replace_the_callers():
     flags = env["XLA_FLAGS"].split()
     assert "--xla_cpu_enable_fast_math=false" in flags
     assert "--xla_cpu_max_isa=AVX2" in flags
-    assert env["PJRT_NPROC"] == "1"
+    assert env["PJRT_NPROC"] == "8"  # the pool stays at 8 threads for 1 to 8 devices
     gpu = environment_for(PROFILES["gpu-exact"])
     assert gpu["NVIDIA_TF32_OVERRIDE"] == "0"
     assert "--xla_gpu_deterministic_ops=true" in gpu["XLA_FLAGS"]
@@ -244,7 +244,7 @@ def test_worker_variables_are_not_passed_to_the_job():
               "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL": "0", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     env = environment_for(profile, worker)
     assert env == {"PATH": "/usr/bin", "HOME": "/home/w", "PYTHONPATH": "/src",
-                   "AWS_PROFILE": "data", "JAX_PLATFORMS": "cpu", "PJRT_NPROC": "1",
+                   "AWS_PROFILE": "data", "JAX_PLATFORMS": "cpu", "PJRT_NPROC": "8",
                    "DNNL_MAX_CPU_ISA": "AVX2", "XLA_FLAGS": " ".join(profile.xla_flags)}
 
 

@@ -3,6 +3,7 @@
 import sqlite3
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -118,6 +119,14 @@ def test_a_committed_opening_is_never_replaced(board, accounts, config, tmp_path
     assert worker.store.result(*key) == opening
 
 
+def fake_jobs(monkeypatch, worker, start):
+    """The worker's jobs replaced: `start(task_id)` stands for `start_work`, and each job is
+    done at once, its commit skipped."""
+    monkeypatch.setattr(worker, "start_work",
+                        lambda task_id: start(task_id) and types.SimpleNamespace(done=True))
+    monkeypatch.setattr(worker, "finish_work", lambda work: b"\x33" * 32)
+
+
 def test_agent_reveals_before_it_starts_another_job(board, accounts, config, tmp_path, monkeypatch):
     waiting = two_worker_task(board, accounts, config, tmp_path / "b")  # the lower id
     revealing = two_worker_task(board, accounts, config, tmp_path / "a")
@@ -132,7 +141,7 @@ def test_agent_reveals_before_it_starts_another_job(board, accounts, config, tmp
         started.append((task_id, board.worker_status(revealing, accounts[1].address)))
         return b"\x33" * 32
 
-    monkeypatch.setattr(me, "work", work)
+    fake_jobs(monkeypatch, me, work)
     agent = Agent(me, mine_when_idle=False, log=lambda line: None)
     assert agent.step()
     assert started == [(waiting, WorkerStatus.REVEALED)]
@@ -150,7 +159,7 @@ def test_agent_outlives_a_failing_node_call(board, accounts, config, tmp_path, m
         return phase(self, task_id)
 
     monkeypatch.setattr(type(board), "phase", flaky_phase)
-    monkeypatch.setattr(me, "work", lambda task_id: started.append(task_id) or b"\x33" * 32)
+    fake_jobs(monkeypatch, me, lambda task_id: started.append(task_id) or b"\x33" * 32)
     started, lines = [], []
     Agent(me, mine_when_idle=False, log=lines.append).step()
     assert started == [other]
@@ -203,7 +212,7 @@ def test_a_job_that_keeps_failing_does_not_hold_up_the_others(board, accounts, c
             raise CanaryMismatch("this machine does not reproduce the canary")
         return b"\x33" * 32
 
-    monkeypatch.setattr(me, "work", work)
+    fake_jobs(monkeypatch, me, work)
     agent = Agent(me, mine_when_idle=False, log=lambda line: None)
     for _ in range(3):
         agent.step()

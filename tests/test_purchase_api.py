@@ -11,6 +11,8 @@ from ape_crowdml.purchase import (
     Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
 )
 from ape_crowdml.compute.spec import Canary, make_spec
+from ape_crowdml.config import crowdml_config
+from ape_crowdml.parties import Worker
 
 SAMPLES = 20
 
@@ -103,6 +105,12 @@ def test_buyer_and_seller_objects(market, accounts, test_data, tmp_path, project
         test_data.write_bytes(b"the buyer's test set")
         task = buyer.release_data(order)
         assert market.board.task(task).spec == spec
+        # The evaluation task names its order; a worker sharing no store rebuilds the spec from
+        # the market's events (the task's requester) and checks it against the board's digest.
+        assert market.board.spec_uri(task) == f"crowdml-order:{order}"
+        alone = crowdml_config().model_copy(update={"state_folder": tmp_path / "stranger"})
+        assert Worker(market.board, accounts[5], config=alone).spec_of(task) == \
+            market.evaluation_spec(order)
         assert "evaluating" in _render(order_table(market, order))
 
 

@@ -15,9 +15,11 @@ machines" has the figures):
   the summed dimension: `a @ b` at 64×784×128, 256×784×512, 64×1024×64 and 32×16384×32 gives
   other bits with 2 threads than with 1, as does a jitted sum over 2**24 floats. The bits follow
   the pool size, not the cores: PJRT_NPROC=1 on two cores gives the one-core bits, PJRT_NPROC=2 on
-  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. So
-  `cpu_threads` pins both the affinity and PJRT_NPROC (bench/train.py (d) measures the cost); a
-  machine allowing the job fewer CPUs is refused.
+  one core the two-core bits. `--xla_cpu_multi_thread_eigen=false` changes nothing. Virtual
+  CPU devices enlarge the pool to max(PJRT_NPROC, devices) threads, so `xla_threads` pins
+  PJRT_NPROC at the most devices a job may use (cpu-exact: 8; parallel.py), and `cpu_threads`
+  the job's CPUs per device (the bits do not follow the CPUs); a machine allowing the job fewer
+  than cpu_threads CPUs is refused.
 - Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC,
   TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL, DNNL_/ONEDNN_MAX_CPU_ISA and a persistent compilation
   cache each change the digest or crash the job, so the child's environment is built from an
@@ -36,7 +38,9 @@ machines" has the figures):
   XLA nor Eigen has a switch for that. The canary, run at the job's real shapes, is the guard.
 
 gpu-exact: deterministic GPU ops (no atomics-ordered reductions), TF32 off, highest matmul
-precision; never run on a GPU here.
+precision, one GPU model (`device_kind`) and the CUDA runtime, cuDNN and cuBLAS builds it loads
+(GPU kernels and their autotuned choices differ between GPU models and library versions); never
+run on a GPU here.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ import importlib.util
 import json
 import os
 import platform as _platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,7 +80,8 @@ JAXLIB_NATIVE = {
 # The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
 # Paths relative to the plugin package: every compute module, and the errors they raise.
 COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/jobs", "compute/keys",
-                   "compute/profile", "compute/runner", "compute/spec", "errors")
+                   "compute/parallel", "compute/profile", "compute/runner", "compute/spec",
+                   "errors")
 
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
@@ -88,6 +95,19 @@ ALLOWED_VARIABLES = frozenset({
 ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 # Set by jax itself when it is imported (logging level; "not a Cloud TPU").
 SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
+# The CUDA libraries' versions as jax's CUDA plugin reads them from the loaded libraries
+# (`jax._src.lib.cuda_versions`), by the name a profile pins them under.
+GPU_LIBRARY_VERSIONS = {"cuda": "cuda_runtime_get_version", "cudnn": "cudnn_get_version",
+                        "cublas": "cublas_get_version"}
+# gpu-exact's GPU and libraries: the NVIDIA wheels of CUDA 12.9 (pip), cuDNN 9.10.2 (9.10.0 has
+# a known binary-compatibility bug), cuBLAS 12.9.1; the integers are what the libraries report.
+GPU_DEVICE_KIND = "NVIDIA H100 80GB HBM3"
+GPU_PACKAGES = {"nvidia-cuda-runtime-cu12": "12.9.79", "nvidia-cudnn-cu12": "9.10.2.21",
+                "nvidia-cublas-cu12": "12.9.1.4"}
+GPU_LIBRARIES = {"cuda": 12090, "cudnn": 91002, "cublas": 120901}
+# cpu-exact's XLA pool: 8 threads, so a job may run on 1, 2, 4 or 8 virtual CPU devices with the
+# bits of any other count (a pool of max(PJRT_NPROC, devices) threads stays at 8).
+MAX_CPU_DEVICES = 8
 
 
 @functools.cache
@@ -116,7 +136,12 @@ class Profile(BaseModel):
     packages: dict[str, str]
     native: dict[str, str] = {}  # site-packages path -> sha256 of the native library
     code: str  # compute_code_digest() of the plugin that made the spec
-    cpu_threads: int | None = Field(None, gt=0)  # CPUs and XLA threads of the job; None: unpinned
+    cpu_threads: int | None = Field(None, gt=0)  # CPUs of the job per device; None: unpinned
+    # XLA CPU's intra-op pool (PJRT_NPROC), whose size the bits follow; also the most (virtual)
+    # devices a job may use, as more would enlarge the pool (parallel.py). None: cpu_threads.
+    xla_threads: int | None = Field(None, gt=0)
+    device_kind: str | None = None  # every GPU's jax device_kind, e.g. "NVIDIA H100 80GB HBM3"
+    gpu_libraries: dict[str, int] = {}  # GPU_LIBRARY_VERSIONS name -> version the library reports
     xla_flags: tuple[str, ...]
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
@@ -134,6 +159,7 @@ PROFILES = {
         native=JAXLIB_NATIVE,
         code=compute_code_digest(),
         cpu_threads=1,
+        xla_threads=MAX_CPU_DEVICES,
         xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2",
                    "--xla_cpu_prefer_vector_width=256"),
         # XLA's matmuls run oneDNN's sgemm, which picks its kernel from the CPU it runs on.
@@ -146,12 +172,15 @@ PROFILES = {
         machine="x86_64",
         python=PYTHON,
         # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
-        packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1"},
+        packages={**PINNED_PACKAGES, "jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1",
+                  **GPU_PACKAGES},
         native=JAXLIB_NATIVE,
         code=compute_code_digest(),
         xla_flags=("--xla_gpu_deterministic_ops=true",),
         env={"JAX_PLATFORMS": "cuda", "NVIDIA_TF32_OVERRIDE": "0"},
         jax_config={"jax_default_matmul_precision": "highest"},
+        device_kind=GPU_DEVICE_KIND,
+        gpu_libraries=GPU_LIBRARIES,
     ),
 }
 
@@ -199,9 +228,19 @@ def environment_for(profile: Profile, parent: dict[str, str] | None = None) -> d
            if name in ALLOWED_VARIABLES or name.startswith(ALLOWED_PREFIXES)}
     env.update(profile.env)
     env["XLA_FLAGS"] = " ".join(profile.xla_flags)
-    if profile.cpu_threads is not None:
-        env["PJRT_NPROC"] = str(profile.cpu_threads)  # XLA CPU's intra-op pool size
+    threads = profile.xla_threads or profile.cpu_threads
+    if threads is not None:
+        env["PJRT_NPROC"] = str(threads)  # XLA CPU's intra-op pool size
     return env
+
+
+def job_cpus(profile: Profile, devices: int = 1) -> int | None:
+    """The most CPUs the job's process is pinned to: cpu_threads per virtual CPU device (on GPU
+    the host side needs cpu_threads). The bits follow the XLA pool's size, not the CPUs, so
+    fewer (down to cpu_threads) only run the devices slower."""
+    if profile.cpu_threads is None:
+        return None
+    return profile.cpu_threads * (devices if profile.platform == "cpu" else 1)
 
 
 def _check_cpu_count(profile: Profile) -> list[int]:
@@ -214,9 +253,9 @@ def _check_cpu_count(profile: Profile) -> list[int]:
     return allowed
 
 
-def apply_environment(profile: Profile) -> None:
+def apply_environment(profile: Profile, devices: int = 1) -> None:
     """In the job's own process, before jax is imported: pin the CPU affinity to the profile's
-    CPU count and replace the whole environment with `environment_for(profile)`."""
+    CPU count (per device) and replace the whole environment with `environment_for(profile)`."""
     if "jax" in sys.modules or "flax" in sys.modules:
         raise EnvironmentMismatch(
             "jax was imported before the profile was applied; run the job in a fresh process"
@@ -224,7 +263,7 @@ def apply_environment(profile: Profile) -> None:
     allowed = _check_cpu_count(profile)
     if profile.cpu_threads is not None:
         # Threads started later (XLA's pools) inherit the calling thread's affinity.
-        os.sched_setaffinity(0, allowed[: profile.cpu_threads])
+        os.sched_setaffinity(0, allowed[: job_cpus(profile, devices)])
     sealed = environment_for(profile)
     os.environ.clear()
     os.environ.update(sealed)
@@ -307,6 +346,46 @@ def _loaded_native(profile: Profile) -> dict[str, Path]:
     return files
 
 
+def _check_device_kind(profile: Profile, kinds: list[str]) -> None:
+    """Every GPU the job may use is the profile's model."""
+    if profile.device_kind is None:
+        return
+    if not kinds:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.device_kind} "
+                                  "GPUs, this machine shows none")
+    other = sorted(set(kinds) - {profile.device_kind})
+    if other:
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.device_kind} "
+                                  f"GPUs, this machine has {other[0]}")
+
+
+def _check_gpu_libraries(profile: Profile, loaded: dict[str, int | None]) -> None:
+    for name, pinned in profile.gpu_libraries.items():
+        if loaded.get(name) != pinned:
+            raise EnvironmentMismatch(f"profile {profile.name} pins {name} {pinned}, the job "
+                                      f"process loads {loaded.get(name) or 'none'}")
+
+
+def _nvidia_smi_gpus() -> list[str]:
+    """GPU names as nvidia-smi prints them (jax's device_kind is the same string), without
+    starting jax; [] where there is no NVIDIA driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    listing = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True)
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()]
+
+
+def _loaded_gpu_libraries() -> dict[str, int | None]:
+    """The versions the CUDA plugin's loaded libraries report (jax must be running on CUDA)."""
+    from jax._src.lib import cuda_versions
+
+    if cuda_versions is None:
+        return {}
+    return {name: getattr(cuda_versions, getter)()
+            for name, getter in GPU_LIBRARY_VERSIONS.items()}
+
+
 def check_environment(spec, *, native: bool = True) -> None:
     """Static checks of a spec's (or a bare Profile's) pinned environment against this machine:
     package versions and native builds, the plugin's compute code, machine, CPU features and CPU
@@ -347,9 +426,10 @@ def check_environment(spec, *, native: bool = True) -> None:
             f"profile {profile.name} needs CPU features {', '.join(missing)}, which this CPU lacks"
         )
     _check_cpu_count(profile)
+    _check_device_kind(profile, _nvidia_smi_gpus() if profile.device_kind else [])
 
 
-def check_process(profile: Profile) -> None:
+def check_process(profile: Profile, devices: int = 1) -> None:
     """Checks that need jax, in the job's own process: the sealed environment, the CPU affinity,
     the native libraries actually loaded, the live backend and the jax/flax config in force."""
     import flax
@@ -361,9 +441,12 @@ def check_process(profile: Profile) -> None:
     if wrong:
         raise EnvironmentMismatch(f"the job process's environment is not the profile's: "
                                   f"{', '.join(wrong)}")
-    if profile.cpu_threads is not None and len(os.sched_getaffinity(0)) != profile.cpu_threads:
+    cpus = len(os.sched_getaffinity(0))
+    if profile.cpu_threads is not None and not (
+            profile.cpu_threads <= cpus <= job_cpus(profile, devices)):
         raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {profile.cpu_threads} "
-                                  f"CPUs, the job process has {len(os.sched_getaffinity(0))}")
+                                  f"to {job_cpus(profile, devices)} CPUs, the job process has "
+                                  f"{cpus}")
     _check_native(profile, _loaded_native(profile))
     try:
         backend = jax.default_backend()
@@ -375,6 +458,9 @@ def check_process(profile: Profile) -> None:
         raise EnvironmentMismatch(
             f"profile {profile.name} needs the {profile.platform} backend, jax runs on {backend}"
         )
+    if profile.platform == "gpu":
+        _check_device_kind(profile, [device.device_kind for device in jax.devices()])
+        _check_gpu_libraries(profile, _loaded_gpu_libraries())
     for config, settings in ((jax.config, profile.jax_config), (flax.config, profile.flax_config)):
         for name, value in settings.items():
             if getattr(config, name) != value:

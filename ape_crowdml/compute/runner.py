@@ -27,12 +27,14 @@ Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child and waits for it (`start_job`
 returns at once, for a caller that does other things while the job runs),
-`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR [--jobs-folder DIR …]`, with
-the environment the spec's profile allows (`profile.environment_for`). The child pins its CPUs and
-seals its environment again before importing jax (`profile.apply_environment`, so the same command
-run by hand is sealed too), checks the environment and the data digest, finds the job by its
-keccak256 (compute/jobs.py: the shipped jobs and the folders it is given; any working directory
-will do), runs the job, and writes
+`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR --devices D
+[--jobs-folder DIR …]`, with the environment the spec's profile allows
+(`profile.environment_for`). The child runs the job on D devices (virtual ones on CPU;
+parallel.py keeps the digest independent of D), pins its CPUs and seals its environment again
+before importing jax (`profile.apply_environment`, so the same command run by hand is sealed
+too), checks the environment and the data digest, finds the job by its keccak256
+(compute/jobs.py: the shipped jobs and the folders it is given; any working directory will do),
+runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
 stderr; bad input gives one line on stderr and exit 2.
@@ -184,19 +186,22 @@ def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
     return config.model_dump(mode="json", exclude_none=True)
 
 
-def execute(spec: JobSpec, coin: bytes, *, progress: bool = False,
+def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = False,
             job_folders: Sequence[str | Path] = ()) -> JobResult:
-    """Run the job in this process. The profile's environment must already be in force
-    (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
+    """Run the job in this process on `devices` devices. The profile's environment must already
+    be in force (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
     from pydantic import ValidationError
 
     from .data import load_dataset
     from .keys import KeyStream, configure_jax
+    from .parallel import check_devices, configure_devices
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
     configure_jax(spec.profile.jax_config, spec.profile.flax_config)
-    check_process(spec.profile)
+    configure_devices(spec.profile, devices)
+    check_process(spec.profile, devices)
+    check_devices(spec.profile)
     data = load_dataset(spec.data_uri, spec.data_digest)
     job = load_job(spec, job_folders)
     report = Report(progress)
@@ -247,11 +252,11 @@ class JobProcess:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def start_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path | None = None,
               progress: bool = False,
               job_folders: Sequence[str | Path] | None = None) -> JobProcess:
     """Start `spec` with `coin` in a fresh child process under the spec's environment profile,
-    and return at once. The child finds the job by digest among the shipped jobs and
+    on `devices` devices, and return at once. The child finds the job by digest among the shipped jobs and
     `job_folders` (default: the config's `jobs_folder`). With `out`, the artifact and
     result.json stay there."""
     if job_folders is None:
@@ -262,7 +267,7 @@ def start_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
     spec_path = save_spec(spec, tmp / "spec.json")
     command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-               "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+               "--coin", "0x" + coin.hex(), "--out", str(out_dir), "--devices", str(devices),
                "--progress" if progress else "--no-progress"]
     for folder in job_folders:
         command += ["--jobs-folder", str(folder)]
@@ -280,16 +285,17 @@ def start_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
     return JobProcess(process, out_dir, tmp, stderr)
 
 
-def run_job(spec: JobSpec, coin: bytes, *, out: str | Path | None = None,
+def run_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path | None = None,
             progress: bool = False, job_folders: Sequence[str | Path] | None = None) -> JobResult:
-    """Run `spec` with `coin` in a fresh child process under the spec's environment profile,
-    and wait for it.
+    """Run `spec` with `coin` in a fresh child process under the spec's environment profile, on
+    `devices` devices (see parallel.py: the digest does not depend on it), and wait for it.
 
     The child finds the job by digest among the shipped jobs and `job_folders` (default: the
     config's `jobs_folder`). Raises the child's CrowdmlError subclass (DataDigestMismatch,
     EnvironmentMismatch, …) on bad input. With `out`, the artifact and result.json stay there.
     """
-    return start_job(spec, coin, out=out, progress=progress, job_folders=job_folders).result()
+    return start_job(spec, coin, devices=devices, out=out, progress=progress,
+                     job_folders=job_folders).result()
 
 
 def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
@@ -297,7 +303,7 @@ def canary_spec(spec: JobSpec, hparams: dict) -> JobSpec:
     return spec.model_copy(update={"hparams": {**spec.hparams, **hparams}, "canary": None})
 
 
-def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None,
+def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None, *, devices: int = 1,
                 job_folders: Sequence[str | Path] | None = None) -> JobSpec:
     """Requester side: run the canary here and return the spec carrying its digest.
 
@@ -313,21 +319,22 @@ def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None,
         hparams = {} if choose is None else choose(job.Config.model_validate(spec.hparams))
     merged = normalise_hparams(job, {**spec.hparams, **hparams})
     overrides = {name: merged.get(name) for name in hparams}
-    result = run_job(canary_spec(spec, overrides), coin, job_folders=job_folders)
+    result = run_job(canary_spec(spec, overrides), coin, devices=devices, job_folders=job_folders)
     canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})
 
 
-def check_canary(spec: JobSpec,
+def check_canary(spec: JobSpec, devices: int = 1,
                  job_folders: Sequence[str | Path] | None = None) -> JobResult | None:
-    """Worker side, before committing: reproduce the spec's canary or raise CanaryMismatch.
+    """Worker side, before committing: reproduce the spec's canary (on the devices the job will
+    use) or raise CanaryMismatch.
 
     Returns the canary's result, or None when the spec carries no canary.
     """
     if spec.canary is None:
         return None
     result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]),
-                     job_folders=job_folders)
+                     devices=devices, job_folders=job_folders)
     if "0x" + result.digest.hex() != spec.canary.digest:
         raise CanaryMismatch(f"canary gave 0x{result.digest.hex()} here, the spec expects "
                              f"{spec.canary.digest}: this machine does not reproduce the "
@@ -344,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs-folder", type=Path, action="append", default=[],
                         help="a folder of job files to search besides the shipped jobs "
                              "(the job is found by its keccak256; repeatable)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="devices to run on (virtual ones on CPU); the digest does not "
+                             "depend on it")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                         default=sys.stderr.isatty(), help="progress bar on stderr")
     args = parser.parse_args(argv)
@@ -356,8 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             coin = coin_from_hex(args.coin)
         except ValueError as exc:
             raise SpecError(str(exc)) from None
-        apply_environment(spec.profile)
-        result = execute(spec, coin, progress=args.progress, job_folders=args.jobs_folder)
+        if args.devices < 1:
+            raise SpecError(f"--devices must be at least 1, not {args.devices}")
+        apply_environment(spec.profile, args.devices)
+        result = execute(spec, coin, devices=args.devices, progress=args.progress,
+                         job_folders=args.jobs_folder)
     except CrowdmlError as exc:
         print(f"crowdml: {exc}", file=sys.stderr)
         if args.out is not None:

@@ -1,0 +1,156 @@
+"""Data parallelism whose result does not depend on how many devices compute it.
+
+Workers own different hardware, so the device count cannot be part of the result. Plain data
+parallelism (each device's mean gradient over its share of the batch, then `pmean`) sums the
+batch in an order set by the device count: 1, 2 and 4 devices give three digests. Here the spec
+fixes the split instead:
+
+- the batch is cut into K micro-batches (K is a hyperparameter, so it is in the spec digest);
+- each micro-batch's gradient is the same computation whatever device runs it: a device takes
+  K/d consecutive micro-batches and `lax.map`s one gradient function over them;
+- the K gradients are gathered onto every device (`all_gather`, in micro-batch order) and summed
+  one after another, g0 + g1 + … + g(K-1), by a scan of fixed length K;
+- micro-batch k's random key is `draw(step_key, k)`, whoever computes it.
+
+The device count d only decides which device computes which micro-batches; it must divide K.
+
+XLA CPU's thread pool. Virtual CPU devices (`jax_num_cpu_devices`) share one intra-op pool of
+max(PJRT_NPROC, d) threads, and a matmul's bits follow the pool size (profile.py): with
+PJRT_NPROC=1, one device gives other bits than two. So a profile that allows d devices pins the
+pool at `Profile.xla_threads` threads and d ≤ xla_threads: the pool is then the same size for
+every d (measured in README "Data parallelism").
+"""
+
+from __future__ import annotations
+
+from ..errors import EnvironmentMismatch, SpecError
+from .keys import draw
+
+AXIS = "devices"
+_configured: int | None = None  # the devices this process runs jobs on; see configure_devices
+
+
+def most_devices(profile) -> int | None:
+    """The most devices a job under `profile` may use: on CPU the pinned XLA pool (more devices
+    would enlarge the pool and change the bits), or 1 where the pool is not pinned; no limit on
+    GPU."""
+    if profile.platform != "cpu":
+        return None
+    return profile.xla_threads or 1
+
+
+def devices_for(profile, micro_batches: int, offered: int) -> int:
+    """The devices a job with `micro_batches` micro-batches runs on when the worker offers
+    `offered`: the largest divisor of K within both the offer and the profile's limit."""
+    if offered < 1:
+        raise EnvironmentMismatch(f"a worker offers at least 1 device, not {offered}")
+    limit = most_devices(profile)
+    limit = offered if limit is None else min(offered, limit)
+    return max(d for d in range(1, limit + 1) if micro_batches % d == 0)
+
+
+def configure_devices(profile, devices: int) -> None:
+    """In the job's process, before jax's backend starts: make `devices` devices (virtual ones
+    on CPU) the ones jobs run on."""
+    import jax
+
+    global _configured
+    limit = most_devices(profile)
+    if devices < 1 or (limit is not None and devices > limit):
+        most = f"1 to {limit}" if limit is not None else "at least 1"
+        raise EnvironmentMismatch(f"profile {profile.name} runs jobs on {most} devices, "
+                                  f"not {devices}")
+    if profile.platform == "cpu" and jax.config.jax_num_cpu_devices != devices:
+        jax.config.update("jax_num_cpu_devices", devices)  # once: the backend then starts
+    _configured = devices
+
+
+def check_devices(profile) -> None:
+    """After the backend started: the process has the configured devices."""
+    import jax
+
+    wanted = _configured or 1
+    have = len(jax.devices())
+    if have < wanted or (profile.platform == "cpu" and have != wanted):
+        raise EnvironmentMismatch(f"the job process should run on {wanted} {profile.platform} "
+                                  f"devices, jax sees {have}")
+
+
+def device_mesh(micro_batches: int):
+    """A one-axis mesh of the job devices of every process (several under jax.distributed),
+    process by process; SpecError unless their count divides K."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    per_process = _configured or len(jax.local_devices())
+    devices = [device for process in range(jax.process_count())
+               for device in [d for d in jax.devices() if d.process_index == process][:per_process]]
+    if micro_batches % len(devices):
+        raise SpecError(f"{len(devices)} devices cannot share {micro_batches} micro-batches "
+                        "evenly; run on a divisor of micro_batches")
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def split(batch, micro_batches: int):
+    """(B, …) leaves → (K, B/K, …): micro-batch k is rows k·B/K … (k+1)·B/K − 1."""
+    import jax
+
+    def cut(leaf):
+        if leaf.shape[0] % micro_batches:
+            raise SpecError(f"a batch of {leaf.shape[0]} does not split into {micro_batches} "
+                            "micro-batches")
+        return leaf.reshape((micro_batches, leaf.shape[0] // micro_batches) + leaf.shape[1:])
+
+    return jax.tree_util.tree_map(cut, batch)
+
+
+def fixed_order_mean(stacked):
+    """Mean over the leading axis of every leaf, summed strictly in index order."""
+    import jax
+    from jax import lax
+
+    def mean(leaf):
+        total, _ = lax.scan(lambda acc, item: (acc + item, None), leaf[0], leaf[1:])
+        return total / leaf.shape[0]
+
+    return jax.tree_util.tree_map(mean, stacked)
+
+
+def mean_gradient(loss_fn, params, batch, key, *, mesh, micro_batches: int):
+    """(mean loss, mean gradient) of `loss_fn(params, micro_batch, micro_key)` over the K
+    micro-batches of `batch`, with the same bits on any number of mesh devices dividing K.
+    Call it inside jit; both results are replicated on every device."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from jax.sharding import PartitionSpec as P
+
+    def local(params, micro, index, key):
+        def one(args):
+            micro_batch, k = args
+            return jax.value_and_grad(loss_fn)(params, micro_batch, draw(key, k))
+
+        losses, grads = lax.map(one, (micro, index))
+        gathered = lax.all_gather((losses, grads), AXIS, tiled=True)
+        return fixed_order_mean(gathered)
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()),
+                            out_specs=(P(), P()), check_vma=False)
+    return sharded(params, split(batch, micro_batches), jnp.arange(micro_batches), key)
+
+
+def pmean_gradient(loss_fn, params, batch, key, *, mesh):
+    """Plain data parallelism, for comparison only (tests, bench): each device's mean gradient
+    over its share of the batch, averaged with `pmean`. Its bits change with the device count."""
+    import jax
+    from jax import lax
+    from jax.sharding import PartitionSpec as P
+
+    def local(params, shard, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, shard, key)
+        return lax.pmean((loss, grads), AXIS)
+
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                            out_specs=(P(), P()), check_vma=False)
+    return sharded(params, batch, key)

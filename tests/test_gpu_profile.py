@@ -1,0 +1,74 @@
+"""gpu-exact pins one GPU model and the CUDA runtime, cuDNN and cuBLAS its process loads, and a
+worker is refused before any deposit on another. No GPU here: the refusals are checked against
+given device lists and versions, and the run on a GPU skips without one."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ape_crowdml.compute import profile as profiles
+from ape_crowdml.compute.profile import (GPU_DEVICE_KIND, GPU_LIBRARIES, PINNED_PACKAGES,
+                                         PROFILES, check_environment)
+from ape_crowdml.errors import EnvironmentMismatch
+
+GPU = PROFILES["gpu-exact"]
+HAS_GPU = bool(profiles._nvidia_smi_gpus()) and importlib.util.find_spec("jax_plugins") is not None
+
+
+def test_gpu_exact_pins_the_device_kind_and_cuda_libraries():
+    assert GPU.device_kind == GPU_DEVICE_KIND == "NVIDIA H100 80GB HBM3"
+    assert set(GPU.gpu_libraries) == {"cuda", "cudnn", "cublas"}
+    for package in ("nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12", "nvidia-cublas-cu12"):
+        assert package in GPU.packages
+
+
+def test_another_gpu_model_or_none_is_refused():
+    profiles._check_device_kind(GPU, [GPU_DEVICE_KIND, GPU_DEVICE_KIND])
+    with pytest.raises(EnvironmentMismatch, match="this machine has NVIDIA A100-SXM4-80GB"):
+        profiles._check_device_kind(GPU, [GPU_DEVICE_KIND, "NVIDIA A100-SXM4-80GB"])
+    with pytest.raises(EnvironmentMismatch, match="shows none"):
+        profiles._check_device_kind(GPU, [])
+
+
+@pytest.mark.parametrize("library", sorted(GPU_LIBRARIES))
+def test_another_cuda_library_version_is_refused(library):
+    profiles._check_gpu_libraries(GPU, dict(GPU_LIBRARIES))
+    with pytest.raises(EnvironmentMismatch, match=f"pins {library} {GPU_LIBRARIES[library]}, "
+                                                  "the job process loads 1"):
+        profiles._check_gpu_libraries(GPU, {**GPU_LIBRARIES, library: 1})
+    with pytest.raises(EnvironmentMismatch, match="loads none"):
+        profiles._check_gpu_libraries(GPU, {})
+
+
+def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
+    """check_environment (what a worker runs before it deposits) asks nvidia-smi: with this
+    machine's CPU packages, a machine without the GPU, and one with another, are refused."""
+    cpu_packages = GPU.model_copy(update={"packages": PINNED_PACKAGES})
+    if not HAS_GPU:
+        with pytest.raises(EnvironmentMismatch, match="jax-cuda12-plugin"):
+            check_environment(GPU)
+    monkeypatch.setattr(profiles, "_nvidia_smi_gpus", lambda: [])
+    with pytest.raises(EnvironmentMismatch, match="shows none"):
+        check_environment(cpu_packages)
+    monkeypatch.setattr(profiles, "_nvidia_smi_gpus", lambda: ["Tesla T4"])
+    with pytest.raises(EnvironmentMismatch, match="has Tesla T4"):
+        check_environment(cpu_packages)
+    monkeypatch.setattr(profiles, "_nvidia_smi_gpus", lambda: [GPU_DEVICE_KIND])
+    check_environment(cpu_packages)
+
+
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU and jax's CUDA plugin")
+def test_a_job_on_the_gpu_gives_one_digest(tmp_path):
+    from ape_crowdml.compute.data import export_digits
+    from ape_crowdml.compute.runner import run_job
+    from ape_crowdml.compute.spec import make_spec
+
+    export_digits(tmp_path / "digits.npz")
+    job = Path(__file__).resolve().parents[1] / "jobs" / "train_conv.py"
+    spec = make_spec(job, tmp_path / "digits.npz", {"epochs": 1, "steps_per_epoch": 3},
+                     profile="gpu-exact")
+    coin = bytes.fromhex("c0" * 32)
+    assert run_job(spec, coin).digest == run_job(spec, coin).digest
