@@ -16,8 +16,9 @@ TASKS = int(os.environ.get("CROWDML_LOAD_TASKS", "10"))
 
 def windows(tasks: int) -> dict[str, int]:
     """Blocks (seconds, at one a second) for `tasks` tasks: each agent checks every task before
-    joining (about 4 s) and runs every job in turn (6 s alone, 40 s with three agents on a
-    2-core machine loaded by other work), so the join and commit windows grow with the tasks."""
+    joining (about 4 s) and runs every job in turn (13 s cold alone, 40 to 90 s with three
+    agents on a 2-core machine loaded by other work), so the join and commit windows grow with
+    the tasks."""
     return {"join_blocks": 60 + 5 * tasks, "commit_blocks": 120 + 60 * tasks,
             "reveal_blocks": 120}
 
