@@ -110,7 +110,7 @@ def runs(digits, tmp_path_factory):
         specs["mnist"] = make_spec(MLP_JOB, mnist_shaped(folder / "mnist.npz"),
                                    {"hidden": [512], "batch_size": 128, "epochs": 1,
                                     "steps_per_epoch": 4, "micro_batches": MICRO_BATCHES})
-        specs["cifar"] = make_spec(CONV_JOB, digits, cifar_hparams(16, 64))
+        specs["cifar"] = make_spec(CONV_JOB, digits, cifar_hparams(128, 32))
     paths = {name: save_spec(spec, folder / f"{name}.json") for name, spec in specs.items()}
     results = {d: run_devices(d, list(paths.values())) for d in DEVICE_COUNTS}
     return {d: {name: result.get(str(path)) for name, path in paths.items()}
