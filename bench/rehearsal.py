@@ -141,15 +141,16 @@ def warm_child(spec_file: str) -> None:
     print(json.dumps({**times, "digest": "0x" + first.hex()}))
 
 
-def load(rehearsal, tasks: int) -> None:
+def load(rehearsal, tasks: int, warm_jobs: bool) -> None:
     from test_load import windows
 
     played = play(rehearsal, f"bench-load{tasks}", [HONEST] * 3, tasks=tasks, **windows(tasks),
-                  timeout=300 + 90 * tasks, sample_memory=True)
+                  timeout=300 + 90 * tasks, sample_memory=True, warm_jobs=warm_jobs)
     outcomes = check_payouts(rehearsal.observer, played)
     assert all(o.phase == "AGREED" for o in outcomes)
     minutes = (played.ended - played.started) / 60
-    print(f"load: {tasks} tasks × 3 agents, every payout exact")
+    jobs = "warm job processes" if warm_jobs else "a fresh process per job"
+    print(f"load: {tasks} tasks × 3 agents ({jobs}), every payout exact")
     print(f"  {'publish of the first → requester saw every claim':<62} {minutes * 60:>6.1f} s: "
           f"{tasks / minutes:.1f} tasks/min")
     for name, (own, family) in played.peak_rss.items():
@@ -161,6 +162,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10, help="tasks in the load run")
     parser.add_argument("--job-only", action="store_true", help="only the job's costs (2.)")
+    parser.add_argument("--cold-jobs", action="store_true",
+                        help="load run with a fresh process per job (default: --warm-jobs)")
     parser.add_argument("--warm-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warm_child:
@@ -176,7 +179,7 @@ def main() -> None:
         try:
             rehearsal = Rehearsal(root, anvil)
             one_task(rehearsal)
-            load(rehearsal, args.tasks)
+            load(rehearsal, args.tasks, warm_jobs=not args.cold_jobs)
         finally:
             anvil.stop()
         print(f"load average after: {os.getloadavg()[0]:.1f}")

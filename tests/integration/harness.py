@@ -141,12 +141,14 @@ class Party:
                            cwd=self.folder, check=True, capture_output=True)
         return env
 
-    def agent(self, board: str, tasks: int, label: str = "agent") -> subprocess.Popen:
+    def agent(self, board: str, tasks: int, label: str = "agent",
+              warm_jobs: bool = False) -> subprocess.Popen:
         """`ape crowdml agent`, the product's worker, as it would run on a worker's machine:
         a keyfile account signing unattended."""
         return self.start([str(BIN / "ape"), "crowdml", "agent", "--tasks", str(tasks),
                            "--poll", "0.5", "--board", board, "--account", KEYFILE_ALIAS,
-                           "--autosign", "--network", NETWORK, "-v", "INFO"], label,
+                           "--autosign", "--network", NETWORK, "-v", "INFO",
+                           "--warm-jobs" if warm_jobs else "--cold-jobs"], label,
                           **self.keyfile())
 
     def actor(self, script: str, *args, label: str | None = None) -> subprocess.Popen:
@@ -281,7 +283,7 @@ class Played:
 
 def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int = 1,
          join_blocks: int = 60, commit_blocks: int = 90, reveal_blocks: int = 30,
-         timeout: float = 420, sample_memory: bool = False) -> Played:
+         timeout: float = 420, sample_memory: bool = False, warm_jobs: bool = False) -> Played:
     """Run one requester process and a worker process per strategy on a board of their own, until
     the requester has seen every task end and claimed, and every worker process has exited."""
     requester = rehearsal.party(f"{label}-requester")
@@ -302,7 +304,8 @@ def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int 
             name = f"worker{i + 1} ({strategy})"
             workers.append((party, strategy))
             logs[name] = party.log("worker")
-            processes[name] = (party.agent(board, tasks, label="worker") if strategy == HONEST
+            processes[name] = (party.agent(board, tasks, label="worker", warm_jobs=warm_jobs)
+                               if strategy == HONEST
                                else party.actor("adversary.py", strategy, "--board", board,
                                                 label="worker"))
         wait_for(lambda: all("watching board" in logs[n].read_text() for n in logs

@@ -1,5 +1,6 @@
 """Load: one requester publishes TASKS tasks at once and three `ape crowdml agent` processes
-take every one of them (each agent runs its jobs one at a time, in fresh job processes). Nothing
+take every one of them (each agent runs its jobs one at a time, in its warm job process:
+`--warm-jobs`; tests/test_jobs_warm.py shows a warm process gives the cold digests). Nothing
 may be lost: every task agrees, every party is paid its exact share, nothing stays owed.
 
 10 tasks by default; CROWDML_LOAD_TASKS=50 for the long run. Throughput and memory figures come
@@ -25,7 +26,7 @@ def windows(tasks: int) -> dict[str, int]:
 
 def test_agents_finish_every_task_of_a_load(rehearsal):
     played = play(rehearsal, f"load{TASKS}", [HONEST] * 3, tasks=TASKS, **windows(TASKS),
-                  timeout=300 + 90 * TASKS)
+                  timeout=300 + 90 * TASKS, warm_jobs=True)
     assert len(played.tasks) == TASKS
     outcomes = check_payouts(rehearsal.observer, played)
     assert [o.phase for o in outcomes] == ["AGREED"] * TASKS
