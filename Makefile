@@ -66,6 +66,8 @@ test-fork: env
 bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'
 	python bench/train.py
+	python bench/parallel.py
+	python bench/rehearsal.py
 
 # After editing contracts/*.vy: ship the new bytecode with the plugin.
 taskboard: env
