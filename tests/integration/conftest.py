@@ -1,5 +1,7 @@
 """The rehearsal's shared pieces for the session: one anvil node on a free loopback port (the
-suite's own, whatever network `ape test` connects to) and the artifact store folder."""
+suite's own, whatever network `ape test` connects to) and the artifact store: a bucket on the
+session's S3-compatible server (tests/store_server.py), which every party process reaches through
+the AWS_* variables it inherits."""
 
 import pytest
 
@@ -7,10 +9,10 @@ from harness import Anvil, Rehearsal
 
 
 @pytest.fixture(scope="session")
-def rehearsal(tmp_path_factory):
+def rehearsal(tmp_path_factory, store_server):
     root = tmp_path_factory.mktemp("rehearsal")
     anvil = Anvil(root)
     try:
-        yield Rehearsal(root, anvil)
+        yield Rehearsal(root, anvil, store=store_server.bucket("rehearsal"))
     finally:
         anvil.stop()

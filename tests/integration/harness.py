@@ -1,7 +1,8 @@
 """A multi-process rehearsal of crowdml on one anvil node: every party is its own process, with
 its own account, state folder and working directory outside the repository, sharing only the
-chain (JSON-RPC on a loopback port) and the artifact store (a folder, named in every party's
-config, which holds the published specs, the dataset and the agreed results by digest).
+chain (JSON-RPC on a loopback port) and the artifact store (an S3-compatible server on loopback
+in the tests, a folder in the benchmark; named in every party's config, it holds the published
+specs, the dataset and the agreed results by digest).
 
 Used by tests/integration (which assert payouts) and bench/rehearsal.py (which times them).
 The observer below reads the chain with web3 alone, as any stranger could.
@@ -160,11 +161,14 @@ class Party:
 class Rehearsal:
     """The shared pieces: the node and the artifact store; hands out parties and accounts."""
 
-    def __init__(self, root: Path, anvil: Anvil):
+    def __init__(self, root: Path, anvil: Anvil, store: str | None = None):
+        """`store`: an fsspec URL every party can reach (the processes inherit this one's
+        environment, AWS_* included); default, a folder under `root`."""
         self.root = root
         self.anvil = anvil
-        self.store = root / "store"
-        self.store.mkdir(parents=True, exist_ok=True)
+        if store is None:
+            (root / "store").mkdir(parents=True, exist_ok=True)
+        self.store = store or str(root / "store")
         self._accounts = iter(range(ACCOUNTS))
         self._lock = threading.Lock()  # rehearsals may run side by side, in threads
         self.observer = Observer(anvil.web3)
@@ -179,7 +183,7 @@ class Rehearsal:
             "test": {"number_of_accounts": ACCOUNTS},
             "crowdml": {
                 "state_folder": str(folder / "state"),
-                "artifact_store": str(self.store),
+                "artifact_store": self.store,
                 "cache_folder": str(folder / "cache"),
                 # Jobs are found by digest among the ones the package ships.
                 "jobs_folder": [],
