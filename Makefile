@@ -71,6 +71,7 @@ bench: env
 
 # After editing contracts/*.vy: ship the new bytecode with the plugin.
 taskboard: env
+	ape compile --force  # ape's cache once kept a merged contract's old bytecode
 	ape run export_taskboard
 	ape run export_purchase
 
