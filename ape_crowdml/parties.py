@@ -312,13 +312,14 @@ class Worker(Party):
                                      f"{task_id}'s {hex32(task.data)}")
         check_environment(spec)
         devices = self.devices_for(spec)
+        read_verified(spec.data_uri, spec.data_digest)
+        check_canary(spec, devices, job_folders=self.config.jobs_folder)
         from ape.logging import logger
 
+        # Once every check passed (a refusal stays one line): before the deposit.
         logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
                     f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
                     "offered; its digest does not depend on the device count")
-        read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec, devices, job_folders=self.config.jobs_folder)
         return task, spec
 
     def devices_for(self, spec: JobSpec) -> int:
