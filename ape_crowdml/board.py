@@ -215,7 +215,11 @@ class Board:
         self.address = address
         # Fee caps for this board's transactions (`cap_fees`); none: ape's defaults.
         self.fees: dict[str, int] = {}
-        self.contract = taskboard_container().at(address)
+        # Our own contract type, replacing any cached for this address: ape keeps contract
+        # types of live networks on disk, and a chain re-created by a test (a fork's upstream,
+        # the same deployer and nonce) would otherwise merge a board of another version's ABI.
+        self.contract = chain.contracts.instance_at(
+            address, taskboard_container().contract_type, fetch_from_explorer=False, replace=True)
         self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
 
     def __repr__(self) -> str:
