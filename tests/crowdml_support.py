@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ape_crowdml.config import crowdml_config
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.spec import make_spec, save_spec
+from ape_crowdml.parties import deploy_board
 
 TINY_HPARAMS = {"hidden": [16], "epochs": 1, "batch_size": 128}
 DEPOSIT = 2 * 10**16
@@ -25,3 +28,15 @@ def tiny_spec_file(folder: Path, job: str | Path = "jobs/train_classifier.py", *
 def isolated_config(folder: Path):
     """The project's crowdml config with state and artifacts under `folder`."""
     return crowdml_config().model_copy(update={"state_folder": folder / "state"})
+
+
+# The plugin-level suites' fixtures (imported by name: tests/conftest.py's `board` is the raw
+# contract): a crowdml config of the test's own, and a board deployed through the plugin.
+@pytest.fixture
+def config(tmp_path):
+    return isolated_config(tmp_path)
+
+
+@pytest.fixture
+def board(accounts, config):
+    return deploy_board(accounts[0], config=config)

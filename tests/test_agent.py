@@ -12,19 +12,10 @@ from click.testing import CliRunner
 from ape_crowdml.agent import Agent
 from ape_crowdml.compute.spec import make_spec, save_spec
 from ape_crowdml.board import Phase, WorkerStatus
-from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.parties import Requester, Worker
 from ape_crowdml.render import wei
-from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
-
-
-@pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
-
-
-@pytest.fixture
-def board(accounts, config):
-    return deploy_board(accounts[0], config=config)
+from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+                             board, config)  # noqa: F401 - board, config: fixtures
 
 
 TEST_JOBS = Path(__file__).parent / "jobs"

@@ -4,18 +4,9 @@ block, its place kept in the store across restarts, and a node's errors outlived
 import pytest
 
 from ape_crowdml.agent import Agent
-from ape_crowdml.parties import Requester, Worker, deploy_board
-from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
-
-
-@pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
-
-
-@pytest.fixture
-def board(accounts, config):
-    return deploy_board(accounts[0], config=config)
+from ape_crowdml.parties import Requester, Worker
+from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+                             board, config)  # noqa: F401 - board, config: fixtures
 
 
 @pytest.fixture

@@ -6,19 +6,10 @@ import pytest
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import WorkerStatus
 from ape_crowdml.errors import CrowdmlError
-from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.parties import Requester, Worker
 from ape_crowdml.preflight import WORKER_GAS, check_join
-from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
-
-
-@pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
-
-
-@pytest.fixture
-def board(accounts, config):
-    return deploy_board(accounts[0], config=config)
+from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+                             board, config)  # noqa: F401 - board, config: fixtures
 
 
 @pytest.fixture

@@ -11,18 +11,9 @@ from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase, WorkerStatus, commitment
 from ape_crowdml.config import CrowdmlConfig
 from ape_crowdml.errors import CanaryMismatch, MissingSecret, PolicyRefused, SpecError, TaskRejected
-from ape_crowdml.parties import Requester, Worker, deploy_board, find_board
-from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
-
-
-@pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
-
-
-@pytest.fixture
-def board(accounts, config):
-    return deploy_board(accounts[0], config=config)
+from ape_crowdml.parties import Requester, Worker, find_board
+from crowdml_support import (DEPOSIT, REWARD, isolated_config, tiny_spec_file,
+                             board, config)  # noqa: F401 - board, config: fixtures
 
 
 def test_config_is_registered_with_defaults(project):

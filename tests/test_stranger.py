@@ -24,15 +24,9 @@ from ape_crowdml.compute.digest import keccak_digest
 from ape_crowdml.compute.spec import make_spec
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
+from test_agent_recovery import anvil  # noqa: F401 - fixture
 
 APE = str(Path(sys.executable).parent / "ape")
-
-
-@pytest.fixture
-def anvil(networks):
-    if networks.provider.name != "foundry":
-        pytest.skip("needs a chain two processes share: run with --network ethereum:local:foundry")
-    return networks.provider.uri
 
 
 def wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeout: float = 300):
