@@ -4,6 +4,14 @@ PYTHON ?= python3
 ANVIL_VERSION := 1.7.1
 VENV := .venv
 TOOLS := .tools
+# The cpu-exact profile's job stack (ape_crowdml/compute/jobenv.py): its own Python 3.12
+# environment with current jax and numpy 2, under `crowdml: job_env_folder:` (.jobenv here).
+JOB_STACK := jax0.11.2-py3.12
+JOB_ENV := .jobenv/$(JOB_STACK)
+STACKS := ape_crowdml/compute/stacks
+# The job stack's Python: found by `job-env create` (python3.12 on PATH, or pyenv's) unless
+# named here, e.g. `make PYTHON_JOBS=/usr/bin/python3.12`.
+PYTHON_JOBS ?=
 # ape-vyper finds the pinned, pip-installed compiler on PATH; anvil comes from npm.
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
@@ -23,7 +31,7 @@ CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_a
 	tests/test_purchase.py tests/test_purchase_api.py
 endif
 
-.PHONY: all env lock demo test test-local test-anvil test-fork bench taskboard clean
+.PHONY: all env lock stack-locks demo test test-local test-anvil test-fork bench taskboard clean
 
 all: test
 
@@ -42,10 +50,25 @@ lock:
 	.cache/pip-tools/bin/pip-compile --quiet --generate-hashes --allow-unsafe --all-extras --all-build-deps \
 		--strip-extras -o requirements.lock pyproject.toml
 
+# The job stack's environment, built by the plugin's own command (which then checks it against
+# the profile's pins, as a worker does before a deposit).
+$(JOB_ENV)/.installed: $(STACKS)/$(JOB_STACK).txt $(VENV)/.installed
+	rm -rf $(JOB_ENV)
+	ape crowdml job-env create $(JOB_STACK) $(if $(PYTHON_JOBS),--python $(PYTHON_JOBS))
+	touch $@
+
+# After editing a stack's .in file: pin it again, with hashes, for that stack's Python.
+stack-locks:
+	$(or $(PYTHON_JOBS),python3.12) -m venv .cache/pip-tools-jobs
+	.cache/pip-tools-jobs/bin/pip install --quiet pip-tools==7.6.2
+	for stack in $(STACKS)/*.in; do \
+		.cache/pip-tools-jobs/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+			--strip-extras -o $${stack%.in}.txt $$stack || exit 1; done
+
 $(TOOLS)/node_modules/.bin/anvil:
 	npm install --silent --prefix $(TOOLS) @foundry-rs/anvil@$(ANVIL_VERSION)
 
-env: $(VENV)/.installed $(TOOLS)/node_modules/.bin/anvil
+env: $(VENV)/.installed $(JOB_ENV)/.installed $(TOOLS)/node_modules/.bin/anvil
 
 demo: env
 	ape crowdml demo
@@ -76,4 +99,4 @@ taskboard: env
 	ape run export_purchase
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .build
+	rm -rf $(VENV) $(TOOLS) .jobenv .build

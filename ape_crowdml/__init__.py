@@ -8,8 +8,7 @@ registered through the `ape_cli_subcommands` entry point in pyproject.toml.
 
 import warnings
 from importlib import import_module
-
-from ape import plugins
+from importlib.util import find_spec
 
 # ape-vyper's config declares `import_remapping` with a forward reference that pydantic-settings
 # warns about whenever ape builds its config: on every `ape crowdml …` start, a line the user can
@@ -55,8 +54,27 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
 
 
-@plugins.register(plugins.Config)
-def config_class():
-    from ape_crowdml.config import CrowdmlConfig
+def _host_settings():
+    """The compute side's settings (compute/host.py), from the active project's config."""
+    from ape_crowdml.compute.host import HostSettings
+    from ape_crowdml.config import crowdml_config
 
-    return CrowdmlConfig
+    config = crowdml_config()
+    return HostSettings(cache_folder=config.cache_folder, jobs_folder=tuple(config.jobs_folder),
+                        job_env_folder=config.job_env_folder, job_envs=dict(config.job_envs))
+
+
+# A job's own environment (compute/jobenv.py) holds the compute side alone, without ape: there
+# this package registers nothing and hosts nothing.
+if find_spec("ape") is not None:
+    from ape import plugins
+
+    from ape_crowdml.compute import host as _host
+
+    _host.install(_host_settings)
+
+    @plugins.register(plugins.Config)
+    def config_class():
+        from ape_crowdml.config import CrowdmlConfig
+
+        return CrowdmlConfig

@@ -442,5 +442,62 @@ def demo():
     run_demo()
 
 
+@cli.group(cls=CrowdmlGroup, name="job-env")
+def job_env():
+    """Job environments: the interpreter each job stack runs its jobs in."""
+
+
+@job_env.command(name="create")
+@click.argument("stack", required=False)
+@click.option("--profile", "profile_name", default="cpu-exact", show_default=True,
+              help="Build the stack this profile runs on (when STACK is not given).")
+@click.option("--path", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to build it (default: `crowdml: job_env_folder:`/STACK); then name "
+                   "its bin/python under `crowdml: job_envs:`.")
+@click.option("--python", metavar="PYTHON", help="The Python to build it from "
+                                                 "(default: pythonX.Y on PATH).")
+@click.option("--system-site-packages", is_flag=True,
+              help="Let it see the base Python's packages (a machine image that carries the "
+                   "stack already); with --no-install, nothing is installed.")
+@click.option("--install/--no-install", default=True, show_default=True,
+              help="Install the stack's lock, every package checked against its hash.")
+def job_env_create(stack, profile_name, path, python, system_site_packages, install):
+    """Build the environment of a job stack (a venv with its pinned packages), then check it
+    against the profile's pins as a worker does before a deposit."""
+    from ape_crowdml.compute import jobenv
+    from ape_crowdml.compute.profile import PROFILES, get_profile
+
+    stack = stack or get_profile(profile_name).stack
+    jobenv.get_stack(stack)
+    if path is None and (existing := jobenv.environment_folder(stack)).exists():
+        from ape_crowdml.errors import CrowdmlError
+
+        raise CrowdmlError(f"{existing} exists; remove it first, or build elsewhere with --path")
+    target = jobenv.create(stack, path, python, system_site_packages=system_site_packages,
+                           install=install, echo=click.echo)
+    if path is not None:
+        click.echo(f"name it in ape-config.yaml:  crowdml: {{job_envs: {{{stack}: {target}}}}}")
+    checked = [p for p in PROFILES.values() if p.stack == stack and p.platform == "cpu"]
+    for profile in checked if path is None else ():
+        jobenv.check_environment(profile)
+        click.echo(f"profile {profile.name}: this machine runs its jobs in {target}")
+
+
+@job_env.command(name="list")
+def job_env_list():
+    """The job stacks, the profiles on each, and the interpreter found for each here."""
+    from ape_crowdml.compute import jobenv
+    from ape_crowdml.compute.profile import PROFILES
+    from ape_crowdml.errors import CrowdmlError
+
+    for stack in jobenv.STACKS.values():
+        profiles = ", ".join(p.name for p in PROFILES.values() if p.stack == stack.name)
+        try:
+            where = str(jobenv.interpreter(stack.name))
+        except CrowdmlError:
+            where = "not built (ape crowdml job-env create " + stack.name + ")"
+        click.echo(f"{stack.name} (Python {stack.python}; {profiles}): {where}")
+
+
 # The model-purchase commands live in their own module and attach themselves to `cli`.
 from ape_crowdml import _cli_purchase  # noqa: E402,F401

@@ -10,6 +10,8 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
       state_folder: .crowdml       # sqlite store of salts, coin openings and results
       artifact_store: null         # fsspec URL; default: <state_folder>/artifacts
       cache_folder: ~/.cache/crowdml   # remote datasets, kept under their digest
+      job_env_folder: ~/.cache/crowdml/job-envs   # where `ape crowdml job-env create` builds
+      job_envs: {}                 # job stack -> its python, for one built elsewhere
       worker:
         accept_jobs: []            # job names or keccak256 digests; [] = shipped jobs and jobs_folder
         max_deposit: 1000000000000000000   # wei
@@ -78,6 +80,9 @@ class CrowdmlConfig(PluginConfig):
     state_folder: Path = Path(".crowdml")
     artifact_store: str | None = None
     cache_folder: Path = Path("~/.cache/crowdml")
+    # Job environments (compute/jobenv.py): one interpreter per job stack a profile names.
+    job_env_folder: Path = Path("~/.cache/crowdml/job-envs")
+    job_envs: dict[str, Path] = Field(default_factory=dict)
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)
     agent: AgentSettings = Field(default_factory=AgentSettings)
 
@@ -131,4 +136,6 @@ def crowdml_config() -> CrowdmlConfig:
         "data_folder": resolve(config.data_folder),
         "state_folder": resolve(config.state_folder),
         "cache_folder": resolve(config.cache_folder),
+        "job_env_folder": resolve(config.job_env_folder),
+        "job_envs": {stack: resolve(python) for stack, python in config.job_envs.items()},
     })

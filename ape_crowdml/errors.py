@@ -1,31 +1,14 @@
 """Errors a user can act on. Each message names what is wrong and what to do next.
 
-They are ape exceptions: `ape crowdml …` prints one as a single `ERROR:` line, as ape's own
-commands print an `Abort`, and exits with status 1 (status 2 stays click's, for a malformed
-command line); in `ape console` they are ape errors like any other.
+`ape crowdml …` prints any of them as a single `ERROR:` line, as ape's own commands print an
+`Abort`, and exits with status 1 (status 2 stays click's, for a malformed command line). They are
+plain exceptions, not ape's: the compute side's (compute/errors.py) are raised in job
+environments that have no ape.
 """
 
-from ape.exceptions import ApeException
-
-
-class CrowdmlError(ApeException):
-    """Base class: bad input, a refused call, or a failed reproducibility check."""
-
-
-class SpecError(CrowdmlError):
-    """The job spec (or the job file it names) is missing, malformed or does not match."""
-
-
-class DataDigestMismatch(CrowdmlError):
-    """A data or artifact file is missing or its keccak256 differs from the spec's digest."""
-
-
-class EnvironmentMismatch(CrowdmlError):
-    """This machine or process does not match the spec's pinned environment profile."""
-
-
-class CanaryMismatch(CrowdmlError):
-    """The spec's canary run gave a different digest here: do not deposit or commit."""
+# The base and the compute side's errors live with the compute code, which runs without ape.
+from .compute.errors import (CanaryMismatch, CrowdmlError, DataDigestMismatch,  # noqa: F401
+                             EnvironmentMismatch, SpecError, first_line)
 
 
 class BoardNotConfigured(CrowdmlError):
@@ -59,9 +42,3 @@ class PolicyRefused(CrowdmlError):
 
 class ArtifactMissing(CrowdmlError):
     """The artifact store has no file for this digest, or the file does not match it."""
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: its message's first line, or its type's name."""
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__

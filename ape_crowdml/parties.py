@@ -300,7 +300,7 @@ class Worker(Party):
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
         spec and data digests, this machine's environment, and the canary if the spec has one."""
-        from .compute.profile import check_environment
+        from .compute.jobenv import check_environment
         from .compute.runner import check_canary
 
         task = self.board.task(task_id)
@@ -310,7 +310,7 @@ class Worker(Party):
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
-        check_environment(spec)
+        check_environment(spec.profile)  # in the interpreter of its job stack
         devices = self.devices_for(spec)
         read_verified(spec.data_uri, spec.data_digest)
         check_canary(spec, devices, job_folders=self.config.jobs_folder)

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from ape_crowdml.compute.data import read_verified
 from ape_crowdml.compute.digest import decode_pytree, encode_bits
-from ape_crowdml.errors import SpecError
+from ape_crowdml.compute.errors import SpecError
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
 
 

@@ -28,7 +28,7 @@ from flax.training import train_state
 from pydantic import Field, model_validator
 
 from ape_crowdml.compute.digest import encode_pytree
-from ape_crowdml.errors import SpecError
+from ape_crowdml.compute.errors import SpecError
 from ape_crowdml.compute.keys import draw
 from ape_crowdml.compute.parallel import device_mesh, mean_gradient
 from ape_crowdml.compute.spec import HParams

@@ -34,7 +34,7 @@ from ape_crowdml.compute.digest import encode_pytree, keccak_digest
 from ape_crowdml.compute.keys import draw
 from ape_crowdml.compute.parallel import device_mesh, mean_gradient
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
-from ape_crowdml.errors import DataDigestMismatch, SpecError
+from ape_crowdml.compute.errors import DataDigestMismatch, SpecError
 
 CANARY_STEPS = 3
 CIFAR_SHAPE = (32, 32, 3)

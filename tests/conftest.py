@@ -3,6 +3,7 @@ task through with a strategy per worker and reports every payoff, the
 `ape crowdml` command line run through ape's root CLI, an S3-compatible store
 server on loopback, and the package installed alone from its wheel."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,10 @@ from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, assert_solvent,
                            mine_past_deadline, publish, result_for, salt_for)
+
+# The job environments `make env` built (ape-config.yaml names them for this project): the same
+# for projects and processes the tests start in other folders, unless their config says else.
+os.environ.setdefault("APE_CROWDML_JOB_ENV_FOLDER", str(ROOT / ".jobenv"))
 
 
 @pytest.fixture(scope="session")

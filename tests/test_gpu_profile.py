@@ -1,4 +1,5 @@
-"""gpu-exact pins one GPU model and the CUDA runtime, cuDNN and cuBLAS its process loads, and a
+"""gpu-exact (current jax, CUDA 13, in its job environment) and gpu-exact-cuda12 (the plugin's
+jax 0.7.1) pin one GPU model and the CUDA runtime, cuDNN and cuBLAS their process loads, and a
 worker is refused before any deposit on another. No GPU here: the refusals are checked against
 given device lists and versions, and the run on a GPU skips without one."""
 
@@ -10,19 +11,28 @@ from pathlib import Path
 import pytest
 
 from ape_crowdml.compute import profile as profiles
-from ape_crowdml.compute.profile import (GPU_DEVICE_KIND, GPU_LIBRARIES, PINNED_PACKAGES,
+from ape_crowdml.compute.profile import (CUDA12_LIBRARIES, GPU_DEVICE_KIND, PLUGIN_PACKAGES,
                                          PROFILES, check_environment)
 from ape_crowdml.errors import EnvironmentMismatch
 
-GPU = PROFILES["gpu-exact"]
-HAS_GPU = bool(profiles._nvidia_smi_gpus()) and importlib.util.find_spec("jax_plugins") is not None
+# The plugin-stack profile: its checks run in this process (the CUDA 13 one's in its own).
+GPU = PROFILES["gpu-exact-cuda12"]
+GPU_LIBRARIES = CUDA12_LIBRARIES
+HAS_GPU = bool(profiles._nvidia_smi_gpus())
 
 
-def test_gpu_exact_pins_the_device_kind_and_cuda_libraries():
-    assert GPU.device_kind == GPU_DEVICE_KIND == "NVIDIA H100 80GB HBM3"
-    assert set(GPU.gpu_libraries) == {"cuda", "cudnn", "cublas"}
-    for package in ("nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12", "nvidia-cublas-cu12"):
-        assert package in GPU.packages
+@pytest.mark.parametrize("name, packages", [
+    ("gpu-exact", ("jax-cuda13-plugin", "nvidia-cuda-runtime", "nvidia-cudnn-cu13",
+                   "nvidia-cublas")),
+    ("gpu-exact-cuda12", ("jax-cuda12-plugin", "nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12",
+                          "nvidia-cublas-cu12")),
+])
+def test_gpu_profiles_pin_the_device_kind_and_cuda_libraries(name, packages):
+    gpu = PROFILES[name]
+    assert gpu.device_kind == GPU_DEVICE_KIND == "NVIDIA H100 80GB HBM3"
+    assert set(gpu.gpu_libraries) == {"cuda", "cudnn", "cublas"}
+    for package in packages:
+        assert package in gpu.packages
 
 
 def test_another_gpu_model_or_none_is_refused():
@@ -46,8 +56,8 @@ def test_another_cuda_library_version_is_refused(library):
 def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
     """check_environment (what a worker runs before it deposits) asks nvidia-smi: with this
     machine's CPU packages, a machine without the GPU, and one with another, are refused."""
-    cpu_packages = GPU.model_copy(update={"packages": PINNED_PACKAGES})
-    if not HAS_GPU:
+    cpu_packages = GPU.model_copy(update={"packages": PLUGIN_PACKAGES})
+    if importlib.util.find_spec("jax_plugins") is None:
         with pytest.raises(EnvironmentMismatch, match="jax-cuda12-plugin"):
             check_environment(GPU)
     monkeypatch.setattr(profiles, "_nvidia_smi_gpus", lambda: [])
@@ -60,8 +70,15 @@ def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
     check_environment(cpu_packages)
 
 
-@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU and jax's CUDA plugin")
-def test_a_job_on_the_gpu_gives_one_digest(tmp_path):
+@pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("profile", ["gpu-exact", "gpu-exact-cuda12"])
+def test_a_job_on_the_gpu_gives_one_digest(tmp_path, profile):
+    from ape_crowdml.compute import jobenv
+
+    try:
+        jobenv.check_environment(PROFILES[profile])
+    except EnvironmentMismatch as exc:
+        pytest.skip(f"this machine cannot run {profile}: {exc}")
     from ape_crowdml.compute.data import export_digits
     from ape_crowdml.compute.runner import run_job
     from ape_crowdml.compute.spec import make_spec
@@ -69,6 +86,6 @@ def test_a_job_on_the_gpu_gives_one_digest(tmp_path):
     export_digits(tmp_path / "digits.npz")
     job = Path(__file__).resolve().parents[1] / "jobs" / "train_conv.py"
     spec = make_spec(job, tmp_path / "digits.npz", {"epochs": 1, "steps_per_epoch": 3},
-                     profile="gpu-exact")
+                     profile=profile)
     coin = bytes.fromhex("c0" * 32)
     assert run_job(spec, coin).digest == run_job(spec, coin).digest

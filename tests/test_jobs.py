@@ -1,4 +1,5 @@
-"""End-to-end job tests: real runs in child processes under the cpu-exact profile.
+"""End-to-end job tests: real runs in child processes under the cpu-exact profile, in its job
+environment (Python 3.12, current jax; compute/jobenv.py).
 
 Plain pytest (no ape fixtures). The trained artifact is session-scoped; each other run is one
 fresh process (~4 s: jax import, compile, train).
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from ape_crowdml.compute.digest import decode_bits, decode_pytree, file_digest
 from ape_crowdml.errors import CanaryMismatch, DataDigestMismatch, SpecError
 from ape_crowdml.compute.runner import check_canary, run_job, with_canary
 from ape_crowdml.compute.spec import Canary, make_spec, save_spec
+from job_support import job_process, job_python
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
@@ -51,12 +52,12 @@ def trained(train_spec, tmp_path_factory):
     return run_job(train_spec, COIN, out=out), out / "result.bin"
 
 
-def cli(spec_path, coin: bytes = COIN, **popen):
-    return subprocess.run(
-        [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-         "--coin", hexd(coin), "--no-progress"],
-        capture_output=True, text=True, cwd=REPO, **popen,
-    )
+def cli(spec_path, coin: bytes = COIN, env=None, **popen):
+    """The runner's own command line, in cpu-exact's job environment."""
+    command, env = job_process(env=env)
+    return subprocess.run(command + ["--spec", str(spec_path), "--coin", hexd(coin),
+                                     "--no-progress"],
+                          capture_output=True, text=True, cwd=REPO, env=env, **popen)
 
 
 def mlp_predict(params: dict, x: np.ndarray) -> np.ndarray:
@@ -114,8 +115,9 @@ def test_fresh_jit_compile_in_one_process_gives_the_same_digest(train_spec, trai
         second = execute(spec, bytes.fromhex({COIN.hex()!r}))
         print(first.digest.hex(), second.digest.hex())
     """)
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                           cwd=REPO)
+    python, env = job_python()
+    child = subprocess.run(python + ["-c", script], capture_output=True, text=True, cwd=REPO,
+                           env=env)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == [result.digest.hex()] * 2
 
@@ -225,22 +227,23 @@ def test_bad_input_gives_one_clear_line_and_exit_2(train_spec, tmp_path):
 
 
 def test_gpu_profile_is_refused_on_a_cpu_only_machine(digits, tmp_path):
-    import importlib.metadata
+    from ape_crowdml.errors import EnvironmentMismatch
 
-    try:
-        importlib.metadata.version("jax-cuda12-plugin")
-        pytest.skip("jax's CUDA plugin is installed here")
-    except importlib.metadata.PackageNotFoundError:
-        pass
     spec = make_spec(TRAIN_JOB, digits, {"epochs": 1}, profile="gpu-exact")
+    # No environment of the CUDA 13 stack here: refused before a job process starts.
+    with pytest.raises(EnvironmentMismatch, match="job stack jax0.11.2-cuda13-py3.12 has no "
+                                                  "environment here"):
+        run_job(spec, COIN)
+    # Run in the CPU stack's interpreter anyway, the job's own checks refuse it.
     child = cli(save_spec(spec, tmp_path / "spec.json"))
     assert child.returncode == 2 and child.stderr.count("\n") == 1, child.stderr
-    assert "pins jax-cuda12" in child.stderr
+    assert "pins jax-cuda13-plugin" in child.stderr
 
 
 def test_bad_coin_gives_one_clear_line(train_spec, tmp_path):
     spec_path = save_spec(train_spec, tmp_path / "spec.json")
-    child = subprocess.run([sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-                            "--coin", "0x1234"], capture_output=True, text=True)
+    command, env = job_process()
+    child = subprocess.run(command + ["--spec", str(spec_path), "--coin", "0x1234"],
+                           capture_output=True, text=True, env=env)
     assert child.returncode == 2 and child.stderr == "crowdml: coin must be 32 bytes (64 hex " \
         "digits), got 2\n"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ape_crowdml.compute.spec import make_spec, save_spec
+from job_support import job_process, job_python
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
@@ -63,8 +63,9 @@ print(hashlib.sha256(np.asarray(product).tobytes() + np.asarray(total).tobytes()
 
 
 def op_bytes(cpus: str, mode: str) -> str:
-    child = subprocess.run(["taskset", "-c", cpus, sys.executable, "-c", OPS_SCRIPT, mode],
-                           capture_output=True, text=True, cwd=REPO)
+    python, env = job_python()  # cpu-exact's job environment
+    child = subprocess.run(["taskset", "-c", cpus, *python, "-c", OPS_SCRIPT, mode],
+                           capture_output=True, text=True, cwd=REPO, env=env)
     assert child.returncode == 0, child.stderr
     return child.stdout.strip()
 
@@ -78,12 +79,11 @@ def test_matmul_and_large_sum_give_one_result_under_every_affinity_when_pinned()
 
 def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -> str:
     """The job's digest from `python -m ape_crowdml.compute.runner`, under `taskset -c cpus`."""
-    command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-               "--coin", COIN, "--no-progress"]
+    command, environment = job_process(env={**os.environ, **(env or {})})
+    command += ["--spec", str(spec_path), "--coin", COIN, "--no-progress"]
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
-    child = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                           env={**os.environ, **(env or {})})
+    child = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=environment)
     assert child.returncode == 0, child.stderr
     return child.stdout.strip()
 
@@ -137,8 +137,8 @@ def test_worker_variables_and_compilation_cache_do_not_reach_the_job(mnist_spec,
 def test_a_profile_needing_more_cpus_than_allowed_is_refused(mnist_spec, tmp_path):
     wide = mnist_spec.profile.model_copy(update={"cpu_threads": len(os.sched_getaffinity(0)) + 1})
     spec_path = save_spec(mnist_spec.model_copy(update={"profile": wide}), tmp_path / "spec.json")
-    child = subprocess.run([sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-                            "--coin", COIN, "--no-progress"], capture_output=True, text=True,
-                           cwd=REPO)
+    command, env = job_process()
+    child = subprocess.run(command + ["--spec", str(spec_path), "--coin", COIN, "--no-progress"],
+                           capture_output=True, text=True, cwd=REPO, env=env)
     assert child.returncode == 2 and child.stderr.count("\n") == 1, child.stderr
     assert "CPUs, this process may use" in child.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from job_support import job_python
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.parallel import devices_for
 from ape_crowdml.compute.profile import MAX_CPU_DEVICES, PROFILES
@@ -93,8 +94,10 @@ def digits(tmp_path_factory) -> Path:
 
 
 def run_devices(devices: int, spec_paths: list[Path]) -> dict[str, str]:
-    child = subprocess.run([sys.executable, "-c", CHILD, str(devices), COIN.hex(),
-                            *map(str, spec_paths)], capture_output=True, text=True, cwd=REPO)
+    python, env = job_python()  # cpu-exact's job environment
+    child = subprocess.run([*python, "-c", CHILD, str(devices), COIN.hex(),
+                            *map(str, spec_paths)], capture_output=True, text=True, cwd=REPO,
+                           env=env)
     assert child.returncode == 0, child.stderr[-2000:]
     return json.loads(child.stdout.splitlines()[-1])
 
@@ -247,11 +250,13 @@ def test_processes_on_loopback_agree_with_one_process(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
+    python, env = job_python()
+
     def start(process: int, processes: int, local: int) -> subprocess.Popen:
         # Output to files: a full pipe would block one process while the other waits for it.
         log = tmp_path / f"{processes}-{process}"
-        return subprocess.Popen([sys.executable, "-c", MULTI_PROCESS_CHILD, str(process),
-                                 str(processes), str(local), str(port)], cwd=REPO,
+        return subprocess.Popen([*python, "-c", MULTI_PROCESS_CHILD, str(process),
+                                 str(processes), str(local), str(port)], cwd=REPO, env=env,
                                 stdout=open(log.with_suffix(".out"), "w"),
                                 stderr=open(log.with_suffix(".err"), "w"))
 

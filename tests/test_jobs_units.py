@@ -130,7 +130,10 @@ def digits(tmp_path):
 def test_exported_digits_are_byte_identical_across_processes(digits, tmp_path):
     script = ("from ape_crowdml.compute.data import export_digits; "
               f"print(export_digits({str(tmp_path / 'b.npz')!r}).hex())")
-    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    from job_support import job_python
+
+    python, env = job_python()  # another process, with numpy 2 and another scikit-learn
+    child = subprocess.run([*python, "-c", script], capture_output=True, text=True, env=env)
     assert child.stdout.strip() == digest.file_digest(digits).hex()
 
 
@@ -177,7 +180,15 @@ def test_make_spec_refuses_missing_files(digits):
 
 
 def test_this_machine_matches_cpu_exact_and_a_changed_pin_is_named():
-    profile = PROFILES["cpu-exact"]
+    from ape_crowdml.compute import jobenv
+
+    # cpu-exact is checked in its job environment's interpreter, as a worker does.
+    jobenv.check_environment(PROFILES["cpu-exact"])
+    with pytest.raises(EnvironmentMismatch, match="numpy==2.0.0, this machine has 2.5.2"):
+        jobenv.check_environment(PROFILES["cpu-exact"].model_copy(
+            update={"packages": {**PROFILES["cpu-exact"].packages, "numpy": "2.0.0"}}))
+    # The plugin's own stack is this process's.
+    profile = PROFILES["cpu-exact-jax0.7"]
     check_environment(profile)
     pinned_elsewhere = profile.model_copy(update={"packages": {**profile.packages,
                                                                 "numpy": "2.0.0"}})
@@ -287,7 +298,7 @@ def test_native_build_code_and_cpu_count_are_checked():
 
     from ape_crowdml.compute.profile import _loaded_native
 
-    profile = PROFILES["cpu-exact"]
+    profile = PROFILES["cpu-exact-jax0.7"]  # the plugin's stack: this process's jax
     check_environment(profile)
     assert set(_loaded_native(profile)) == set(profile.native)
     rebuilt = profile.model_copy(update={"native": {**profile.native,

@@ -11,7 +11,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ape_crowdml.compute.profile import PINNED_PACKAGES
+from ape_crowdml.compute.profile import PLUGIN_PACKAGES, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
@@ -80,11 +80,29 @@ def test_every_locked_package_is_exact_and_hashed(lock):
     assert unhashed == []
 
 
-def test_job_stack_is_the_profile_pins():
+def test_the_plugin_stack_is_the_jobs_extra():
+    """The `jobs` extra is the plugin stack (cpu-exact-jax0.7, gpu-exact-cuda12)."""
     jobs = {canonicalize_name(r.name): str(r.specifier) for r in
             map(Requirement, pyproject()["optional-dependencies"]["jobs"])}
     assert jobs == {canonicalize_name(name): f"=={version}"
-                    for name, version in PINNED_PACKAGES.items()}
+                    for name, version in PLUGIN_PACKAGES.items()}
+
+
+@pytest.mark.parametrize("profile", [p for p in PROFILES.values() if p.stack != "plugin"],
+                         ids=lambda p: p.name)
+def test_each_job_stack_lock_holds_its_profiles_pins_with_hashes(profile):
+    from ape_crowdml.compute.jobenv import get_stack
+
+    stack = get_stack(profile.stack)
+    locked = parse_lock(stack.lock.read_text())
+    assert locked and all(hashes > 0 for _, hashes in locked.values())
+    for name, version in profile.packages.items():
+        assert locked[canonicalize_name(name)][0] == version, name
+    assert profile.python == stack.python
+    # Every requirement of the .in it was compiled from is in the lock.
+    inputs = [Requirement(line) for line in stack.lock.with_suffix(".in").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert disagreements(inputs, locked) == []
 
 
 def test_ape_config_installs_the_pinned_plugins():

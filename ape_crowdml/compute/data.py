@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .digest import file_digest, keccak_digest
-from ..errors import DataDigestMismatch, first_line
+from .errors import DataDigestMismatch, first_line
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # Every fifth digit goes to the test set: a fixed rule, and the writers of sklearn's digits are
@@ -33,9 +33,9 @@ def cache_root() -> Path:
     overrides that field."""
     if folder := os.environ.get(CACHE_FOLDER_VARIABLE):
         return Path(folder).expanduser()
-    from ..config import crowdml_config
+    from .host import settings
 
-    return crowdml_config().cache_folder
+    return Path(settings().cache_folder).expanduser()
 
 
 def cache_folder() -> Path:

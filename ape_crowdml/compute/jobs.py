@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .digest import keccak_digest
-from ..errors import SpecError
+from .errors import SpecError
 
 SHIPPED_PACKAGE = "crowdml_jobs"
 
@@ -37,9 +37,9 @@ def job_files(folder: Path) -> list[Path]:
 def configured_job_folders() -> list[Path]:
     """`crowdml: jobs_folder:` of the active ape project (read by the parent process only: a
     job's child process reads no config and is handed the folders)."""
-    from ..config import crowdml_config
+    from .host import settings
 
-    return crowdml_config().jobs_folder
+    return list(settings().jobs_folder)
 
 
 class JobRegistry:

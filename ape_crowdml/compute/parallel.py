@@ -23,7 +23,7 @@ every d (measured in README "Data parallelism").
 
 from __future__ import annotations
 
-from ..errors import EnvironmentMismatch, SpecError
+from .errors import EnvironmentMismatch, SpecError
 from .keys import draw
 
 AXIS = "devices"

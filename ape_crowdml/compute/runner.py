@@ -54,9 +54,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import errors
+from . import errors
 from .digest import encode_pytree, keccak_digest
-from ..errors import CanaryMismatch, CrowdmlError, SpecError
+from .errors import CanaryMismatch, CrowdmlError, SpecError
+from .jobenv import job_command
 from .jobs import JobRegistry, configured_job_folders
 from .profile import environment_for
 from .spec import Canary, JobSpec, load_spec, save_spec
@@ -277,19 +278,24 @@ def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path |
     if job_folders is None:
         job_folders = configured_job_folders()
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
+    try:
+        command, extra = job_command(spec.profile, "ape_crowdml.compute.runner", tmp)
+    except CrowdmlError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     out_dir = Path(out) if out is not None else tmp / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
     spec_path = save_spec(spec, tmp / "spec.json")
-    command = [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec_path),
-               "--coin", "0x" + coin.hex(), "--out", str(out_dir), "--devices", str(devices),
-               "--progress" if progress else "--no-progress"]
+    # The interpreter of the profile's job stack (jobenv.py), not necessarily this one.
+    command += ["--spec", str(spec_path), "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+                "--devices", str(devices), "--progress" if progress else "--no-progress"]
     for folder in job_folders:
         command += ["--jobs-folder", str(folder)]
     from .data import CACHE_FOLDER_VARIABLE, cache_root
 
     # The child reads no config: it is handed the cache folder, and nothing else of ours.
-    parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(cache_root())}
+    parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(cache_root())}
     # Its stderr goes to a file, not a pipe: nobody reads a pipe while the job runs in the
     # background, and a full one would stall the child.
     stderr = None if progress else tmp / "stderr.txt"

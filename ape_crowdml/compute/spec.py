@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
 
 from .digest import file_digest, keccak_digest
-from ..errors import SpecError
+from .errors import SpecError
 from .profile import Profile, get_profile
 
 

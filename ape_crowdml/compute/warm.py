@@ -32,7 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import CrowdmlError
+from .errors import CrowdmlError
+from .jobenv import job_command
 from .profile import environment_for
 from .runner import JobProcess, execute, write_outcome
 from .spec import JobSpec, load_spec, save_spec
@@ -91,11 +92,15 @@ class WarmPool:
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
         profile_file = folder / "profile.json"
         profile_file.write_text(spec.profile.model_dump_json())
-        command = [sys.executable, "-m", "ape_crowdml.compute.warm", "--profile", str(profile_file),
-                   "--devices", str(devices)]
+        try:
+            command, extra = job_command(spec.profile, "ape_crowdml.compute.warm", folder)
+        except CrowdmlError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        command += ["--profile", str(profile_file), "--devices", str(devices)]
         for job_folder in job_folders:
             command += ["--jobs-folder", str(job_folder)]
-        parent = {**os.environ, CACHE_FOLDER_VARIABLE: str(self._cache_folder)}
+        parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(self._cache_folder)}
         stderr = folder / "stderr.txt"
         with open(stderr, "w") as stderr_file:
             child = subprocess.Popen(command, env=environment_for(spec.profile, parent),

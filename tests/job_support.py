@@ -1,0 +1,26 @@
+"""Running a job's own process by hand, as the runner does: the interpreter of the profile's
+job stack (compute/jobenv.py) with crowdml's packages staged on its PYTHONPATH."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ape_crowdml.compute.jobenv import job_command
+from ape_crowdml.compute.profile import get_profile
+
+
+def job_process(module: str = "ape_crowdml.compute.runner", profile: str = "cpu-exact",
+                env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(command's first words, environment) to start `python -m module` where `profile`'s
+    jobs run; the command's own arguments follow."""
+    command, extra = job_command(get_profile(profile), module,
+                                 Path(tempfile.mkdtemp(prefix="crowdml-test-")))
+    return command, {**(os.environ if env is None else env), **extra}
+
+
+def job_python(profile: str = "cpu-exact", env: dict[str, str] | None = None):
+    """(the interpreter's command words, environment) for `python -c SCRIPT` there."""
+    command, environment = job_process("ape_crowdml.compute.runner", profile, env)
+    return command[:-2], environment  # without "-m MODULE"
