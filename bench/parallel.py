@@ -4,6 +4,8 @@ The conv job (jobs/train_conv.py) on its synthetic CIFAR-shaped set (32×32×3, 
 MICRO_BATCHES micro-batches, STEPS steps), timed as training steps per second:
 
 (e) under the cpu-exact profile vs JAX's default flags, on one device;
+(g) cpu-exact's job stack (jax 0.11.2 in its own environment) vs the plugin's (cpu-exact-jax0.7,
+    jax 0.7.1), both under their profile's flags, on one device;
 (f) the fixed-order path (per-micro-batch gradients, all_gather, ordered sum) vs plain data
     parallelism (`pmean` of each device's mean gradient) on the same DEVICES virtual devices;
     and the digest of each on 1 and on DEVICES devices.
@@ -51,11 +53,11 @@ def timings(**fns) -> dict[str, float]:
     return {name: min(t[1:]) for name, t in times.items()}
 
 
-def measure(flags: str, devices: int) -> dict:
+def measure(flags: str, devices: int, profile_name: str) -> dict:
     from ape_crowdml.compute.profile import apply_environment, get_profile
 
-    profile = get_profile("cpu-exact")
-    if flags == "cpu-exact":
+    profile = get_profile(profile_name)
+    if flags == "exact":
         apply_environment(profile, devices)
     import jax
 
@@ -64,7 +66,7 @@ def measure(flags: str, devices: int) -> dict:
     from ape_crowdml.compute.keys import KeyStream, configure_jax
     from ape_crowdml.compute.runner import Report, load_job_file
 
-    configure_jax(profile.jax_config if flags == "cpu-exact" else None)
+    configure_jax(profile.jax_config if flags == "exact" else None)
     parallel.configure_devices(profile, devices)
     jobs = {"fixed": load_job_file(JOB)[0]}
     if devices > 1:
@@ -99,9 +101,16 @@ def measure(flags: str, devices: int) -> dict:
     return figures
 
 
-def run_child(flags: str, devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, __file__, "--measure", flags, str(devices)]
+def run_child(flags: str, devices: int, profile: str = "cpu-exact") -> dict:
+    """Measure in a child running the profile's job stack (its own interpreter)."""
+    import tempfile
+
+    from ape_crowdml.compute.jobenv import python_command
+    from ape_crowdml.compute.profile import get_profile
+
+    python, extra = python_command(get_profile(profile), Path(tempfile.mkdtemp()))
+    env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}
+    command = python + [__file__, "--measure", flags, str(devices), profile]
     child = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
     if child.returncode:
         sys.exit(child.stderr)
@@ -110,13 +119,14 @@ def run_child(flags: str, devices: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--measure", nargs=2, metavar=("FLAGS", "DEVICES"))
+    parser.add_argument("--measure", nargs=3, metavar=("FLAGS", "DEVICES", "PROFILE"))
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
+        print(json.dumps(measure(args.measure[0], int(args.measure[1]), args.measure[2])))
         return
-    exact, default = run_child("cpu-exact", 1), run_child("default", 1)
-    wide = run_child("cpu-exact", DEVICES)
+    exact, default = run_child("exact", 1), run_child("default", 1)
+    wide = run_child("exact", DEVICES)
+    plugin = run_child("exact", 1, "cpu-exact-jax0.7")
     print(f"train_conv on synthetic CIFAR-shaped data: batch 64 in {MICRO_BATCHES} micro-batches, "
           f"{STEPS} steps, best of {REPEATS} warm runs, {os.cpu_count()} CPUs")
     print(f"(e) 1 device: cpu-exact {exact['fixed_steps_per_s']:.1f} steps/s vs JAX default "
@@ -128,6 +138,9 @@ def main() -> None:
     print(f"    digests: fixed-order on 1 device {exact['fixed_digest'][:18]}…, on {DEVICES} "
           f"{wide['fixed_digest'][:18]}…; pmean on {DEVICES} {wide['pmean_digest'][:18]}…")
     print(f"    job CPUs: {exact['cpus']} for 1 device, {wide['cpus']} for {DEVICES}")
+    print(f"(g) 1 device: cpu-exact (jax 0.11.2) {exact['fixed_steps_per_s']:.1f} steps/s vs "
+          f"cpu-exact-jax0.7 (jax 0.7.1) {plugin['fixed_steps_per_s']:.1f} steps/s: "
+          f"{plugin['fixed_steps_per_s'] / exact['fixed_steps_per_s']:.2f}x the time")
     # Other processes on the machine skew every figure above; say how busy it was.
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 

@@ -85,9 +85,12 @@ def job_costs(folder: Path) -> None:
         start = time.perf_counter()
         result = run_job(spec, COIN)
         cold.append(time.perf_counter() - start)
+    from ape_crowdml.compute.jobenv import python_command
+
+    python, extra = python_command(spec.profile, folder)  # the profile's job stack
     child = subprocess.run(
-        [sys.executable, __file__, "--warm-child", str(spec_file)],
-        env=environment_for(spec.profile, {**os.environ, "PYTHONPATH": str(REPO)}),
+        [*python, __file__, "--warm-child", str(spec_file)],
+        env=environment_for(spec.profile, {**os.environ, "PYTHONPATH": str(REPO), **extra}),
         capture_output=True, text=True, check=True)
     warm = json.loads(child.stdout.strip().splitlines()[-1])
     print("the tiny job, one worker's run")

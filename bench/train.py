@@ -194,8 +194,13 @@ def measure_mnist(pinning: str) -> dict:
 
 
 def run_child(flagset: str, cpus: str | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, __file__, "--measure", flagset]
+    """Measure in a child running cpu-exact's job stack (its own interpreter)."""
+    from ape_crowdml.compute.jobenv import python_command
+    from ape_crowdml.compute.profile import get_profile
+
+    python, extra = python_command(get_profile("cpu-exact"), Path(tempfile.mkdtemp()))
+    env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}
+    command = [*python, __file__, "--measure", flagset]
     if cpus is not None:
         command = ["taskset", "-c", cpus, *command]
     child = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, check=True)

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ape_crowdml.compute.jobenv import job_command
+from ape_crowdml.compute.jobenv import job_command, python_command
 from ape_crowdml.compute.profile import get_profile
 
 
@@ -22,5 +22,6 @@ def job_process(module: str = "ape_crowdml.compute.runner", profile: str = "cpu-
 
 def job_python(profile: str = "cpu-exact", env: dict[str, str] | None = None):
     """(the interpreter's command words, environment) for `python -c SCRIPT` there."""
-    command, environment = job_process("ape_crowdml.compute.runner", profile, env)
-    return command[:-2], environment  # without "-m MODULE"
+    command, extra = python_command(get_profile(profile),
+                                    Path(tempfile.mkdtemp(prefix="crowdml-test-")))
+    return command, {**(os.environ if env is None else env), **extra}

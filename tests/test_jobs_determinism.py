@@ -46,13 +46,13 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or
                                     reason="needs CPUs 0 and 1")
 
 
-# A jitted matmul at MNIST's first-layer shape and a sum over 2**24 floats: both change bits with
-# XLA's thread count. With `pin`, the process applies cpu-exact as a job's process does.
+# A jitted matmul at MNIST's first-layer shape and a sum over 2**24 floats. With `pin`, the
+# process applies the profile as a job's process does.
 OPS_SCRIPT = """
 import hashlib, sys
 from ape_crowdml.compute.profile import PROFILES, apply_environment
 if sys.argv[1] == "pin":
-    apply_environment(PROFILES["cpu-exact"])
+    apply_environment(PROFILES[sys.argv[2]])
 import jax, numpy as np
 rng = np.random.default_rng(0)
 a, b = rng.standard_normal((256, 784), np.float32), rng.standard_normal((784, 512), np.float32)
@@ -62,19 +62,26 @@ print(hashlib.sha256(np.asarray(product).tobytes() + np.asarray(total).tobytes()
 """
 
 
-def op_bytes(cpus: str, mode: str) -> str:
-    python, env = job_python()  # cpu-exact's job environment
-    child = subprocess.run(["taskset", "-c", cpus, *python, "-c", OPS_SCRIPT, mode],
+def op_bytes(cpus: str, mode: str, profile: str = "cpu-exact") -> str:
+    python, env = job_python(profile)  # the profile's job environment
+    child = subprocess.run(["taskset", "-c", cpus, *python, "-c", OPS_SCRIPT, mode, profile],
                            capture_output=True, text=True, cwd=REPO, env=env)
     assert child.returncode == 0, child.stderr
     return child.stdout.strip()
 
 
 @needs_two_cpus
-def test_matmul_and_large_sum_give_one_result_under_every_affinity_when_pinned():
-    assert len({op_bytes(cpus, "pin") for cpus in AFFINITIES}) == 1
-    # Control: the same ops with the default thread pool differ between one and two CPUs.
-    assert op_bytes("0", "plain") != op_bytes("0,1", "plain")
+@pytest.mark.parametrize("profile", ["cpu-exact", "cpu-exact-jax0.7"])
+def test_matmul_and_large_sum_give_one_result_under_every_affinity_when_pinned(profile):
+    assert len({op_bytes(cpus, "pin", profile) for cpus in AFFINITIES}) == 1
+
+
+@needs_two_cpus
+def test_control_the_same_ops_unpinned_differ_between_one_and_two_cpus_on_jax_0_7():
+    """The test above can fail: on jax 0.7.1 these ops' bits follow XLA's thread count. (On
+    jax 0.11.2 they did not, on this machine; the job-level control below still differs.)"""
+    assert op_bytes("0", "plain", "cpu-exact-jax0.7") != op_bytes("0,1", "plain",
+                                                                   "cpu-exact-jax0.7")
 
 
 def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -> str:

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from job_support import job_process
 from ape_crowdml.board import NEUTRAL_SINK
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import file_digest
@@ -111,9 +112,14 @@ def test_the_allowlist_takes_names_or_digests_and_defaults_to_every_known_job(
 
 
 def runner(spec: Path, cwd: Path, *extra: str, env: dict | None = None):
+    """The runner's command line in cpu-exact's job environment; a PYTHONPATH in `env` (the
+    wheel's packages) replaces this checkout's staged ones."""
+    command, environment = job_process(env=env)
+    if env is not None and "PYTHONPATH" in env:
+        environment["PYTHONPATH"] = env["PYTHONPATH"]
     return subprocess.run(
-        [sys.executable, "-m", "ape_crowdml.compute.runner", "--spec", str(spec), "--coin", COIN,
-         "--no-progress", *extra], capture_output=True, text=True, cwd=cwd, env=env)
+        [*command, "--spec", str(spec), "--coin", COIN, "--no-progress", *extra],
+        capture_output=True, text=True, cwd=cwd, env=environment)
 
 
 def test_the_runner_works_from_any_folder(digits, own_job, tmp_path):

@@ -1,7 +1,7 @@
 """The stranger: a worker that shares nothing with the requester but the chain and the stores
 the chain names. In an empty folder outside the repository, with the package installed alone
 from its wheel (no jobs/ folder, no repository on the path) and an ape-config.yaml holding only
-the board's address, an `ape crowdml agent` process finds the task on the board, fetches its
+the board's address and its job environment (compute/jobenv.py), an `ape crowdml agent` process finds the task on the board, fetches its
 spec at the URI of the Published event, the data and the shipped job by digest, works, reveals,
 publishes the result to the spec's S3 store and claims.
 
@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from ape_crowdml.board import Phase, WorkerStatus
+from ape_crowdml.compute import jobenv
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import keccak_digest
 from ape_crowdml.compute.spec import make_spec
@@ -58,13 +59,18 @@ def test_a_stranger_completes_a_task_found_from_the_chain_alone(
     coworker = Worker(board, accounts[2], config=isolated_config(tmp_path / "coworker"))
     coworker.join(task)
 
-    # The stranger writes its board's address, and nothing else, into an empty folder.
+    # The stranger writes its board's address and where its job environment is (the one
+    # `make env` built here stands in for its own `ape crowdml job-env create`), and nothing
+    # else, into an empty folder.
     home = tmp_path / "stranger"
     home.mkdir()
+    stack = spec.profile.stack
     (home / "ape-config.yaml").write_text(yaml.safe_dump(
-        {"crowdml": {"boards": {"ethereum": {"local": board.address}}}}))
+        {"crowdml": {"boards": {"ethereum": {"local": board.address}},
+                     "job_envs": {stack: str(jobenv.interpreter(stack))}}}))
     env = {**os.environ, **store_server.env, "PYTHONPATH": str(installed_wheel),
            "APE_FOUNDRY_HOST": anvil}
+    env.pop("APE_CROWDML_JOB_ENV_FOLDER", None)  # only its own config names it
     where = subprocess.run(
         [sys.executable, "-c", "import ape_crowdml, crowdml_jobs; "
          "print(ape_crowdml.__file__, crowdml_jobs.__file__)"],

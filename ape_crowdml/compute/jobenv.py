@@ -98,13 +98,20 @@ def stage(folder: Path) -> Path:
     return folder
 
 
-def job_command(profile, module: str, folder: Path) -> tuple[list[str], dict[str, str]]:
-    """How to start `python -m module` for `profile`'s jobs: the command's first words and the
-    variables to set besides the profile's sealed ones (`folder` receives the staged links)."""
+def python_command(profile, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """How to start the interpreter of `profile`'s job stack: its first words (a script or
+    `-c` follows) and the variables to set besides the profile's sealed ones (`folder`
+    receives the staged links)."""
     python = interpreter(profile.stack)
     if get_stack(profile.stack).lock is None:
-        return [str(python), "-m", module], {}
-    return [str(python), "-s", "-m", module], {"PYTHONPATH": str(stage(folder / "path"))}
+        return [str(python)], {}
+    return [str(python), "-s"], {"PYTHONPATH": str(stage(folder / "path"))}
+
+
+def job_command(profile, module: str, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """`python_command` for `python -m module`."""
+    command, extra = python_command(profile, folder)
+    return command + ["-m", module], extra
 
 
 def check_environment(profile) -> None:

@@ -1,14 +1,17 @@
 """Environment profiles: what a worker's process must look like for results to agree bit for bit.
 
-A profile pins package versions and the native jaxlib build, the plugin's own compute code, the
-platform, the job process's CPU count, XLA flags, environment variables and JAX/flax config. The
-runner starts every job in a fresh child process: `apply_environment` pins its CPU affinity and
+A profile pins its job stack (jobenv.py: the interpreter and hash-locked packages the job runs
+in), package versions and the native jaxlib build, the plugin's own compute code, the platform,
+the job process's CPU count, XLA flags, environment variables and JAX/flax config. The runner
+starts every job in a fresh child process of the stack's interpreter: `apply_environment` pins its CPU affinity and
 replaces its whole environment with `environment_for(profile)` before jax is imported (XLA reads
 XLA_FLAGS and sizes its thread pools once, when its backend starts; jax and flax read their
 variables at import).
 
 What was measured (jaxlib 0.7.1 on a 2-core AVX-512 Xeon, L1d 48 KiB; README "Agreement across
-machines" has the figures):
+machines" has the figures). On jaxlib 0.11.2 (cpu-exact's stack now) the same matmuls and sums
+kept their bits across thread counts and ISA caps on that machine, while a whole MNIST-shaped
+job unpinned still differed between 1 and 2 CPUs, so the pins below all stay:
 
 - Thread count. XLA CPU's intra-op pool has `PJRT_NPROC` (else `NPROC`, else the process's
   allowed-CPU count) threads, and a dot shards its Eigen contraction by that count, which can split
