@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 
 from ape_crowdml.compute.digest import encode_pytree, keccak_digest
 from ape_crowdml.compute.keys import draw
-from ape_crowdml.compute.parallel import device_mesh, mean_gradient
+from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
 from ape_crowdml.compute.errors import DataDigestMismatch, SpecError
 
@@ -191,12 +191,15 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
         raise SpecError(f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} examples")
     steps = min(steps, config.steps_per_epoch or steps)
     mesh = device_mesh(config.micro_batches)
+    # Everything the epochs read, on every job device (of every process, under several).
+    state, x_train, y_train, x_test, y_test, base = replicate(
+        (state, x_train, y_train, x_test, y_test, keys.base), mesh)
 
     report.start(config.epochs)
     for _ in range(config.epochs):
-        state, loss = train_epoch(state, x_train, y_train, keys.base, keys.reserve(1 + steps),
+        state, loss = train_epoch(state, x_train, y_train, base, keys.reserve(1 + steps),
                                   batch_size=config.batch_size, steps=steps, mesh=mesh,
                                   micro_batches=config.micro_batches)
         report.epoch({"params": state.params}, loss=loss)
-    report.metric("test_accuracy", float(eval_step(state, x_test, y_test)))
+    report.metric("test_accuracy", float(host_value(eval_step(state, x_test, y_test))))
     return encode_pytree({"params": state.params})

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job_support import job_python
+from job_support import job_process, job_python
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.parallel import devices_for
 from ape_crowdml.compute.profile import MAX_CPU_DEVICES, PROFILES
@@ -268,6 +268,44 @@ def test_processes_on_loopback_agree_with_one_process(tmp_path):
     errors = {path.name: path.read_text()[-500:] for path in tmp_path.glob("*.err")}
     assert codes == [0, 0, 0] and all(lines.values()) and len(lines) == 3, errors
     assert len(set(lines.values())) == 1 and lines["1-0.out"].startswith("4 "), lines
+
+
+@pytest.mark.parametrize("job", [MLP_JOB, CONV_JOB], ids=["mlp", "conv"])
+def test_the_runner_runs_one_job_over_two_processes_with_one_process_bits(digits, tmp_path, job):
+    """`python -m ape_crowdml.compute.runner --coordinator … --processes 2 --process-id i`:
+    2 processes × 2 devices (jax.distributed on 127.0.0.1) each give the digest of the same
+    spec run in one process on one device."""
+    import socket
+
+    hparams = {**(MLP if job == MLP_JOB else CONV), "epochs": 1, "steps_per_epoch": 2}
+    spec = make_spec(job, digits, hparams)
+    alone = run_job(spec, COIN, devices=1)
+    spec_path = save_spec(spec, tmp_path / "spec.json")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command, env = job_process()
+    group = [subprocess.Popen(
+        command + ["--spec", str(spec_path), "--coin", "0x" + COIN.hex(), "--devices", "2",
+                   "--no-progress", "--coordinator", f"127.0.0.1:{port}", "--processes", "2",
+                   "--process-id", str(process)],
+        env=env, cwd=REPO, stdout=open(tmp_path / f"{process}.out", "w"),
+        stderr=open(tmp_path / f"{process}.err", "w")) for process in (0, 1)]
+    codes = [process.wait(timeout=300) for process in group]
+    errors = [(tmp_path / f"{process}.err").read_text()[-500:] for process in (0, 1)]
+    assert codes == [0, 0], errors
+    digests = [(tmp_path / f"{process}.out").read_text().split()[-1] for process in (0, 1)]
+    assert digests == ["0x" + alone.digest.hex()] * 2
+
+
+def test_a_process_group_needs_all_three_options(tmp_path, digits):
+    command, env = job_process()
+    spec_path = save_spec(make_spec(MLP_JOB, digits, MLP), tmp_path / "spec.json")
+    child = subprocess.run(command + ["--spec", str(spec_path), "--coin", "0x" + COIN.hex(),
+                                      "--coordinator", "127.0.0.1:1"],
+                           capture_output=True, text=True, env=env)
+    assert child.returncode == 2 and child.stderr == (
+        "crowdml: --coordinator, --processes and --process-id go together\n")
 
 
 def test_a_worker_runs_a_job_on_the_divisor_of_k_within_its_offer(digits):

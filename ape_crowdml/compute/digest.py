@@ -87,8 +87,10 @@ def encode_pytree(tree) -> bytes:
     """Canonical bytes of a pytree of arrays (see the module docstring)."""
     import jax
 
+    from .parallel import host_value  # a replicated array of several processes: this one's copy
+
     leaves = {
-        _path_string(path): _little_endian(np.asarray(leaf))
+        _path_string(path): _little_endian(np.asarray(host_value(leaf)))
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
     }
     out = [PYTREE_MAGIC, struct.pack("<I", len(leaves))]

@@ -14,6 +14,11 @@ fixes the split instead:
 
 The device count d only decides which device computes which micro-batches; it must divide K.
 
+Several processes (hosts): `start_processes` joins this process to a `jax.distributed` group
+(gloo collectives on CPU) before the job; the mesh then holds every process's job devices, in
+process order, and a job puts its inputs on it with `replicate`. Every process computes the
+whole replicated result, so each one's digest is the job's (`host_value` reads its local copy).
+
 XLA CPU's thread pool. Virtual CPU devices (`jax_num_cpu_devices`) share one intra-op pool of
 max(PJRT_NPROC, d) threads, and a matmul's bits follow the pool size (profile.py): with
 PJRT_NPROC=1, one device gives other bits than two. So a profile that allows d devices pins the
@@ -37,6 +42,58 @@ def most_devices(profile) -> int | None:
     if profile.platform != "cpu":
         return None
     return profile.xla_threads or 1
+
+
+def start_processes(profile, coordinator: str, processes: int, process_id: int) -> None:
+    """Join a group of `processes` job processes (this one is `process_id`) coordinated at
+    `coordinator` (host:port, served by process 0), after configure_devices."""
+    import jax
+
+    if not 0 <= process_id < processes:
+        raise SpecError(f"process id {process_id} is not one of 0 … {processes - 1}")
+    if profile.platform == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes=processes, process_id=process_id)
+
+
+def stop_processes() -> None:
+    """Leave the group together: the coordinator (process 0) must not leave first."""
+    import jax
+
+    if jax.process_count() > 1:
+        jax.distributed.shutdown()
+
+
+def replicate(tree, mesh):
+    """Every leaf as an array replicated on all devices of `mesh` (all processes pass the same
+    values: jobs compute them from the spec, data and coin alone)."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    sharding = NamedSharding(mesh, P())
+
+    def put(leaf):
+        # Through host values: device_put cannot reach other processes' devices from an array
+        # already on a device. A typed key travels as its key data; a Python number (a
+        # TrainState's step) as jax's own dtype for it.
+        leaf = jax.numpy.asarray(leaf)
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(leaf)),
+                                            impl=jax.random.key_impl(leaf))
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def host_value(leaf):
+    """A leaf's value in this process: a replicated array spanning other processes' devices is
+    read from this process's own copy."""
+    if getattr(leaf, "is_fully_addressable", True):
+        return leaf
+    if not leaf.sharding.is_fully_replicated:
+        raise SpecError("a job's result must be replicated on every device to be read")
+    return leaf.addressable_data(0)
 
 
 def devices_for(profile, micro_batches: int, offered: int) -> int:
@@ -70,7 +127,7 @@ def check_devices(profile) -> None:
     import jax
 
     wanted = _configured or 1
-    have = len(jax.devices())
+    have = len(jax.local_devices())  # this process's (jax.devices() holds every process's)
     if have < wanted or (profile.platform == "cpu" and have != wanted):
         raise EnvironmentMismatch(f"the job process should run on {wanted} {profile.platform} "
                                   f"devices, jax sees {have}")

@@ -37,7 +37,10 @@ too), checks the environment and the data digest, finds the job by its keccak256
 runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
-stderr; bad input gives one line on stderr and exit 2.
+stderr; bad input gives one line on stderr and exit 2. With `--coordinator HOST:PORT
+--processes N --process-id I`, N such commands (on one host or several; process 0 serves the
+coordinator) run one job together on all their devices (jax.distributed, parallel.py), and
+each prints the job's digest, the one a single process gives.
 """
 
 from __future__ import annotations
@@ -120,7 +123,9 @@ class Report:
         self._pending = None
         self.transcript.append("0x" + keccak_digest(encode_pytree(tree)).hex())
         if self._bar is not None:
-            self._bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items()})
+            from .parallel import host_value
+
+            self._bar.set_postfix({k: f"{float(host_value(v)):.4g}" for k, v in metrics.items()})
             self._bar.update()
 
     def metric(self, name: str, value) -> None:
@@ -188,19 +193,25 @@ def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
 
 
 def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = False,
-            job_folders: Sequence[str | Path] = ()) -> JobResult:
+            job_folders: Sequence[str | Path] = (),
+            group: tuple[str, int, int] | None = None) -> JobResult:
     """Run the job in this process on `devices` devices. The profile's environment must already
-    be in force (`profile.apply_environment` before jax is imported); `run_job` arranges that."""
+    be in force (`profile.apply_environment` before jax is imported); `run_job` arranges that.
+    With `group` (coordinator host:port, processes, this process's id), the job runs on the
+    devices of that many processes together (parallel.start_processes); each returns the
+    whole result."""
     from pydantic import ValidationError
 
     from .data import load_dataset
     from .keys import KeyStream, configure_jax
-    from .parallel import check_devices, configure_devices
+    from .parallel import check_devices, configure_devices, start_processes, stop_processes
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
     configure_jax(spec.profile.jax_config, spec.profile.flax_config)
     configure_devices(spec.profile, devices)
+    if group is not None:
+        start_processes(spec.profile, *group)
     check_process(spec.profile, devices)
     check_devices(spec.profile)
     data = load_dataset(spec.data_uri, spec.data_digest)
@@ -212,6 +223,8 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
         raise _hparams_error(spec.job, exc) from None
     finally:
         report.close()
+        if group is not None:
+            stop_processes()
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
 
 
@@ -375,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=1,
                         help="devices to run on (virtual ones on CPU); the digest does not "
                              "depend on it")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="run with other processes (hosts) as one job: process 0's address; "
+                             "needs --processes and --process-id")
+    parser.add_argument("--processes", type=int, help="how many processes run the job together")
+    parser.add_argument("--process-id", type=int, help="this process's place, 0 … processes - 1")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction,
                         default=sys.stderr.isatty(), help="progress bar on stderr")
     args = parser.parse_args(argv)
@@ -389,9 +407,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(str(exc)) from None
         if args.devices < 1:
             raise SpecError(f"--devices must be at least 1, not {args.devices}")
+        group_args = (args.coordinator, args.processes, args.process_id)
+        if any(arg is not None for arg in group_args) and None in group_args:
+            raise SpecError("--coordinator, --processes and --process-id go together")
         apply_environment(spec.profile, args.devices)
         result = execute(spec, coin, devices=args.devices, progress=args.progress,
-                         job_folders=args.jobs_folder)
+                         job_folders=args.jobs_folder,
+                         group=group_args if args.coordinator is not None else None)
     except CrowdmlError as exc:
         print(f"crowdml: {exc}", file=sys.stderr)
         if args.out is not None:
