@@ -31,7 +31,7 @@ CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_a
 	tests/test_purchase.py tests/test_purchase_api.py
 endif
 
-.PHONY: all env lock stack-locks demo test test-local test-anvil test-fork bench taskboard clean
+.PHONY: all env lock stack-locks agreement device-wheels demo test test-local test-anvil test-fork bench taskboard clean
 
 all: test
 
@@ -91,6 +91,25 @@ bench: env
 	python bench/train.py
 	python bench/parallel.py
 	python bench/rehearsal.py
+
+# The digests of fixed specs on this machine, to compare with another's (bench/agreement.py),
+# run in the job environment with crowdml's packages linked onto its path.
+agreement: env
+	mkdir -p .cache/stage
+	ln -sfn $(CURDIR)/ape_crowdml .cache/stage/ape_crowdml
+	ln -sfn $(CURDIR)/jobs .cache/stage/crowdml_jobs
+	PYTHONPATH=$(CURDIR)/.cache/stage $(JOB_ENV)/bin/python -s bench/agreement.py
+
+# What a lent GPU machine's image lacks of the job stack (bench/device_agreement.sh), as
+# Python 3.12 wheels to carry there; versions from the cpu-exact stack's lock.
+DEVICE_WHEELS := pydantic pydantic-core annotated-types typing-inspection eth-hash pycryptodome \
+	flax optax
+device-wheels:
+	rm -rf .cache/device-wheels
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux_2_27_x86_64 -d .cache/device-wheels \
+		$$(for p in $(DEVICE_WHEELS); do grep -iE "^$$p==" $(STACKS)/$(JOB_STACK).txt | cut -d' ' -f1; done)
 
 # After editing contracts/*.vy: ship the new bytecode with the plugin.
 taskboard: env
