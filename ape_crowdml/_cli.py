@@ -466,21 +466,24 @@ def job_env_create(stack, profile_name, path, python, system_site_packages, inst
     against the profile's pins as a worker does before a deposit."""
     from ape_crowdml.compute import jobenv
     from ape_crowdml.compute.profile import PROFILES, get_profile
+    from ape_crowdml.config import crowdml_config
+    from ape_crowdml.errors import CrowdmlError
 
     stack = stack or get_profile(profile_name).stack
-    jobenv.get_stack(stack)
-    if path is None and (existing := jobenv.environment_folder(stack)).exists():
-        from ape_crowdml.errors import CrowdmlError
-
-        raise CrowdmlError(f"{existing} exists; remove it first, or build elsewhere with --path")
     target = jobenv.create(stack, path, python, system_site_packages=system_site_packages,
                            install=install, echo=click.echo)
-    if path is not None:
+    if path is not None or stack in crowdml_config().job_envs:
         click.echo(f"name it in ape-config.yaml:  crowdml: {{job_envs: {{{stack}: {target}}}}}")
-    checked = [p for p in PROFILES.values() if p.stack == stack and p.platform == "cpu"]
-    for profile in checked if path is None else ():
-        jobenv.check_environment(profile)
-        click.echo(f"profile {profile.name}: this machine runs its jobs in {target}")
+    # The checks a worker runs before a deposit, in the interpreter just built.
+    for profile in (p for p in PROFILES.values() if p.stack == stack):
+        try:
+            jobenv.check_environment(profile, python=target)
+        except CrowdmlError as exc:
+            if profile.platform == "cpu":
+                raise
+            click.echo(f"profile {profile.name}: not on this machine: {exc}")
+        else:
+            click.echo(f"profile {profile.name}: this machine can run its jobs in {target}")
 
 
 @job_env.command(name="list")

@@ -109,6 +109,10 @@ class Work:
 ORDER_URI_SCHEME = "crowdml-order:"  # ModelPurchase's evaluation tasks (contracts/ModelPurchase.vy)
 
 
+# A spec is a few kilobytes of JSON; a spec URI serving more is refused unread.
+MAX_SPEC_BYTES = 1 << 20
+
+
 def spec_at(uri: str, task: TaskInfo) -> JobSpec:
     """The spec at a task's spec URI, verified against the task's spec digest: any fsspec URL
     (a path, file://, http(s)://, s3://…), or `crowdml-order:<id>` for a model purchase's
@@ -116,7 +120,7 @@ def spec_at(uri: str, task: TaskInfo) -> JobSpec:
     if uri.startswith(ORDER_URI_SCHEME):
         return _order_spec(uri, task)
     try:
-        text = read_verified(uri, task.spec)
+        text = read_verified(uri, task.spec, max_bytes=MAX_SPEC_BYTES)
     except DataDigestMismatch as exc:
         raise SpecError(f"task {task.task_id}'s spec: {exc}") from None
     return parse_spec(text, uri)

@@ -69,7 +69,7 @@ def _has(command: str) -> bool:
 
 def run(spec_file: Path) -> str:
     """A job's digest from a fresh runner process of this interpreter, or its refusal."""
-    child = subprocess.run([sys.executable, "-s", "-m", "ape_crowdml.compute.runner", "--spec",
+    child = subprocess.run([sys.executable, "-s", "-P", "-m", "ape_crowdml.compute.runner", "--spec",
                             str(spec_file), "--coin", COIN, "--no-progress"],
                            capture_output=True, text=True, env=os.environ)
     if child.returncode:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / ".cache" / "stage-bench"  # the job processes' links to crowdml's packages
 JOB = REPO / "jobs" / "train_conv.py"
 COIN = bytes.fromhex("be" * 32)
 DEVICES = 2
@@ -103,12 +104,10 @@ def measure(flags: str, devices: int, profile_name: str) -> dict:
 
 def run_child(flags: str, devices: int, profile: str = "cpu-exact") -> dict:
     """Measure in a child running the profile's job stack (its own interpreter)."""
-    import tempfile
-
     from ape_crowdml.compute.jobenv import python_command
     from ape_crowdml.compute.profile import get_profile
 
-    python, extra = python_command(get_profile(profile), Path(tempfile.mkdtemp()))
+    python, extra = python_command(get_profile(profile), STAGE)
     env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}
     command = python + [__file__, "--measure", flags, str(devices), profile]
     child = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)

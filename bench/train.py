@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / ".cache" / "stage-bench"  # the job processes' links to crowdml's packages
 COIN = bytes.fromhex("be" * 32)
 HPARAMS = {"epochs": 20, "batch_size": 64}
 REPEATS = 20
@@ -198,7 +199,7 @@ def run_child(flagset: str, cpus: str | None = None) -> dict:
     from ape_crowdml.compute.jobenv import python_command
     from ape_crowdml.compute.profile import get_profile
 
-    python, extra = python_command(get_profile("cpu-exact"), Path(tempfile.mkdtemp()))
+    python, extra = python_command(get_profile("cpu-exact"), STAGE)
     env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}
     command = [*python, __file__, "--measure", flagset]
     if cpus is not None:

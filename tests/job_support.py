@@ -3,7 +3,9 @@ job stack (compute/jobenv.py) with crowdml's packages staged on its PYTHONPATH."
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,17 +13,20 @@ from ape_crowdml.compute.jobenv import job_command, python_command
 from ape_crowdml.compute.profile import get_profile
 
 
+# One folder of staged links for every command of the session (the links do not change).
+_FOLDER = Path(tempfile.mkdtemp(prefix="crowdml-test-"))
+atexit.register(shutil.rmtree, _FOLDER, True)
+
+
 def job_process(module: str = "ape_crowdml.compute.runner", profile: str = "cpu-exact",
                 env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """(command's first words, environment) to start `python -m module` where `profile`'s
     jobs run; the command's own arguments follow."""
-    command, extra = job_command(get_profile(profile), module,
-                                 Path(tempfile.mkdtemp(prefix="crowdml-test-")))
+    command, extra = job_command(get_profile(profile), module, _FOLDER)
     return command, {**(os.environ if env is None else env), **extra}
 
 
 def job_python(profile: str = "cpu-exact", env: dict[str, str] | None = None):
     """(the interpreter's command words, environment) for `python -c SCRIPT` there."""
-    command, extra = python_command(get_profile(profile),
-                                    Path(tempfile.mkdtemp(prefix="crowdml-test-")))
+    command, extra = python_command(get_profile(profile), _FOLDER)
     return command, {**(os.environ if env is None else env), **extra}

@@ -112,14 +112,17 @@ def test_a_missing_job_environment_is_one_line_naming_the_fix(tmp_path, where_jo
 
 
 def test_an_environment_without_the_stack_is_refused_with_the_missing_pin(tmp_path, monkeypatch):
-    """An environment that lacks the stack (made with --no-install) runs the check and is
-    refused on the first pin, in one line."""
+    """An environment that lacks the stack (made with --no-install) is refused in one line
+    naming the rebuild, and a failed build leaves no environment behind."""
     python = jobenv.create("jax0.11.2-py3.12", tmp_path / "bare", install=False,
                            echo=lambda line: None)
     monkeypatch.setattr(host, "_provider",
                         lambda: host.HostSettings(job_envs={"jax0.11.2-py3.12": python}))
-    with pytest.raises(EnvironmentMismatch, match="interpreter failed: .*No module named"):
+    with pytest.raises(EnvironmentMismatch, match="interpreter failed: .*No module named.*"
+                                                  "job-env create jax0.11.2-py3.12"):
         jobenv.check_environment(PROFILES["cpu-exact"])
+    with pytest.raises(CrowdmlError, match="exists; remove it first"):
+        jobenv.create("jax0.11.2-py3.12", tmp_path / "bare", install=False)
 
 
 def test_create_refuses_another_python_or_stack(tmp_path):
@@ -146,3 +149,23 @@ def test_cli_lists_the_stacks_and_refuses_in_one_line(tmp_path):
     output = wrong.stdout + wrong.stderr  # ape prints its one ERROR line on stdout
     assert wrong.returncode == 1 and output.count("\n") == 1, output
     assert output.startswith("ERROR") and "needs Python 3.12" in output
+
+
+def test_a_stray_module_in_the_working_folder_does_not_reach_the_job(where_job, tmp_path,
+                                                                      monkeypatch):
+    """A worker started in a folder holding numpy.py (or an optax/ of its own) still runs the
+    stack's packages: the job's interpreter runs with -P, without the working folder."""
+    for name in ("numpy", "optax", "jax"):
+        (tmp_path / f"{name}.py").write_text("raise ImportError('the working folder is on the "
+                                             "job's path')\n")
+    monkeypatch.chdir(tmp_path)
+    result = run_where(where_job, "cpu-exact")
+    assert (result.metrics["jax"], result.metrics["numpy"]) == (PINNED_PACKAGES["jax"],
+                                                                PINNED_PACKAGES["numpy"])
+
+
+def test_a_failed_build_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(jobenv, "STACKS_FOLDER", tmp_path / "no-locks")  # pip cannot install
+    with pytest.raises(CrowdmlError, match="building job stack jax0.11.2-py3.12 failed"):
+        jobenv.create("jax0.11.2-py3.12", tmp_path / "env", echo=lambda line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

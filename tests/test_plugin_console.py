@@ -1,5 +1,7 @@
 """`ape console` loads the crowdml API through the extension listed in ape-config.yaml."""
 
+import re
+
 from ape_crowdml.console import NAMES, load_ipython_extension
 
 
@@ -53,3 +55,28 @@ def test_extension_pushes_the_purchase_api(accounts, project, tmp_path):
         assert shell.user_ns["find_market"]().address == market.address
         assert market.board.address == board.address
         assert repr(shell.user_ns["Buyer"](market, accounts[0])).startswith("<Buyer ")
+
+
+def test_crowdml_errors_are_one_line_and_ape_errors_still_reach_apes_handler(capsys):
+    """In IPython (as `ape console` runs it, ape's own extension loaded first), a crowdml
+    error prints one ERROR line instead of a traceback; an ape error still goes to ape's."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from ape.exceptions import ApeException
+
+    from ape_crowdml.errors import SpecError
+
+    shell = InteractiveShell.instance()
+    seen = []
+    shell.set_custom_exc((ApeException,), lambda self, etype, value, tb, tb_offset=None:
+                         seen.append(value))
+    try:
+        load_ipython_extension(shell)
+        shell.push({"SpecError": SpecError, "ApeException": ApeException})
+        shell.run_cell("raise SpecError('no such job')")
+        shell.run_cell("raise ApeException('from ape')")
+        out = capsys.readouterr()
+        assert "Traceback" not in out.out + out.err
+        assert re.search(r"ERROR: +\(SpecError\) no such job", out.out + out.err)
+        assert [str(error) for error in seen] == ["from ape"]
+    finally:
+        InteractiveShell.clear_instance()

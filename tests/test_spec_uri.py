@@ -107,3 +107,16 @@ def test_the_board_refuses_a_spec_uri_longer_than_512_bytes(board, accounts):
         board.contract.publish(*args, "x" * 513, sender=accounts[0], value=REWARD)
     board.contract.publish(*args, "é" * 256, sender=accounts[0], value=REWARD)  # 512 bytes
     assert board.spec_uri(board.task_count()) == "é" * 256
+
+
+def test_a_spec_uri_serving_without_end_is_refused_after_a_megabyte(board, accounts, config,
+                                                                    tmp_path):
+    """A requester naming an endless source (here /dev/zero) as its spec URI costs a worker
+    one megabyte read, not its memory: the read stops past MAX_SPEC_BYTES."""
+    first = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2)
+    task = board.publish(accounts[0], spec=board.task(first).spec, data=board.task(first).data,
+                         workers=2, deposit=DEPOSIT, reward=REWARD, join_blocks=20,
+                         commit_blocks=20, reveal_blocks=20, spec_uri="/dev/zero")
+    with pytest.raises(SpecError, match="/dev/zero holds more than 1,048,576 bytes"):
+        stranger(board, accounts[1], tmp_path).spec_of(task)

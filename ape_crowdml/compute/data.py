@@ -47,29 +47,40 @@ def _as_digest(digest: str | bytes) -> bytes:
     return digest if isinstance(digest, bytes) else bytes.fromhex(digest.removeprefix("0x"))
 
 
-def _read(uri: str) -> bytes:
-    if not is_remote(uri):
-        path = Path(uri.removeprefix("file://"))
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise DataDigestMismatch(f"cannot read {path}: {exc.strerror}") from None
-    import fsspec
-
+def _read(uri: str, max_bytes: int | None = None) -> bytes:
+    """The bytes at `uri`; with `max_bytes`, at most that many are read (one more tells a
+    larger file, which is refused without reading the rest)."""
+    size = -1 if max_bytes is None else max_bytes + 1
     try:
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
+        if not is_remote(uri):
+            with open(uri.removeprefix("file://"), "rb") as f:
+                data = f.read(size)
+        else:
+            import fsspec
+
+            with fsspec.open(uri, "rb") as f:
+                data = f.read(size)
+    except OSError as exc:
+        if not is_remote(uri):
+            raise DataDigestMismatch(f"cannot read {uri.removeprefix('file://')}: "
+                                     f"{exc.strerror}") from None
+        raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own errors
         raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(exc)}") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DataDigestMismatch(f"{uri} holds more than {max_bytes:,} bytes; refusing it")
+    return data
 
 
-def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True) -> bytes:
+def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True,
+                  max_bytes: int | None = None) -> bytes:
     """The file's bytes, after checking their keccak256 against `expected_digest`.
 
     `uri` is a local path, a `file://` URI, or any fsspec URL (https://, s3://, gs://, …).
     Remote bytes that match are kept in a content-addressed cache, where the job's child
     process then finds them; `cached=False` asks the URI itself (a requester checking that
-    it serves the data).
+    it serves the data). `max_bytes` caps what is read (a spec's URI, which anyone publishing
+    a task names, must not make a worker read without end).
     """
     expected = _as_digest(expected_digest)
     copy = cache_folder() / expected.hex()
@@ -77,7 +88,7 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
         data = copy.read_bytes()
         if keccak_digest(data) == expected:
             return data
-    data = _read(uri)
+    data = _read(uri, max_bytes)
     actual = keccak_digest(data)
     if actual != expected:
         raise DataDigestMismatch(

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CrowdmlError, EnvironmentMismatch
+from .errors import CrowdmlError, EnvironmentMismatch, first_line
 
 STACKS_FOLDER = Path(__file__).parent / "stacks"
 PLUGIN_STACK = "plugin"  # the plugin's own interpreter (jax 0.7.1, numpy 1.26, Python 3.11)
@@ -103,9 +103,12 @@ def python_command(profile, folder: Path) -> tuple[list[str], dict[str, str]]:
     `-c` follows) and the variables to set besides the profile's sealed ones (`folder`
     receives the staged links)."""
     python = interpreter(profile.stack)
+    # -P: the working folder (or a script's) is not put first on sys.path, where a stray
+    # numpy.py or optax/ would shadow the stack's packages.
     if get_stack(profile.stack).lock is None:
-        return [str(python)], {}
-    return [str(python), "-s"], {"PYTHONPATH": str(stage(folder / "path"))}
+        return [str(python), "-P"], {}
+    # -s: nor is the user's site-packages.
+    return [str(python), "-s", "-P"], {"PYTHONPATH": str(stage(folder / "path"))}
 
 
 def job_command(profile, module: str, folder: Path) -> tuple[list[str], dict[str, str]]:
@@ -114,33 +117,42 @@ def job_command(profile, module: str, folder: Path) -> tuple[list[str], dict[str
     return command + ["-m", module], extra
 
 
-def check_environment(profile) -> None:
-    """`profile.check_environment` run where the jobs run: in the stack's interpreter (a short
-    process without jax), or here for the plugin's own stack. What a worker calls before it
-    deposits."""
+def check_environment(profile, python: Path | None = None) -> None:
+    """`profile.check_environment` run where the jobs run: in the stack's interpreter (or
+    `python`), a short process without jax, under the environment the job process gets; or
+    here for the plugin's own stack. What a worker calls before it deposits."""
     import tempfile
 
-    from .profile import check_environment as check_here
+    from .profile import check_environment as check_here, environment_for
 
-    if get_stack(profile.stack).lock is None:
+    if get_stack(profile.stack).lock is None and python is None:
         return check_here(profile)
     with tempfile.TemporaryDirectory(prefix="crowdml-check-") as tmp:
         profile_file = Path(tmp) / "profile.json"
         profile_file.write_text(profile.model_dump_json())
-        command, extra = job_command(profile, "ape_crowdml.compute.jobenv", Path(tmp))
+        if python is None:
+            command, extra = job_command(profile, "ape_crowdml.compute.jobenv", Path(tmp))
+        else:
+            command = [str(python), "-s", "-P", "-m", "ape_crowdml.compute.jobenv"]
+            extra = {"PYTHONPATH": str(stage(Path(tmp) / "path"))}
         from .data import CACHE_FOLDER_VARIABLE, cache_root
 
-        env = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(cache_root())}
-        env.pop("VIRTUAL_ENV", None)
-        done = subprocess.run(command + ["check", str(profile_file)], env=env,
-                              capture_output=True, text=True)
+        env = environment_for(profile, {**os.environ, **extra,
+                                        CACHE_FOLDER_VARIABLE: str(cache_root())})
+        try:
+            done = subprocess.run(command + ["check", str(profile_file)], env=env,
+                                  capture_output=True, text=True)
+        except OSError as exc:
+            raise EnvironmentMismatch(f"job stack {profile.stack}'s interpreter {command[0]} "
+                                      f"does not run: {exc.strerror}") from None
     if done.returncode != 0:
         try:
             error = json.loads(done.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EnvironmentMismatch(f"job stack {profile.stack}'s interpreter failed: {last}") \
-                from None
+            raise EnvironmentMismatch(
+                f"job stack {profile.stack}'s interpreter failed: {last}; build its "
+                f"environment again (`ape crowdml job-env create {profile.stack}`)") from None
         raise EnvironmentMismatch(error["message"])
 
 
@@ -183,17 +195,30 @@ def create(stack: str, folder: Path | None = None, python: str | None = None, *,
         raise CrowdmlError(f"job stack {stack} needs Python {spec.python}, "
                            f"{base or 'none was found'} is {version or 'not one that runs'}; "
                            "name one with --python")
+    if folder.exists():
+        raise CrowdmlError(f"{folder} exists; remove it first, or build elsewhere (--path)")
     echo(f"creating {folder} with Python {version} ({base})")
-    command = [base, "-m", "venv", str(folder)]
+    # Built aside and moved into place once whole: a failed build leaves nothing a worker
+    # would take for an environment.
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [base, "-m", "venv", str(partial)]
     if system_site_packages:
         command.append("--system-site-packages")
-    subprocess.run(command, check=True)
-    target = folder / "bin" / "python"
-    if install:
-        echo(f"installing {spec.lock.name} (hash-checked)")
-        subprocess.run([str(target), "-m", "pip", "install", "--quiet", "--require-hashes",
-                        "--no-deps", "-r", str(spec.lock)], check=True)
-    return target
+    try:
+        subprocess.run(command, check=True)
+        if install:
+            echo(f"installing {spec.lock.name} (hash-checked)")
+            subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                            "--require-hashes", "--no-deps", "-r", str(spec.lock)], check=True)
+        partial.rename(folder)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise CrowdmlError(f"building job stack {stack} failed: {first_line(exc)}") from None
+    except CrowdmlError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return folder / "bin" / "python"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,7 +107,7 @@ COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/errors", "compute/
 # (the data's digest is checked whatever serves it).
 ALLOWED_VARIABLES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM",
-    "PYTHONPATH", "VIRTUAL_ENV", "APE_CROWDML_CACHE_FOLDER",
+    "PYTHONPATH", "APE_CROWDML_CACHE_FOLDER",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 })
@@ -467,6 +467,9 @@ def check_process(profile: Profile, devices: int = 1) -> None:
     import flax
     import jax
 
+    if profile.stack != "plugin" and not (sys.flags.no_user_site and sys.flags.safe_path):
+        raise EnvironmentMismatch("a job environment's process runs with -s -P (no user "
+                                  "site-packages, no working folder on its path)")
     expected = environment_for(profile, os.environ)
     wrong = sorted({name for name in os.environ if name not in expected.keys() | SET_BY_JAX}
                    | {name for name in expected if os.environ.get(name) != expected[name]})

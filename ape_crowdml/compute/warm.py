@@ -123,10 +123,11 @@ class WarmPool:
         return WarmJob(child, out_dir, tmp, stderr, on_cancel=lambda: self._stop(key))
 
     def _stop(self, key: tuple) -> None:
-        child, _ = self._children.pop(key, (None, None))
+        child, stderr = self._children.pop(key, (None, None))
         if child is not None:
             child.kill()
             child.wait()
+            shutil.rmtree(stderr.parent, ignore_errors=True)  # its profile, links and log
 
     def close(self) -> None:
         for key in list(self._children):
