@@ -270,7 +270,8 @@ def test_processes_on_loopback_agree_with_one_process(tmp_path):
     assert len(set(lines.values())) == 1 and lines["1-0.out"].startswith("4 "), lines
 
 
-@pytest.mark.parametrize("job", [MLP_JOB, CONV_JOB], ids=["mlp", "conv"])
+@pytest.mark.parametrize("job", [MLP_JOB] + ([CONV_JOB] if FULL else []),
+                         ids=["mlp", "conv"][:1 + FULL])
 def test_the_runner_runs_one_job_over_two_processes_with_one_process_bits(digits, tmp_path, job):
     """`python -m ape_crowdml.compute.runner --coordinator … --processes 2 --process-id i`:
     2 processes × 2 devices (jax.distributed on 127.0.0.1) each give the digest of the same

@@ -3,16 +3,19 @@ take every one of them (each agent runs its jobs one at a time, in its warm job 
 `--warm-jobs`; tests/test_jobs_warm.py shows a warm process gives the cold digests). Nothing
 may be lost: every task agrees, every party is paid its exact share, nothing stays owed.
 
-5 tasks by default (make test stays near 20 minutes); CROWDML_LOAD_TASKS=50 for the long run. Throughput and memory figures come
+A longer run, so off in `make test` (which stays nearer 20 minutes): CROWDML_LOAD_TASKS=5
+runs 5 tasks (10 were part of make test until stop 8), CROWDML_LOAD_TASKS=50 the long run. Throughput and memory figures come
 from bench/rehearsal.py, not from here.
 """
 
 import os
 import re
 
+import pytest
+
 from harness import HONEST, check_payouts, play
 
-TASKS = int(os.environ.get("CROWDML_LOAD_TASKS", "5"))
+TASKS = int(os.environ.get("CROWDML_LOAD_TASKS", "0"))
 
 
 def windows(tasks: int) -> dict[str, int]:
@@ -24,6 +27,7 @@ def windows(tasks: int) -> dict[str, int]:
             "reveal_blocks": 120}
 
 
+@pytest.mark.skipif(TASKS < 1, reason="a longer run: set CROWDML_LOAD_TASKS (e.g. 5 or 50)")
 def test_agents_finish_every_task_of_a_load(rehearsal):
     played = play(rehearsal, f"load{TASKS}", [HONEST] * 3, tasks=TASKS, **windows(TASKS),
                   timeout=300 + 90 * TASKS, warm_jobs=True)
