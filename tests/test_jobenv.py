@@ -169,3 +169,11 @@ def test_a_failed_build_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(CrowdmlError, match="building job stack jax0.11.2-py3.12 failed"):
         jobenv.create("jax0.11.2-py3.12", tmp_path / "env", echo=lambda line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A build that stopped half way (no completion mark) is refused, not used.
+    half = tmp_path / "envs" / "jax0.11.2-py3.12" / "bin"
+    half.mkdir(parents=True)
+    (half / "python").touch()
+    monkeypatch.setattr(host, "_provider",
+                        lambda: host.HostSettings(job_env_folder=tmp_path / "envs"))
+    with pytest.raises(EnvironmentMismatch, match="is not complete .a build stopped."):
+        jobenv.interpreter("jax0.11.2-py3.12")

@@ -270,33 +270,58 @@ def test_processes_on_loopback_agree_with_one_process(tmp_path):
     assert len(set(lines.values())) == 1 and lines["1-0.out"].startswith("4 "), lines
 
 
+def run_group(tmp_path: Path, specs: list[Path], coins: list[bytes]):
+    """Runner processes 0 … n-1 of one group on 127.0.0.1, 2 devices each: process i runs
+    specs[i] with coins[i]. Returns (exit codes, stdouts, stderrs)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command, env = job_process()
+    group = [subprocess.Popen(
+        command + ["--spec", str(spec), "--coin", "0x" + coin.hex(), "--devices", "2",
+                   "--no-progress", "--coordinator", f"127.0.0.1:{port}", "--processes",
+                   str(len(specs)), "--process-id", str(process)],
+        env=env, cwd=REPO, stdout=open(tmp_path / f"{process}.out", "w"),
+        stderr=open(tmp_path / f"{process}.err", "w"))
+        for process, (spec, coin) in enumerate(zip(specs, coins))]
+    codes = [process.wait(timeout=300) for process in group]
+    return (codes, [(tmp_path / f"{i}.out").read_text() for i in range(len(specs))],
+            [(tmp_path / f"{i}.err").read_text() for i in range(len(specs))])
+
+
 @pytest.mark.parametrize("job", [MLP_JOB] + ([CONV_JOB] if FULL else []),
                          ids=["mlp", "conv"][:1 + FULL])
 def test_the_runner_runs_one_job_over_two_processes_with_one_process_bits(digits, tmp_path, job):
     """`python -m ape_crowdml.compute.runner --coordinator … --processes 2 --process-id i`:
     2 processes × 2 devices (jax.distributed on 127.0.0.1) each give the digest of the same
     spec run in one process on one device."""
-    import socket
-
     hparams = {**(MLP if job == MLP_JOB else CONV), "epochs": 1, "steps_per_epoch": 2}
     spec = make_spec(job, digits, hparams)
     alone = run_job(spec, COIN, devices=1)
     spec_path = save_spec(spec, tmp_path / "spec.json")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command, env = job_process()
-    group = [subprocess.Popen(
-        command + ["--spec", str(spec_path), "--coin", "0x" + COIN.hex(), "--devices", "2",
-                   "--no-progress", "--coordinator", f"127.0.0.1:{port}", "--processes", "2",
-                   "--process-id", str(process)],
-        env=env, cwd=REPO, stdout=open(tmp_path / f"{process}.out", "w"),
-        stderr=open(tmp_path / f"{process}.err", "w")) for process in (0, 1)]
-    codes = [process.wait(timeout=300) for process in group]
-    errors = [(tmp_path / f"{process}.err").read_text()[-500:] for process in (0, 1)]
+    codes, outs, errors = run_group(tmp_path, [spec_path] * 2, [COIN] * 2)
     assert codes == [0, 0], errors
-    digests = [(tmp_path / f"{process}.out").read_text().split()[-1] for process in (0, 1)]
-    assert digests == ["0x" + alone.digest.hex()] * 2
+    assert [out.split()[-1] for out in outs] == ["0x" + alone.digest.hex()] * 2
+
+
+def test_a_group_given_other_work_or_with_one_refusal_stops_before_training(digits, tmp_path):
+    """Processes given other coins would mix two runs' gradients into a digest of neither:
+    each refuses. One process refusing (its data is missing) makes every process refuse."""
+    spec = make_spec(MLP_JOB, digits, {**MLP, "epochs": 1, "steps_per_epoch": 2})
+    spec_path = save_spec(spec, tmp_path / "spec.json")
+    other_coin = COIN[:-1] + bytes([COIN[-1] ^ 1])
+    codes, outs, errors = run_group(tmp_path, [spec_path] * 2, [COIN, other_coin])
+    assert codes == [2, 2] and outs == ["", ""], errors
+    assert all(e.endswith("were given other specs, coins or device counts; give each the "
+                          "same\n") for e in errors), errors
+    missing = save_spec(spec.model_copy(update={"data_uri": str(tmp_path / "gone.npz")}),
+                        tmp_path / "missing.json")
+    codes, outs, errors = run_group(tmp_path, [spec_path, missing], [COIN] * 2)
+    assert codes == [2, 2], errors
+    assert "process 1 of the group refused the job" in errors[0]
+    assert "cannot read" in errors[1] and errors[1].count("\n") == 1, errors[1]
 
 
 def test_a_process_group_needs_all_three_options(tmp_path, digits):
@@ -307,6 +332,12 @@ def test_a_process_group_needs_all_three_options(tmp_path, digits):
                            capture_output=True, text=True, env=env)
     assert child.returncode == 2 and child.stderr == (
         "crowdml: --coordinator, --processes and --process-id go together\n")
+    no_port = subprocess.run(command + ["--spec", str(spec_path), "--coin", "0x" + COIN.hex(),
+                                        "--coordinator", "localhost", "--processes", "2",
+                                        "--process-id", "0"], capture_output=True, text=True,
+                             env=env)
+    assert no_port.returncode == 2 and no_port.stderr == (
+        "crowdml: --coordinator 'localhost' is not HOST:PORT\n")
 
 
 def test_a_worker_runs_a_job_on_the_divisor_of_k_within_its_offer(digits):

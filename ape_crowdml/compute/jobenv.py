@@ -32,6 +32,8 @@ from .errors import CrowdmlError, EnvironmentMismatch, first_line
 
 STACKS_FOLDER = Path(__file__).parent / "stacks"
 PLUGIN_STACK = "plugin"  # the plugin's own interpreter (jax 0.7.1, numpy 1.26, Python 3.11)
+# Written last into an environment `create` built: a folder without it is a broken build.
+COMPLETE_MARKER = ".crowdml-complete"
 # The two packages a job's process imports from crowdml, linked into its PYTHONPATH.
 CROWDML_PACKAGES = ("ape_crowdml", "crowdml_jobs")
 
@@ -77,6 +79,11 @@ def interpreter(stack: str) -> Path:
         return Path(sys.executable)
     named = settings().job_envs.get(stack)
     python = Path(named).expanduser() if named else environment_folder(stack) / "bin" / "python"
+    built_here = not named and python.exists()
+    if built_here and not (environment_folder(stack) / COMPLETE_MARKER).exists():
+        raise EnvironmentMismatch(
+            f"job stack {stack}'s environment {environment_folder(stack)} is not complete (a "
+            f"build stopped); remove it and run `ape crowdml job-env create {stack}`")
     if not python.exists():
         raise EnvironmentMismatch(
             f"job stack {stack} has no environment here ({python} is missing); build it with "
@@ -198,26 +205,21 @@ def create(stack: str, folder: Path | None = None, python: str | None = None, *,
     if folder.exists():
         raise CrowdmlError(f"{folder} exists; remove it first, or build elsewhere (--path)")
     echo(f"creating {folder} with Python {version} ({base})")
-    # Built aside and moved into place once whole: a failed build leaves nothing a worker
-    # would take for an environment.
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    command = [base, "-m", "venv", str(partial)]
+    # A venv cannot be moved (its scripts name its path), so it is built in place and marked
+    # complete last: a half-built one is never taken for an environment (`interpreter`).
+    command = [base, "-m", "venv", str(folder)]
     if system_site_packages:
         command.append("--system-site-packages")
     try:
         subprocess.run(command, check=True)
         if install:
             echo(f"installing {spec.lock.name} (hash-checked)")
-            subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "install", "--quiet",
+            subprocess.run([str(folder / "bin" / "python"), "-m", "pip", "install", "--quiet",
                             "--require-hashes", "--no-deps", "-r", str(spec.lock)], check=True)
-        partial.rename(folder)
     except (subprocess.CalledProcessError, OSError) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         raise CrowdmlError(f"building job stack {stack} failed: {first_line(exc)}") from None
-    except CrowdmlError:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    (folder / COMPLETE_MARKER).write_text(f"{stack}\n")
     return folder / "bin" / "python"
 
 

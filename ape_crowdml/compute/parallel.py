@@ -28,7 +28,7 @@ every d (measured in README "Data parallelism").
 
 from __future__ import annotations
 
-from .errors import EnvironmentMismatch, SpecError
+from .errors import EnvironmentMismatch, SpecError, first_line
 from .keys import draw
 
 AXIS = "devices"
@@ -53,7 +53,33 @@ def start_processes(profile, coordinator: str, processes: int, process_id: int) 
         raise SpecError(f"process id {process_id} is not one of 0 … {processes - 1}")
     if profile.platform == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes=processes, process_id=process_id)
+    try:
+        jax.distributed.initialize(coordinator, num_processes=processes, process_id=process_id)
+    except Exception as exc:  # noqa: BLE001 - jax raises several kinds (RuntimeError, ValueError)
+        raise EnvironmentMismatch(f"cannot join the process group at {coordinator}: "
+                                  f"{first_line(exc)}") from None
+
+
+def agree_in_group(fingerprint: bytes, refused: Exception | None) -> None:
+    """In every process of a group, before the job trains: gather each process's 32-byte
+    fingerprint (of its spec, coin and device count) and whether it refused the job. Raises
+    this process's own refusal, another's as a SpecError, or a SpecError when the processes
+    were not given the same work (their gradients would mix two runs into a digest of none)."""
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(fingerprint, dtype=np.uint32)
+    status = np.concatenate([mine, np.array([refused is not None], dtype=np.uint32)])
+    rows = np.asarray(multihost_utils.process_allgather(status))
+    if refused is not None:
+        raise refused
+    others = [process for process, row in enumerate(rows) if row[-1]]
+    if others:
+        raise SpecError(f"process {others[0]} of the group refused the job (its output says "
+                        "why); no process runs it")
+    if any((row[:-1] != mine).any() for row in rows):
+        raise SpecError("the processes of the group were given other specs, coins or device "
+                        "counts; give each the same")
 
 
 def stop_processes() -> None:

@@ -204,7 +204,8 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
 
     from .data import load_dataset
     from .keys import KeyStream, configure_jax
-    from .parallel import check_devices, configure_devices, start_processes, stop_processes
+    from .parallel import (agree_in_group, check_devices, configure_devices, start_processes,
+                           stop_processes)
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
@@ -212,12 +213,23 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
     configure_devices(spec.profile, devices)
     if group is not None:
         start_processes(spec.profile, *group)
-    check_process(spec.profile, devices)
-    check_devices(spec.profile)
-    data = load_dataset(spec.data_uri, spec.data_digest)
-    job = load_job(spec, job_folders)
     report = Report(progress)
     try:
+        refused = None
+        try:
+            check_process(spec.profile, devices)
+            check_devices(spec.profile)
+            data = load_dataset(spec.data_uri, spec.data_digest)
+            job = load_job(spec, job_folders)
+        except CrowdmlError as exc:
+            if group is None:
+                raise
+            refused = exc
+        if group is not None:
+            # Every process reaches this point, ready or not: one's refusal is every one's,
+            # and processes given other specs, coins or device counts stop before training.
+            agree_in_group(keccak_digest(spec.digest() + coin + devices.to_bytes(4, "big")),
+                           refused)
         artifact = job.run(dict(spec.hparams), data, KeyStream(coin), report)
     except ValidationError as exc:
         raise _hparams_error(spec.job, exc) from None
@@ -410,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         group_args = (args.coordinator, args.processes, args.process_id)
         if any(arg is not None for arg in group_args) and None in group_args:
             raise SpecError("--coordinator, --processes and --process-id go together")
+        host, _, port = (args.coordinator or "").rpartition(":")
+        if args.coordinator is not None and not (host and port.isdigit()):
+            raise SpecError(f"--coordinator {args.coordinator!r} is not HOST:PORT")
         apply_environment(spec.profile, args.devices)
         result = execute(spec, coin, devices=args.devices, progress=args.progress,
                          job_folders=args.jobs_folder,

@@ -87,6 +87,8 @@ class WarmPool:
         known = self._children.get(key)
         if known and known[0].poll() is None:
             return key, *known
+        if known:  # its child died: its folder goes with it
+            shutil.rmtree(known[1].parent, ignore_errors=True)
         from .data import CACHE_FOLDER_VARIABLE
 
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
