@@ -313,7 +313,8 @@ def test_a_group_given_other_work_or_with_one_refusal_stops_before_training(digi
     spec_path = save_spec(spec, tmp_path / "spec.json")
     other_coin = COIN[:-1] + bytes([COIN[-1] ^ 1])
     codes, outs, errors = run_group(tmp_path, [spec_path] * 2, [COIN, other_coin])
-    assert codes == [2, 2] and outs == ["", ""], errors
+    # No digest printed (gloo may print its own connection lines on stdout).
+    assert codes == [2, 2] and "0x" not in "".join(outs), (outs, errors)
     assert all(e.endswith("were given other specs, coins or device counts; give each the "
                           "same\n") for e in errors), errors
     missing = save_spec(spec.model_copy(update={"data_uri": str(tmp_path / "gone.npz")}),
