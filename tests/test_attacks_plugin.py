@@ -19,12 +19,7 @@ from ape_crowdml.parties import Requester, Worker, deploy_board
 from ape_crowdml.render import wei
 from board_support import (DEPOSIT as d, HIDE, JUNK, REWARD as BOARD_REWARD, SKIP, TRIVIAL, TRUE,
                       mine_past_deadline, publish, result_for, salt_for)
-from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
-
-
-@pytest.fixture
-def config(tmp_path):
-    return isolated_config(tmp_path)
+from crowdml_support import DEPOSIT, REWARD, config, tiny_spec_file  # noqa: F401 - fixture
 
 
 @pytest.fixture

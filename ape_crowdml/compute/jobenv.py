@@ -105,22 +105,24 @@ def stage(folder: Path) -> Path:
     return folder
 
 
-def python_command(profile, folder: Path) -> tuple[list[str], dict[str, str]]:
-    """How to start the interpreter of `profile`'s job stack: its first words (a script or
-    `-c` follows) and the variables to set besides the profile's sealed ones (`folder`
-    receives the staged links)."""
-    python = interpreter(profile.stack)
+def python_command(profile, folder: Path,
+                   python: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """How to start the interpreter of `profile`'s job stack (or `python`, a job environment
+    just built): its first words (a script or `-c` follows) and the variables to set besides
+    the profile's sealed ones (`folder` receives the staged links)."""
     # -P: the working folder (or a script's) is not put first on sys.path, where a stray
     # numpy.py or optax/ would shadow the stack's packages.
-    if get_stack(profile.stack).lock is None:
-        return [str(python), "-P"], {}
+    if python is None and get_stack(profile.stack).lock is None:
+        return [str(interpreter(profile.stack)), "-P"], {}
+    python = python or interpreter(profile.stack)
     # -s: nor is the user's site-packages.
     return [str(python), "-s", "-P"], {"PYTHONPATH": str(stage(folder / "path"))}
 
 
-def job_command(profile, module: str, folder: Path) -> tuple[list[str], dict[str, str]]:
+def job_command(profile, module: str, folder: Path,
+                python: Path | None = None) -> tuple[list[str], dict[str, str]]:
     """`python_command` for `python -m module`."""
-    command, extra = python_command(profile, folder)
+    command, extra = python_command(profile, folder, python)
     return command + ["-m", module], extra
 
 
@@ -137,11 +139,7 @@ def check_environment(profile, python: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="crowdml-check-") as tmp:
         profile_file = Path(tmp) / "profile.json"
         profile_file.write_text(profile.model_dump_json())
-        if python is None:
-            command, extra = job_command(profile, "ape_crowdml.compute.jobenv", Path(tmp))
-        else:
-            command = [str(python), "-s", "-P", "-m", "ape_crowdml.compute.jobenv"]
-            extra = {"PYTHONPATH": str(stage(Path(tmp) / "path"))}
+        command, extra = job_command(profile, "ape_crowdml.compute.jobenv", Path(tmp), python)
         from .data import CACHE_FOLDER_VARIABLE, cache_root
 
         env = environment_for(profile, {**os.environ, **extra,
