@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 
 from ape_crowdml.compute.digest import encode_pytree
 from ape_crowdml.compute.errors import SpecError
+from ape_crowdml.compute.exact import MAX_SLICES, Arithmetic
 from ape_crowdml.compute.keys import draw
 from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
 from ape_crowdml.compute.spec import HParams
@@ -47,6 +48,14 @@ class Config(HParams):
     epochs: int = Field(20, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
     micro_batches: int = Field(1, gt=0)  # K: a batch's fixed split; workers use devices dividing K
+    # exact: products and sums in integers, the same bits on any machine (compute/exact.py);
+    # float: plain float32, which agrees only on identical, pinned machines (cpu-exact).
+    arithmetic: Literal["float", "exact"] = "exact"
+    exact_slices: int = Field(2, ge=1, le=MAX_SLICES)  # 7-bit slices per float32 operand
+
+    @property
+    def numerics(self) -> Arithmetic:
+        return Arithmetic(self.arithmetic, self.exact_slices)
 
     @model_validator(mode="after")
     def _batch_splits(self):
@@ -78,31 +87,33 @@ class MLP(nn.Module):
     hidden: tuple[int, ...]
     classes: int
     dropout: float
+    numerics: Arithmetic = Arithmetic()
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         x = x.reshape((x.shape[0], -1))
         for width in self.hidden:
-            x = nn.relu(nn.Dense(width)(x))
+            x = nn.relu(self.numerics.Dense(width)(x))
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.classes)(x)
+        return self.numerics.Dense(self.classes)(x)
 
 
-@partial(jax.jit, static_argnames=("mesh", "micro_batches"))
-def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int):
+@partial(jax.jit, static_argnames=("mesh", "micro_batches", "numerics"))
+def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int,
+               numerics: Arithmetic):
     def loss_fn(params, micro_batch, micro_key):
         x, y = micro_batch
         logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": micro_key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return numerics.cross_entropy(logits, y)
 
     loss, grads = mean_gradient(loss_fn, state.params, batch, key, mesh=mesh,
                                 micro_batches=micro_batches)
     return state.apply_gradients(grads=grads), loss
 
 
-@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches"))
+@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches", "numerics"))
 def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, mesh,
-                micro_batches: int):
+                micro_batches: int, numerics: Arithmetic):
     """`steps` batches of one shuffle: counter first_ctr shuffles, first_ctr + 1 + i drives step
     i's dropout.
 
@@ -113,7 +124,7 @@ def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, me
     def step(state, i):
         idx = batches[i]
         return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i), mesh=mesh,
-                          micro_batches=micro_batches)
+                          micro_batches=micro_batches, numerics=numerics)
 
     state, losses = jax.lax.scan(step, state, jnp.arange(steps))
     return state, losses.mean()
@@ -129,7 +140,8 @@ def eval_step(state, x, y):
 def make_trainer(config: Config, classes: int) -> tuple[MLP, optax.GradientTransformation]:
     """The model and optimizer for a configuration, built once per process: both are static
     parts of TrainState, so fresh objects would recompile train_epoch on every run."""
-    model = MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
+    model = MLP(hidden=config.hidden, classes=classes, dropout=config.dropout,
+                numerics=config.numerics)
     if config.optimizer == "adam":
         return model, optax.adam(config.learning_rate)
     return model, optax.sgd(config.learning_rate, momentum=config.momentum)
@@ -147,9 +159,10 @@ def prepare(data: dict[str, np.ndarray]):
 def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     config = Config(**hparams)
     x_train, y_train, x_test, y_test = prepare(data)
+    config.numerics.check_inputs(x_train=data["x_train"], x_test=data["x_test"])
     classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
     model, optimizer = make_trainer(config, classes)
-    params = model.init(keys.next(), x_train[:1], train=False)["params"]
+    params = config.numerics.init(model, keys.next(), x_train[:1], train=False)["params"]
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
     steps = x_train.shape[0] // config.batch_size
     if steps == 0:
@@ -164,7 +177,8 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     for _ in range(config.epochs):
         state, loss = train_epoch(state, x_train, y_train, base, keys.reserve(1 + steps),
                                   batch_size=config.batch_size, steps=steps, mesh=mesh,
-                                  micro_batches=config.micro_batches)
+                                  micro_batches=config.micro_batches,
+                                  numerics=config.numerics)
         report.epoch({"params": state.params}, loss=loss)
     report.metric("test_accuracy", float(host_value(eval_step(state, x_test, y_test))))
     return encode_pytree({"params": state.params})

@@ -21,6 +21,7 @@ every worker must generate the same images.
 from __future__ import annotations
 
 from functools import lru_cache, partial
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ from ape_crowdml.compute.keys import draw
 from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
 from ape_crowdml.compute.errors import DataDigestMismatch, SpecError
+from ape_crowdml.compute.exact import MAX_SLICES, Arithmetic
 
 CANARY_STEPS = 3
 CIFAR_SHAPE = (32, 32, 3)
@@ -61,6 +63,14 @@ class Config(HParams):
     steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
     micro_batches: int = Field(4, gt=0)  # K: a batch's fixed split; workers use devices dividing K
     synthetic: Synthetic | None = None  # train on generated CIFAR-shaped data instead
+    # exact: products and sums in integers, the same bits on any machine (compute/exact.py);
+    # float: plain float32, which agrees only on identical, pinned machines (cpu-exact).
+    arithmetic: Literal["float", "exact"] = "exact"
+    exact_slices: int = Field(2, ge=1, le=MAX_SLICES)  # 7-bit slices per float32 operand
+
+    @property
+    def numerics(self) -> Arithmetic:
+        return Arithmetic(self.arithmetic, self.exact_slices)
 
     @model_validator(mode="after")
     def _batch_splits(self):
@@ -113,33 +123,35 @@ class ConvNet(nn.Module):
     dense: int
     classes: int
     dropout: float
+    numerics: Arithmetic = Arithmetic()
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         for width in self.features:
-            x = nn.relu(nn.Conv(width, (3, 3))(x))
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+            x = nn.relu(self.numerics.Conv(width, (3, 3))(x))
+            x = self.numerics.avg_pool(x, 2)
         x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(self.dense)(x))
+        x = nn.relu(self.numerics.Dense(self.dense)(x))
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        return nn.Dense(self.classes)(x)
+        return self.numerics.Dense(self.classes)(x)
 
 
-@partial(jax.jit, static_argnames=("mesh", "micro_batches"))
-def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int):
+@partial(jax.jit, static_argnames=("mesh", "micro_batches", "numerics"))
+def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int,
+               numerics: Arithmetic):
     def loss_fn(params, micro_batch, micro_key):
         x, y = micro_batch
         logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": micro_key})
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return numerics.cross_entropy(logits, y)
 
     loss, grads = mean_gradient(loss_fn, state.params, batch, key, mesh=mesh,
                                 micro_batches=micro_batches)
     return state.apply_gradients(grads=grads), loss
 
 
-@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches"))
+@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches", "numerics"))
 def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, mesh,
-                micro_batches: int):
+                micro_batches: int, numerics: Arithmetic):
     """`steps` batches of one shuffle in one XLA call: counter first_ctr shuffles,
     first_ctr + 1 + i drives step i's dropout."""
     order = jax.random.permutation(draw(base, first_ctr), x.shape[0])
@@ -148,7 +160,7 @@ def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, me
     def step(state, i):
         idx = batches[i]
         return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i), mesh=mesh,
-                          micro_batches=micro_batches)
+                          micro_batches=micro_batches, numerics=numerics)
 
     state, losses = jax.lax.scan(step, state, jnp.arange(steps))
     return state, losses.mean()
@@ -165,7 +177,7 @@ def make_trainer(config: Config, classes: int) -> tuple[ConvNet, optax.GradientT
     """The model and optimizer for a configuration, built once per process (both are static
     parts of TrainState: fresh objects would recompile train_epoch on every run)."""
     model = ConvNet(features=config.features, dense=config.dense, classes=classes,
-                    dropout=config.dropout)
+                    dropout=config.dropout, numerics=config.numerics)
     return model, optax.adam(config.learning_rate)
 
 
@@ -182,9 +194,10 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     x_test, y_test = images(data["x_test"]), jnp.asarray(data["y_test"], jnp.int32)
     if x_train.ndim != 4:
         raise SpecError(f"x_train has shape {tuple(data['x_train'].shape)}, not images")
+    config.numerics.check_inputs(x_train=data["x_train"], x_test=data["x_test"])
     classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
     model, optimizer = make_trainer(config, classes)
-    params = model.init(keys.next(), x_train[:1], train=False)["params"]
+    params = config.numerics.init(model, keys.next(), x_train[:1], train=False)["params"]
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
     steps = x_train.shape[0] // config.batch_size
     if steps == 0:
@@ -199,7 +212,8 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     for _ in range(config.epochs):
         state, loss = train_epoch(state, x_train, y_train, base, keys.reserve(1 + steps),
                                   batch_size=config.batch_size, steps=steps, mesh=mesh,
-                                  micro_batches=config.micro_batches)
+                                  micro_batches=config.micro_batches,
+                                  numerics=config.numerics)
         report.epoch({"params": state.params}, loss=loss)
     report.metric("test_accuracy", float(host_value(eval_step(state, x_test, y_test))))
     return encode_pytree({"params": state.params})
