@@ -317,7 +317,7 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", type=JSON(), default="{}", show_default=True,
               help="Hyperparameters as JSON.")
-@click.option("--profile", default="cpu-exact", show_default=True,
+@click.option("--profile", default="cpu-portable", show_default=True,
               help="Environment profile workers must match.")
 @click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
 @click.option("--data-uri", metavar="URL",
@@ -449,7 +449,7 @@ def job_env():
 
 @job_env.command(name="create")
 @click.argument("stack", required=False)
-@click.option("--profile", "profile_name", default="cpu-exact", show_default=True,
+@click.option("--profile", "profile_name", default="cpu-portable", show_default=True,
               help="Build the stack this profile runs on (when STACK is not given).")
 @click.option("--path", type=click.Path(file_okay=False, path_type=Path),
               help="Where to build it (default: `crowdml: job_env_folder:`/STACK); then name "

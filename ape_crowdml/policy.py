@@ -14,7 +14,7 @@ from .compute.digest import file_digest
 from .compute.jobs import JobRegistry
 from .errors import PolicyRefused, SpecError
 from .compute.profile import check_profile
-from .compute.spec import JobSpec
+from .compute.spec import JobSpec, check_arithmetic
 
 
 def allowed_job_digests(policy: WorkerPolicy, jobs: JobRegistry) -> dict[str, str]:
@@ -58,6 +58,10 @@ def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs: JobR
     except SpecError as exc:
         raise PolicyRefused(f"task {task.task_id}: {exc}") from None
     check_profile(spec.profile, policy.accept_profiles)
+    try:
+        check_arithmetic(spec)
+    except SpecError as exc:
+        raise PolicyRefused(f"task {task.task_id}: {exc}") from None
     if task.deposit > policy.max_deposit:
         raise PolicyRefused(f"task {task.task_id} asks a deposit of {task.deposit} wei, above "
                             f"this worker's maximum {policy.max_deposit}")

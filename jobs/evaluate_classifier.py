@@ -1,19 +1,26 @@
-"""Evaluate a trained MLP classifier on a coin-chosen subset of the test set (the paper's
-model-evaluation instance); the result is the correctness bitstring.
+"""Evaluate a trained classifier (an MLP of train_classifier.py or a ConvNet of train_conv.py)
+on a coin-chosen subset of the test set (the paper's model-evaluation instance); the result is
+the correctness bitstring.
 
 crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
-Hyperparameters are the fields of `Config`: the model is an artifact of
-`jobs/train_classifier.py` (its `encode_pytree({"params": …})` bytes), named by path and keccak256
-and verified like the data. Counter 0 draws the subset: the first `subset_size` entries of a
-permutation of the test set. Bit i of the result is 1 when subset sample i is classified right;
-the result is `encode_bits(bits)`, so the contract can count the ones.
+Hyperparameters are the fields of `Config`: the model is an artifact of a training job (its
+`encode_pytree({"params": …})` bytes), named by URI and keccak256 and verified like the data.
+Counter 0 draws the subset: the first `subset_size` entries of a permutation of the test set. Bit
+i of the result is 1 when subset sample i is classified right; the result is `encode_bits(bits)`,
+so the contract can count the ones.
 
-The forward pass is written out from the parameters (Dense_0 … Dense_k, relu between, the same
-layers train_classifier's MLP builds) rather than imported from that job: a job's behaviour must
-be fixed by its own source, whose keccak256 the spec pins.
+The forward pass is written out from the parameters rather than imported from the training
+jobs (a job's behaviour must be fixed by its own source, whose keccak256 the spec pins): each
+Conv_i (3×3, SAME) → relu → 2×2 average pool, then flatten, then Dense_0 … Dense_k with relu
+between, as train_conv's ConvNet and (without Conv_i layers) train_classifier's MLP build
+them. With `arithmetic: exact` (the default) every product and sum is exact
+(compute/exact.py), so a correctness bit cannot flip between machines.
 """
 
 from __future__ import annotations
+
+from functools import partial
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +30,7 @@ from pydantic import Field
 from ape_crowdml.compute.data import read_verified
 from ape_crowdml.compute.digest import decode_pytree, encode_bits
 from ape_crowdml.compute.errors import SpecError
+from ape_crowdml.compute.exact import MAX_SLICES, Arithmetic
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
 
 
@@ -30,32 +38,49 @@ class Config(HParams):
     model_uri: str
     model_digest: Bytes32Hex  # keccak256 of the model file
     subset_size: int = Field(gt=0)
+    arithmetic: Literal["float", "exact"] = "exact"
+    exact_slices: int = Field(2, ge=1, le=MAX_SLICES)  # 7-bit slices per float32 operand
 
 
-def dense_layers(params: dict) -> list[dict]:
-    """The Dense_i layers in index order (a plain sort would put Dense_10 before Dense_2)."""
-    names = sorted(params, key=lambda name: int(name.removeprefix("Dense_")))
-    return [params[name] for name in names]
+def layers(params: dict, kind: str) -> list[dict]:
+    """The `kind`_i layers (Conv or Dense) in index order (a plain sort would put Dense_10
+    before Dense_2)."""
+    names = [name for name in params if name.startswith(kind + "_")]
+    return [params[name] for name in sorted(names, key=lambda n: int(n.removeprefix(kind + "_")))]
 
 
-@jax.jit
-def eval_step(layers, x, y):
+def check_model(params: dict) -> None:
+    unknown = sorted(name for name in params if not name.startswith(("Conv_", "Dense_")))
+    if unknown or not layers(params, "Dense"):
+        raise SpecError(f"the model is not an MLP or ConvNet of the shipped training jobs "
+                        f"(layers {', '.join(sorted(params))})")
+
+
+@partial(jax.jit, static_argnames=("numerics",))
+def eval_step(convs, denses, x, y, *, numerics: Arithmetic):
+    if convs:
+        x = x[..., None] if x.ndim == 3 else x
+        for layer in convs:
+            x = numerics.avg_pool(jax.nn.relu(numerics.conv(x, layer)), 2)
     x = x.reshape((x.shape[0], -1))
-    for layer in layers[:-1]:
-        x = jax.nn.relu(x @ layer["kernel"] + layer["bias"])
-    logits = x @ layers[-1]["kernel"] + layers[-1]["bias"]
+    for layer in denses[:-1]:
+        x = jax.nn.relu(numerics.dense(x, layer))
+    logits = numerics.dense(x, denses[-1])
     return jnp.argmax(logits, -1) == y
 
 
 def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     config = Config(**hparams)
-    model = decode_pytree(read_verified(config.model_uri, config.model_digest))
+    numerics = Arithmetic(config.arithmetic, config.exact_slices)
+    params = decode_pytree(read_verified(config.model_uri, config.model_digest))["params"]
+    check_model(params)
     n = len(data["y_test"])
     if config.subset_size > n:
         raise SpecError(f"subset_size {config.subset_size} exceeds the {n} test samples")
     subset = np.asarray(jax.random.permutation(keys.next(), n)[: config.subset_size])
-    bits = eval_step(dense_layers(model["params"]),
+    numerics.check_inputs(x_test=data["x_test"][subset])
+    bits = eval_step(layers(params, "Conv"), layers(params, "Dense"),
                      jnp.asarray(data["x_test"][subset], jnp.float32),
-                     jnp.asarray(data["y_test"][subset], jnp.int32))
+                     jnp.asarray(data["y_test"][subset], jnp.int32), numerics=numerics)
     report.metric("accuracy", float(bits.mean()))
     return encode_bits(np.asarray(bits))

@@ -38,9 +38,9 @@ _configured: int | None = None  # the devices this process runs jobs on; see con
 def most_devices(profile) -> int | None:
     """The most devices a job under `profile` may use: on CPU the pinned XLA pool (more devices
     would enlarge the pool and change the bits), or 1 where the pool is not pinned; no limit on
-    GPU."""
-    if profile.platform != "cpu":
-        return None
+    GPU or under a profile requiring exact arithmetic."""
+    if profile.platform != "cpu" or profile.requires_exact:
+        return None  # exact arithmetic: the pool's size does not reach the bits
     return profile.xla_threads or 1
 
 

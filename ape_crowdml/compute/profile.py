@@ -98,7 +98,8 @@ PLUGIN_JAXLIB_NATIVE = {
 }
 # The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
 # Paths relative to the plugin package: every compute module, and the errors they raise.
-COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/errors", "compute/host",
+COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/errors", "compute/exact",
+                   "compute/host",
                    "compute/jobenv", "compute/jobs", "compute/keys", "compute/parallel",
                    "compute/profile", "compute/runner", "compute/spec")
 
@@ -177,6 +178,10 @@ class Profile(BaseModel):
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
     flax_config: dict[str, str | bool | int] = {}
+    # Jobs under this profile must compute with exact arithmetic (compute/exact.py): their sums
+    # then have one result whatever the thread pool, CPU, ISA or device count, so the profile
+    # pins none of them.
+    requires_exact: bool = False
 
 
 CPU_EXACT = dict(
@@ -201,7 +206,35 @@ GPU_EXACT = dict(
     jax_config={"jax_default_matmul_precision": "highest"},
     device_kind=GPU_DEVICE_KIND,
 )
+# The portable profiles: exact arithmetic makes every sum's order irrelevant, so they keep
+# JAX's default flags, use every core and any device count; they pin what still decides
+# elementwise bits: the job stack (jaxlib's build, which generates exp, log, sqrt) and, on CPU,
+# the FMA instructions that build may fuse multiplies and adds into.
+CPU_PORTABLE = dict(
+    platform="cpu",
+    machine="x86_64",
+    cpu_features=("avx2", "fma"),
+    code=compute_code_digest(),
+    xla_flags=(),
+    env={"JAX_PLATFORMS": "cpu"},
+    requires_exact=True,
+)
+# On GPU the host CPU platform stays available: exact jobs initialise their parameters there
+# (compute/exact.init_on_host), so erf_inv's GPU rounding never reaches the digest.
+GPU_PORTABLE = dict(
+    platform="gpu",
+    machine="x86_64",
+    code=compute_code_digest(),
+    xla_flags=("--xla_gpu_deterministic_ops=true",),
+    env={"JAX_PLATFORMS": "cuda,cpu", "NVIDIA_TF32_OVERRIDE": "0"},
+    requires_exact=True,
+)
 PROFILES = {profile.name: profile for profile in (
+    Profile(name="cpu-portable", stack="jax0.11.2-py3.12", python=PYTHON,
+            packages=PINNED_PACKAGES, native=JAXLIB_NATIVE, **CPU_PORTABLE),
+    Profile(name="gpu-portable", stack="jax0.11.2-cuda13-py3.12", python=PYTHON,
+            packages={**PINNED_PACKAGES, **CUDA13_PACKAGES}, native=JAXLIB_NATIVE,
+            gpu_libraries=CUDA13_LIBRARIES, **GPU_PORTABLE),
     Profile(name="cpu-exact", stack="jax0.11.2-py3.12", python=PYTHON,
             packages=PINNED_PACKAGES, native=JAXLIB_NATIVE, **CPU_EXACT),
     # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.

@@ -63,7 +63,7 @@ from .errors import CanaryMismatch, CrowdmlError, SpecError
 from .jobenv import job_command
 from .jobs import JobRegistry, configured_job_folders
 from .profile import environment_for
-from .spec import Canary, JobSpec, load_spec, save_spec
+from .spec import Canary, JobSpec, check_arithmetic, load_spec, save_spec
 
 EXIT_BAD_INPUT = 2
 ARTIFACT_FILE, RESULT_FILE, ERROR_FILE = "result.bin", "result.json", "error.json"
@@ -209,6 +209,7 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
+    check_arithmetic(spec)
     configure_jax(spec.profile.jax_config, spec.profile.flax_config)
     configure_devices(spec.profile, devices)
     if group is not None:
@@ -219,6 +220,10 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
         try:
             check_process(spec.profile, devices)
             check_devices(spec.profile)
+            if spec.profile.requires_exact:
+                from .exact import self_test
+
+                self_test()  # this machine's integer products are right, by both paths
             data = load_dataset(spec.data_uri, spec.data_digest)
             job = load_job(spec, job_folders)
         except CrowdmlError as exc:

@@ -103,6 +103,16 @@ class JobSpec(BaseModel):
         return keccak_digest(self.canonical_json())
 
 
+def check_arithmetic(spec: JobSpec) -> None:
+    """A profile requiring exact arithmetic runs only specs whose job computes exactly: its pins
+    leave float sums free to change bits between workers, which would cost them half their
+    deposits. SpecError otherwise."""
+    arithmetic = spec.hparams.get("arithmetic")
+    if spec.profile.requires_exact and arithmetic != "exact":
+        raise SpecError(f"profile {spec.profile.name} runs only jobs with exact arithmetic "
+                        f"(hparams arithmetic: exact); this spec's is {arithmetic or 'unset'}")
+
+
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(p) for p in error["loc"]) or "spec"
@@ -136,7 +146,7 @@ def make_spec(
     data_path: str | Path,
     hparams: dict[str, Any],
     *,
-    profile: str | Profile = "cpu-exact",
+    profile: str | Profile = "cpu-portable",
     canary: Canary | None = None,
     store: str | None = None,
     data_uri: str | None = None,
@@ -163,7 +173,7 @@ def make_spec(
     except ValueError as exc:
         raise SpecError(f"hparams: {exc}") from None
     module, job_digest = load_job_file(job)
-    return JobSpec(
+    spec = JobSpec(
         job=job.name,
         job_digest=job_digest,
         hparams=normalise_hparams(module, hparams),
@@ -173,3 +183,5 @@ def make_spec(
         canary=canary,
         store=store,
     )
+    check_arithmetic(spec)
+    return spec
