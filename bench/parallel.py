@@ -37,7 +37,7 @@ SYNTHETIC = {"seed": 0, "n_train": 1024, "n_test": 256}
 
 def hparams(job) -> dict:
     data = job.synthetic_cifar(**SYNTHETIC)
-    return {"batch_size": 64, "micro_batches": MICRO_BATCHES, "epochs": 1,
+    return {"batch_size": 64, "micro_batches": MICRO_BATCHES, "epochs": 1, "arithmetic": "float",
             "steps_per_epoch": STEPS,
             "synthetic": {**SYNTHETIC, "digest": job.synthetic_digest(data)}}
 

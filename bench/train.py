@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STAGE = REPO / ".cache" / "stage-bench"  # the job processes' links to crowdml's packages
 COIN = bytes.fromhex("be" * 32)
-HPARAMS = {"epochs": 20, "batch_size": 64}
+HPARAMS = {"epochs": 20, "batch_size": 64, "arithmetic": "float"}  # bench/exact.py: exact
 REPEATS = 20
 EVAL_TILES = 100  # eval_step alone runs on the test set repeated this many times
 
@@ -107,7 +107,8 @@ def measure(flagset: str) -> dict:
     configure_jax(profile.jax_config if flagset == "cpu-exact" else None)
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))
     export_digits(tmp / "digits.npz")
-    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "digits.npz", HPARAMS)
+    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "digits.npz", HPARAMS,
+                     profile="cpu-exact")
     from ape_crowdml.compute.data import load_dataset
 
     data = load_dataset(spec.data_uri, spec.data_digest)
@@ -129,24 +130,27 @@ def measure(flagset: str) -> dict:
     from ape_crowdml.compute.digest import decode_pytree, file_digest
 
     n_test = len(data["y_test"])
-    eval_hparams = {"model_uri": str(model_path),
+    eval_hparams = {"model_uri": str(model_path), "arithmetic": "float",
                     "model_digest": "0x" + file_digest(model_path).hex(), "subset_size": n_test}
     evaluate = load_job(make_spec(REPO / "jobs" / "evaluate_classifier.py", tmp / "digits.npz",
-                                  eval_hparams))
+                                  eval_hparams, profile="cpu-exact"))
     eval_s = timings(job=lambda: evaluate.run(eval_hparams, data, KeyStream(COIN), Report(False)))
     eval_s = eval_s["job"][1]
     figures["eval_job_samples_per_s"] = n_test / eval_s
 
-    layers = evaluate.dense_layers(decode_pytree(artifact["model"])["params"])
+    layers = evaluate.layers(decode_pytree(artifact["model"])["params"], "Dense")
     x = jnp.tile(jnp.asarray(data["x_test"]), (EVAL_TILES, 1, 1))
     y = jnp.tile(jnp.asarray(data["y_test"], jnp.int32), EVAL_TILES)
-    step_s = timings(step=lambda: evaluate.eval_step(layers, x, y).block_until_ready())["step"][1]
+    from ape_crowdml.compute.exact import Arithmetic
+
+    step_s = timings(step=lambda: evaluate.eval_step(
+        [], layers, x, y, numerics=Arithmetic("float")).block_until_ready())["step"][1]
     figures["eval_step_samples_per_s"] = len(y) / step_s
     return figures
 
 
 MNIST_ROWS = 2048
-MNIST_HPARAMS = {"hidden": [512, 256], "batch_size": 128, "epochs": 1}
+MNIST_HPARAMS = {"hidden": [512, 256], "batch_size": 128, "epochs": 1, "arithmetic": "float"}
 MNIST_REPEATS = 10
 
 
@@ -177,7 +181,8 @@ def measure_mnist(pinning: str) -> dict:
     configure_jax(profile.jax_config, profile.flax_config)
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-bench-"))
     mnist_shaped(tmp / "mnist.npz")
-    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "mnist.npz", MNIST_HPARAMS)
+    spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "mnist.npz", MNIST_HPARAMS,
+                     profile="cpu-exact")
     data = load_dataset(spec.data_uri, spec.data_digest)
     job = load_job(spec)
     artifact = {}

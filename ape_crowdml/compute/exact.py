@@ -14,8 +14,8 @@ through integers here:
   below the precision the slices keep. A custom gradient sends both backward products
   (δ·Bᵀ and Aᵀ·δ, the sum over the batch) through `matmul` again.
 - `tree_sum(x, axis)`: a fixed pairwise tree of elementwise adds (XLA keeps elementwise adds
-  as written; a `reduce` it may reorder). `mean`, `softmax_cross_entropy` and `avg_pool` use
-  it.
+  as written; a `reduce` it may reorder). `mean`, `softmax_cross_entropy`, `avg_pool` and the
+  bias gradient (`add_bias`: autodiff would sum δ over the batch with a `reduce`) use it.
 - Flax layers `Dense` and `Conv` with `nn.Dense`'s and `nn.Conv`'s parameter names, shapes and
   initialisers (a model of them has the same parameter tree, so digests, `decode_pytree` and
   evaluation keep their form). `Conv` is an im2col product: shifted copies of the input (data
@@ -52,7 +52,10 @@ INT32_TERMS = 1 << 16
 # The most terms a float32 dot of slices may sum with every partial sum an exact integer
 # (below 2**24): 1040 · 16129 < 2**24. The float32 path cuts its chunks again at this size and
 # adds the pieces as int32, so it yields the int8 path's integers.
-FLOAT32_TERMS = 1040
+# The most terms a float32 dot of slices may sum with every partial sum an exact integer
+# (below 2**24): 1024 · 127² < 2**24. The float32 path cuts its chunks again at this size and
+# adds the pieces as int32, so it yields the int8 path's integers.
+FLOAT32_TERMS = 1024
 # Inputs a job feeds to exact layers must stay far from float32's exponent limits, so that
 # the power-of-two scalings never overflow or fall into subnormals (which GPUs flush to zero).
 MAX_INPUT_EXPONENT = 64
@@ -91,34 +94,42 @@ def _power_of_two(exponent):
     return lax.bitcast_convert_type(biased << 23, jnp.float32)
 
 
-def _split(x, axis: int, slices: int):
-    """(int slices of x as float32 integers, stacked on a new axis 0; the exponent e per row
-    (axis=1) or column (axis=0) with |x| < 2**e there). x ≈ Σ_i slice_i · 2**(e − 7(i+1))."""
+def _split(x, axis: int | None, slices: int, dtype=jnp.int8):
+    """(the integer slices of x as `dtype`, a list; the exponent e, one per row (axis=1),
+    column (axis=0) or for the whole array (None), with |x| < 2**e there).
+
+    x ≈ Σ_i slice_i · 2**(e − 7(i+1)): r = x · 2**−e (|r| < 1), then per slice r·128 is
+    rounded to the nearest integer within ±127 and r keeps the remainder (exact: scaling by
+    powers of two and taking a float's fractional part). Later slices are balanced around
+    zero (mostly within ±64), so the skipped products of low slices carry no bias."""
     x = x.astype(jnp.float32)
-    # Values that are subnormal are zero on GPUs and on CPUs flushing them; make them zero
-    # everywhere. The largest magnitude is exact in any order (max is associative).
-    x = jnp.where(jnp.abs(x) < jnp.finfo(jnp.float32).tiny, jnp.zeros_like(x), x)
-    biggest = jnp.max(jnp.abs(x), axis=axis, keepdims=True)
-    _, exponent = jnp.frexp(biggest)  # biggest < 2**exponent; 0 for a zero row
-    r = x * _power_of_two(-exponent)  # |r| < 1, exact
+    magnitude = lax.bitcast_convert_type(x, jnp.int32) & 0x7FFFFFFF
+    # Subnormal values are zero on GPUs and on CPUs flushing them: make them zero everywhere.
+    # The largest magnitude is compared as integers (positive floats' bits sort as their
+    # values; max is exact in any order); |x| < 2**e for e = its biased exponent − 126.
+    normal = magnitude >= 0x00800000
+    biggest = jnp.max(jnp.where(normal, magnitude, 0), axis=axis, keepdims=True)
+    exponent = (biggest >> 23) - 126
+    r = jnp.where(normal, x, 0.0) * _power_of_two(-exponent)  # |r| < 1, exact
     parts = []
     for _ in range(slices):
         r = r * float(1 << SLICE_BITS)
         q = jnp.clip(jnp.round(r), -SLICE_MAX, SLICE_MAX)
-        parts.append(q)
+        parts.append(q.astype(dtype))
         r = r - q  # exact: the fractional remainder of a float
-    return jnp.stack(parts), jnp.squeeze(exponent, axis)
+    exponent = exponent.reshape(-1) if axis is None else jnp.squeeze(exponent, axis)
+    return parts, exponent
 
 
 def _chunks(k: int, terms: int, pairs: int) -> list[tuple[int, int]]:
     """Fixed cuts of a contraction of length k so that `pairs` slice products of each chunk sum
-    fewer than `terms` terms; they depend on the shapes only."""
+    at most `terms` terms; they depend on the shapes only."""
     size = max(1, terms // pairs)
     return [(start, min(start + size, k)) for start in range(0, k, size)]
 
 
 def _int_dot(a, b):
-    return lax.dot(a.astype(jnp.int8), b.astype(jnp.int8), preferred_element_type=jnp.int32)
+    return lax.dot(a, b, preferred_element_type=jnp.int32)
 
 
 def _float_dot(a, b):
@@ -141,10 +152,10 @@ def _level(a_parts, b_parts, level: int, lo: int, hi: int, path: str):
     return total
 
 
-def _product(a, b, slices: int, path: str):
-    a_parts, a_exp = _split(a, 1, slices)
-    b_parts, b_exp = _split(b, 0, slices)
-    k = a.shape[1]
+def _rebuild(a_parts, a_exp, b_parts, b_exp, slices: int, path: str):
+    """The float32 product from both operands' slices: levels (i + j) below `slices` only,
+    each an exact integer per chunk, scaled and added in a fixed order."""
+    k = a_parts[0].shape[1]
     result = None
     for level in range(slices):
         weight = float(2.0 ** (-SLICE_BITS * (level + 2)))
@@ -152,13 +163,21 @@ def _product(a, b, slices: int, path: str):
             term = _level(a_parts, b_parts, level, lo, hi, path).astype(jnp.float32) * weight
             result = term if result is None else result + term
     if result is None:  # k == 0
-        result = jnp.zeros((a.shape[0], b.shape[1]), jnp.float32)
+        result = jnp.zeros((a_parts[0].shape[0], b_parts[0].shape[1]), jnp.float32)
     return result * _power_of_two(a_exp)[:, None] * _power_of_two(b_exp)[None, :]
+
+
+def _product(a, b, slices: int, path: str, b_axis: int | None = 0):
+    dtype = jnp.int8 if path == "int8" else jnp.float32
+    a_parts, a_exp = _split(a, 1, slices, dtype)
+    b_parts, b_exp = _split(b, b_axis, slices, dtype)
+    return _rebuild(a_parts, a_exp, b_parts, b_exp, slices, path)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def matmul(a, b, slices: int = 2):
-    """a (M×K) @ b (K×N) in float32, the same bits on any machine (see the module's text)."""
+    """a (M×K) @ b (K×N) in float32, the same bits on any machine (see the module's text): a
+    scaled per row, b per column."""
     return _product(a, b, slices, _path)
 
 
@@ -172,6 +191,52 @@ def _matmul_backward(slices, saved, g):
 
 
 matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_product(x, kernel, slices: int = 2):
+    """x (M×K) @ kernel (K×N) as `matmul`, but the kernel scaled as a whole: its one set of
+    slices serves the forward product and δ·kernelᵀ in the gradient (cutting a K×N kernel is
+    the costliest part of a small batch's product, and weights of one layer share a range)."""
+    return _product(x, kernel, slices, _path, b_axis=None)
+
+
+def _dense_forward(x, kernel, slices):
+    dtype = jnp.int8 if _path == "int8" else jnp.float32
+    x_parts, x_exp = _split(x, 1, slices, dtype)
+    k_parts, k_exp = _split(kernel, None, slices, dtype)
+    y = _rebuild(x_parts, x_exp, k_parts, k_exp, slices, _path)
+    return y, (x, k_parts, k_exp)
+
+
+def _dense_backward(slices, saved, g):
+    x, k_parts, k_exp = saved
+    dtype = jnp.int8 if _path == "int8" else jnp.float32
+    g_parts, g_exp = _split(g, 1, slices, dtype)
+    dx = _rebuild(g_parts, g_exp, [p.T for p in k_parts], k_exp, slices, _path)
+    return dx, matmul(x.T, g, slices)
+
+
+dense_product.defvjp(_dense_forward, _dense_backward)
+
+
+@jax.custom_vjp
+def add_bias(y, bias):
+    """y + bias over y's last axis. Its gradient sums δ over every other axis (the batch, and
+    an image's positions): autodiff would make that a `reduce`, whose order XLA's kernels
+    choose; here it is a tree_sum."""
+    return y + bias
+
+
+def _add_bias_forward(y, bias):
+    return y + bias, None
+
+
+def _add_bias_backward(_, g):
+    return g, tree_sum(g.reshape((-1, g.shape[-1])), 0)
+
+
+add_bias.defvjp(_add_bias_forward, _add_bias_backward)
 
 
 def tree_sum(x, axis: int = 0):
@@ -196,7 +261,7 @@ def mean(x, axis: int = 0):
 
 def softmax_cross_entropy(logits, labels):
     """Mean cross-entropy of integer labels: log-sum-exp and the batch mean through tree_sum."""
-    top = lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))  # exact; shifts only
+    top = jnp.max(lax.stop_gradient(logits), axis=-1, keepdims=True)  # exact; shifts only
     shifted = logits - top
     log_total = jnp.log(tree_sum(jnp.exp(shifted), axis=-1))
     picked = tree_sum(shifted * jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
@@ -239,8 +304,8 @@ class Dense(nn.Module):
                             jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
         lead = x.shape[:-1]
-        y = matmul(x.reshape((-1, x.shape[-1])), kernel, self.slices)
-        return y.reshape(lead + (self.features,)) + bias
+        y = dense_product(x.reshape((-1, x.shape[-1])), kernel, self.slices)
+        return add_bias(y.reshape(lead + (self.features,)), bias)
 
 
 class Conv(nn.Module):
@@ -259,22 +324,22 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        y = matmul(patches(x, self.kernel_size), kernel.reshape((-1, self.features)),
-                   self.slices)
-        return y.reshape(x.shape[:-1] + (self.features,)) + bias
+        y = dense_product(patches(x, self.kernel_size), kernel.reshape((-1, self.features)),
+                          self.slices)
+        return add_bias(y.reshape(x.shape[:-1] + (self.features,)), bias)
 
 
 def dense(x, layer: dict, slices: int):
     """A `Dense` layer's forward pass from its parameters (evaluation jobs)."""
-    return matmul(x, layer["kernel"], slices) + layer["bias"]
+    return add_bias(dense_product(x, layer["kernel"], slices), layer["bias"])
 
 
 def conv(x, layer: dict, slices: int):
     """A `Conv` layer's forward pass from its parameters (evaluation jobs)."""
     kernel = layer["kernel"]
     kh, kw, _, features = kernel.shape
-    y = matmul(patches(x, (kh, kw)), kernel.reshape((-1, features)), slices)
-    return y.reshape(x.shape[:-1] + (features,)) + layer["bias"]
+    y = dense_product(patches(x, (kh, kw)), kernel.reshape((-1, features)), slices)
+    return add_bias(y.reshape(x.shape[:-1] + (features,)), layer["bias"])
 
 
 def init_on_host(model: nn.Module, key, *args, **kwargs):
@@ -289,7 +354,10 @@ def init_on_host(model: nn.Module, key, *args, **kwargs):
 
 
 def _integers(a_parts, b_parts, slices: int, path: str) -> list:
-    return [_level(a_parts, b_parts, level, 0, a_parts.shape[2], path)
+    dtype = jnp.int8 if path == "int8" else jnp.float32
+    a_parts = [p.astype(dtype) for p in a_parts]
+    b_parts = [p.astype(dtype) for p in b_parts]
+    return [_level(a_parts, b_parts, level, 0, a_parts[0].shape[1], path)
             for level in range(slices)]
 
 
@@ -300,9 +368,10 @@ def self_test(slices: int = 2) -> None:
     rng = np.random.default_rng(0)
     cases = [(rng.standard_normal((16, 300)).astype(np.float32),
               rng.standard_normal((300, 24)).astype(np.float32)),
-             # Every slice-0 product −127·127, in a sum longer than the float32 path's chunk.
+             # Every top-slice product (−127)·(−127), the largest, in a sum longer than the
+             # float32 path's chunk.
              (np.full((8, FLOAT32_TERMS + 7), -(1 - 2.0 ** -20), np.float32),
-              np.full((FLOAT32_TERMS + 7, 8), 1 - 2.0 ** -20, np.float32))]
+              np.full((FLOAT32_TERMS + 7, 8), -(1 - 2.0 ** -20), np.float32))]
     split = jax.jit(lambda a, b: (_split(a, 1, slices)[0], _split(b, 0, slices)[0]))
     for a, b in cases:
         a_parts, b_parts = split(a, b)
