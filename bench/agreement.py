@@ -6,7 +6,7 @@ runs where the plugin (ape) is not installed, e.g. a lent GPU machine whose imag
 job stack:
 
     PYTHONPATH=<folder linking ape_crowdml and crowdml_jobs> .jobenv/jax0.11.2-py3.12/bin/python \\
-        -s bench/agreement.py [--profiles cpu-exact gpu-exact]
+        -s bench/agreement.py [--profiles cpu-portable gpu-portable gpu-exact]
 
 (`make agreement` does this with the repository's job environment.) For each profile it makes
 the specs below on scikit-learn's digits (exported byte for byte alike everywhere), runs each
@@ -79,11 +79,12 @@ def run(spec_file: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--profiles", nargs="+", default=["cpu-exact"])
+    parser.add_argument("--profiles", nargs="+", default=["cpu-portable", "cpu-exact"])
     args = parser.parse_args()
     from ape_crowdml.compute.data import export_digits
     from ape_crowdml.compute.errors import CrowdmlError
     from ape_crowdml.compute.jobs import resolve_job
+    from ape_crowdml.compute.profile import get_profile
     from ape_crowdml.compute.spec import make_spec, save_spec
 
     folder = Path(tempfile.mkdtemp(prefix="crowdml-agreement-"))
@@ -93,7 +94,10 @@ def main() -> None:
         for name, (job, hparams) in SPECS.items():
             key = f"{profile}/{name}"
             try:
-                spec = make_spec(resolve_job(job, []), data, hparams, profile=profile)
+                # A portable profile runs exact arithmetic; the pinned ones, float.
+                arithmetic = "exact" if get_profile(profile).requires_exact else "float"
+                spec = make_spec(resolve_job(job, []), data,
+                                 {**hparams, "arithmetic": arithmetic}, profile=profile)
             except CrowdmlError as exc:
                 figures[key] = f"refused: {exc}"
                 continue

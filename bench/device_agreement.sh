@@ -3,8 +3,9 @@
 #   run(command="bash bench/device_agreement.sh", carry=[".cache/device-wheels"])
 # after `make device-wheels` here. The image's python3 (3.12) carries jax 0.11.2 with its CUDA 13
 # plugin and numpy 2.5.2; a job environment over it gets the few packages it lacks from the
-# carried wheels, then bench/agreement.py prints cpu-exact's digests on that machine's CPU and
-# gpu-exact's on its GPU (each twice), or the refusal naming what differs from the profile.
+# carried wheels, then bench/agreement.py prints, each twice: an exact spec's digests on that
+# machine's CPU (cpu-portable) and on its GPU (gpu-portable), which must be equal, and the float
+# gpu-exact profile's; or the refusal naming what differs from the profile.
 set -euo pipefail
 env=/tmp/crowdml-jobenv
 python3 -m venv --system-site-packages "$env"
@@ -14,4 +15,4 @@ mkdir -p "$stage"
 ln -sfn "$PWD/ape_crowdml" "$stage/ape_crowdml"
 ln -sfn "$PWD/jobs" "$stage/crowdml_jobs"
 "$env/bin/python" -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|numpy|flax|optax|ml.dtypes|nvidia-(cuda-runtime|cudnn|cublas))' || true
-PYTHONPATH="$stage" "$env/bin/python" -s bench/agreement.py --profiles cpu-exact gpu-exact
+PYTHONPATH="$stage" "$env/bin/python" -s bench/agreement.py --profiles cpu-portable gpu-portable gpu-exact
