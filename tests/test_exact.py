@@ -104,8 +104,12 @@ def float_sums(jaxpr) -> list[str]:
     for eqn in jaxpr.eqns:
         floats = any(jnp.issubdtype(v.aval.dtype, jnp.floating) for v in eqn.invars
                      if hasattr(v.aval, "dtype"))
-        if eqn.primitive.name in ("reduce_sum", "cumsum", "reduce_window_sum",
-                                  "conv_general_dilated") and floats:
+        if eqn.primitive.name == "reduce_sum" and floats:
+            shape = eqn.invars[0].aval.shape
+            if any(shape[axis] > 1 for axis in eqn.params["axes"]):  # one term is no sum
+                found.append(f"reduce_sum over {shape}")
+        if eqn.primitive.name in ("cumsum", "reduce_window_sum", "conv_general_dilated") \
+                and floats:
             found.append(eqn.primitive.name)
         if eqn.primitive.name == "dot_general" and floats:
             found.append("dot_general")
