@@ -89,6 +89,7 @@ test-fork: env
 bench: env
 	python bench/gas.py 2>/dev/null | grep -v '^INFO'
 	python bench/train.py
+	python bench/exact.py
 	python bench/parallel.py
 	python bench/rehearsal.py
 

@@ -35,7 +35,7 @@ from .compute.data import read_verified
 from .compute.digest import bits_body, decode_bits, file_digest, keccak_digest
 from .compute.jobs import shipped_folder
 from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
-from .compute.spec import JobSpec, make_spec, parse_spec
+from .compute.spec import JobSpec, check_arithmetic, make_spec, parse_spec
 
 PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
 EVALUATION_JOB = "evaluate_classifier.py"
@@ -151,6 +151,12 @@ def check_template(order: OrderInfo, head: bytes, tail: bytes) -> JobSpec:
         raise PolicyRefused(f"order {order.order_id}'s template evaluates "
                             f"{spec.hparams.get('subset_size')} samples, the contract counts "
                             f"{order.samples}")
+    # Float evaluation under a portable profile could flip a correctness bit between the
+    # evaluation's workers: the round would disagree instead of judging the model.
+    try:
+        check_arithmetic(spec)
+    except SpecError as exc:
+        raise PolicyRefused(f"order {order.order_id}'s template: {exc}") from None
     return spec
 
 

@@ -30,7 +30,7 @@ from pydantic import Field
 from ape_crowdml.compute.data import read_verified
 from ape_crowdml.compute.digest import decode_pytree, encode_bits
 from ape_crowdml.compute.errors import SpecError
-from ape_crowdml.compute.exact import MAX_SLICES, Arithmetic
+from ape_crowdml.compute.exact import EVALUATION_SLICES, MAX_SLICES, Arithmetic
 from ape_crowdml.compute.spec import Bytes32Hex, HParams
 
 
@@ -39,7 +39,7 @@ class Config(HParams):
     model_digest: Bytes32Hex  # keccak256 of the model file
     subset_size: int = Field(gt=0)
     arithmetic: Literal["float", "exact"] = "exact"
-    exact_slices: int = Field(2, ge=1, le=MAX_SLICES)  # 7-bit slices per float32 operand
+    exact_slices: int = Field(EVALUATION_SLICES, ge=1, le=MAX_SLICES)  # 7-bit slices per operand
 
 
 def layers(params: dict, kind: str) -> list[dict]:

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 
 from ape_crowdml.compute.digest import encode_pytree
 from ape_crowdml.compute.errors import SpecError
-from ape_crowdml.compute.exact import MAX_SLICES, Arithmetic
+from ape_crowdml.compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
 from ape_crowdml.compute.keys import draw
 from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
 from ape_crowdml.compute.spec import HParams
@@ -51,7 +51,7 @@ class Config(HParams):
     # exact: products and sums in integers, the same bits on any machine (compute/exact.py);
     # float: plain float32, which agrees only on identical, pinned machines (cpu-exact).
     arithmetic: Literal["float", "exact"] = "exact"
-    exact_slices: int = Field(2, ge=1, le=MAX_SLICES)  # 7-bit slices per float32 operand
+    exact_slices: int = Field(EXACT_SLICES, ge=1, le=MAX_SLICES)  # 7-bit slices per operand
 
     @property
     def numerics(self) -> Arithmetic:

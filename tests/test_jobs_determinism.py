@@ -110,7 +110,10 @@ def mnist_shaped(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def mnist_spec(mnist_shaped):
-    return make_spec(TRAIN_JOB, mnist_shaped, {"hidden": [512], "batch_size": 128, "epochs": 1})
+    # float arithmetic under the pinned profile: what these tests are about (exact arithmetic
+    # needs no pinning: tests/test_exact_agreement.py)
+    return make_spec(TRAIN_JOB, mnist_shaped, {"hidden": [512], "batch_size": 128, "epochs": 1,
+                                               "arithmetic": "float"}, profile="cpu-exact")
 
 
 @needs_two_cpus

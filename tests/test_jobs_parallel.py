@@ -185,8 +185,12 @@ def test_devices_used_are_a_divisor_of_micro_batches_within_the_offer_and_profil
 
 
 def test_runner_refuses_more_devices_than_the_profile_allows_or_k_shares(digits, tmp_path):
-    spec = make_spec(MLP_JOB, digits, {**MLP, "micro_batches": 4})
+    pinned = make_spec(MLP_JOB, digits, {**MLP, "micro_batches": 4, "arithmetic": "float"},
+                       profile="cpu-exact")
     with pytest.raises(EnvironmentMismatch, match="1 to 8 devices, not 16"):
+        run_job(pinned, COIN, devices=16)
+    spec = make_spec(MLP_JOB, digits, {**MLP, "micro_batches": 4})  # portable: no device limit
+    with pytest.raises(SpecError, match="16 devices cannot share 4 micro-batches"):
         run_job(spec, COIN, devices=16)
     with pytest.raises(SpecError, match="3 devices cannot share 4 micro-batches"):
         run_job(spec, COIN, devices=3)

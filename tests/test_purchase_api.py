@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from eth_utils import keccak
 
+from ape_crowdml.compute.exact import EVALUATION_SLICES
 from ape_crowdml.errors import DataDigestMismatch, PolicyRefused, SpecError, TaskRejected
 from ape_crowdml.purchase import (
     Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
@@ -71,6 +72,13 @@ def test_a_seller_checks_the_template_before_offering(test_data):
                     "job_digest": "0x" + keccak(Path("jobs/train_classifier.py").read_bytes()).hex()})))
     with pytest.raises(PolicyRefused, match="evaluates 21 samples, the contract counts 20"):
         check_template(FakeOrder, *split_template(evaluation(test_data, samples=21)))
+    exact = check_template(FakeOrder, *split_template(evaluation(test_data))).hparams
+    assert (exact["arithmetic"], exact["exact_slices"]) == ("exact", EVALUATION_SLICES)
+    portable = evaluation(test_data)  # a float evaluation under the portable profile
+    floating = portable.model_copy(update={"hparams": {**portable.hparams,
+                                                       "arithmetic": "float"}})
+    with pytest.raises(PolicyRefused, match="runs only jobs with exact arithmetic"):
+        check_template(FakeOrder, *split_template(floating))
     test_data.write_bytes(b"another test set")
     with pytest.raises(PolicyRefused, match="evaluates data"):
         check_template(FakeOrder, *split_template(evaluation(test_data)))
