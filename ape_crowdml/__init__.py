@@ -61,7 +61,9 @@ def _host_settings():
 
     config = crowdml_config()
     return HostSettings(cache_folder=config.cache_folder, jobs_folder=tuple(config.jobs_folder),
-                        job_env_folder=config.job_env_folder, job_envs=dict(config.job_envs))
+                        job_env_folder=config.job_env_folder, job_envs=dict(config.job_envs),
+                        max_data_bytes=config.worker.max_data_bytes,
+                        fetch_seconds=config.worker.fetch_seconds)
 
 
 # A job's own environment (compute/jobenv.py) holds the compute side alone, without ape: there

@@ -61,6 +61,11 @@ class WorkerPolicy(BaseModel):
     # Run jobs in a warm process per profile (jax imported and the environment sealed once)
     # rather than a fresh one each: the same digests, without ~10 s of start-up per job.
     warm_jobs: bool = False
+    # Every read of a URI a task's publisher names (its data, its spec, a model to evaluate)
+    # stops at this many bytes and this many seconds, so that no task can fill this machine
+    # or hold the agent: a refusal is one line, and the task is not joined.
+    max_data_bytes: int = Field(4 << 30, ge=1)
+    fetch_seconds: float = Field(600.0, gt=0)
 
 
 class AgentSettings(BaseModel):

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
+from time import monotonic
 
 import numpy as np
+from eth_hash.auto import keccak
 
-from .digest import file_digest, keccak_digest
+from .digest import file_digest
 from .errors import DataDigestMismatch, first_line
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -47,29 +50,127 @@ def _as_digest(digest: str | bytes) -> bytes:
     return digest if isinstance(digest, bytes) else bytes.fromhex(digest.removeprefix("0x"))
 
 
-def _read(uri: str, max_bytes: int | None = None) -> bytes:
-    """The bytes at `uri`; with `max_bytes`, at most that many are read (one more tells a
-    larger file, which is refused without reading the rest)."""
-    size = -1 if max_bytes is None else max_bytes + 1
-    try:
-        if not is_remote(uri):
-            with open(uri.removeprefix("file://"), "rb") as f:
-                data = f.read(size)
-        else:
-            import fsspec
+MAX_BYTES_VARIABLE = "APE_CROWDML_MAX_DATA_BYTES"
+SECONDS_VARIABLE = "APE_CROWDML_FETCH_SECONDS"
+_CHUNK = 1 << 20
 
-            with fsspec.open(uri, "rb") as f:
-                data = f.read(size)
-    except OSError as exc:
-        if not is_remote(uri):
-            raise DataDigestMismatch(f"cannot read {uri.removeprefix('file://')}: "
-                                     f"{exc.strerror}") from None
-        raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - each fsspec backend raises its own errors
-        raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(exc)}") from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise DataDigestMismatch(f"{uri} holds more than {max_bytes:,} bytes; refusing it")
-    return data
+
+def read_limits() -> tuple[int, float]:
+    """(bytes, seconds): how much, and for how long, a URI a remote party names may be read.
+    A job's process is handed them in the variables above; elsewhere the host's settings
+    (the worker's `max_data_bytes`, `fetch_seconds`) hold."""
+    from .host import settings
+
+    if os.environ.get(MAX_BYTES_VARIABLE) and os.environ.get(SECONDS_VARIABLE):
+        return int(os.environ[MAX_BYTES_VARIABLE]), float(os.environ[SECONDS_VARIABLE])
+    host = settings()
+    return host.max_data_bytes, host.fetch_seconds
+
+
+def limit_variables() -> dict[str, str]:
+    """The variables that hand this process's read limits to a job's process."""
+    max_bytes, seconds = read_limits()
+    return {MAX_BYTES_VARIABLE: str(max_bytes), SECONDS_VARIABLE: repr(seconds)}
+
+
+def _open(uri: str, seconds: float):
+    if not is_remote(uri):
+        return open(uri.removeprefix("file://"), "rb")
+    import fsspec
+
+    options = {}
+    if uri.startswith(("http://", "https://")):
+        import aiohttp  # fsspec's http backend: every request ends by the deadline
+
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=seconds)}
+    return fsspec.open(uri, "rb", **options)
+
+
+def _stream(uri: str, sink, max_bytes: int, seconds: float, cancelled: threading.Event):
+    """Read `uri` in chunks into `sink` while hashing; the keccak256, or an error."""
+    hasher, size = keccak.new(b""), 0
+    deadline = monotonic() + seconds
+    with _open(uri, seconds) as f:
+        while chunk := f.read(min(_CHUNK, max_bytes + 1 - size)):
+            size += len(chunk)
+            if size > max_bytes:
+                raise DataDigestMismatch(f"{uri} holds more than {max_bytes:,} bytes "
+                                         "(this worker's max_data_bytes); refusing it")
+            if cancelled.is_set() or monotonic() > deadline:
+                raise TimeoutError
+            hasher.update(chunk)
+            sink(chunk)
+    return hasher.digest()
+
+
+def _read_into(uri: str, sink, max_bytes: int | None = None,
+               seconds: float | None = None) -> bytes:
+    """Stream `uri` into `sink` (a callable taking each chunk), at most `max_bytes` bytes and
+    `seconds` seconds (default: `read_limits()`); returns the keccak256 of what was read.
+
+    The read runs in a thread the caller waits for until the deadline only: a server that
+    trickles bytes, or never answers, costs the caller `seconds` at most (the thread stops at
+    its next chunk, or when the backend's own timeout ends its request)."""
+    limit_bytes, limit_seconds = read_limits()
+    max_bytes = limit_bytes if max_bytes is None else min(max_bytes, limit_bytes)
+    seconds = limit_seconds if seconds is None else seconds
+    outcome: dict = {}
+    cancelled = threading.Event()
+
+    def read():
+        try:
+            outcome["digest"] = _stream(uri, sink, max_bytes, seconds, cancelled)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+
+    reader = threading.Thread(target=read, name=f"crowdml-read {uri}", daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive() or isinstance(outcome.get("error"), TimeoutError):
+        cancelled.set()
+        raise DataDigestMismatch(f"{uri} was not read within {seconds:g} s (this worker's "
+                                 "fetch_seconds); refusing it")
+    error = outcome.get("error")
+    if isinstance(error, DataDigestMismatch):
+        raise error
+    if isinstance(error, OSError) and not is_remote(uri):
+        raise DataDigestMismatch(f"cannot read {uri.removeprefix('file://')}: "
+                                 f"{error.strerror}") from None
+    if error is not None:  # each fsspec backend raises its own errors
+        raise DataDigestMismatch(f"cannot fetch {uri}: {first_line(error)}") from None
+    return outcome["digest"]
+
+
+def _read(uri: str, max_bytes: int | None = None) -> tuple[bytes, bytes]:
+    """(the bytes at `uri`, their keccak256), within the read limits."""
+    parts: list[bytes] = []
+    digest = _read_into(uri, parts.append, max_bytes)
+    return b"".join(parts), digest
+
+
+def _mismatch(uri: str, actual: bytes, expected: bytes) -> DataDigestMismatch:
+    return DataDigestMismatch(f"{uri} has keccak256 0x{actual.hex()}, the spec expects "
+                              f"0x{expected.hex()}; fetch the requester's file again")
+
+
+def fetch_verified(uri: str, expected_digest: str | bytes) -> Path:
+    """A remote file in the content-addressed cache, streamed to disk while hashing (within
+    the read limits) and kept only if its keccak256 is `expected_digest`; returns its path."""
+    expected = _as_digest(expected_digest)
+    copy = cache_folder() / expected.hex()
+    if copy.is_file() and file_digest(copy) == expected:
+        return copy
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+    try:
+        with open(partial, "wb") as f:
+            actual = _read_into(uri, f.write)
+        if actual != expected:
+            raise _mismatch(uri, actual, expected)
+        partial.replace(copy)
+    finally:
+        partial.unlink(missing_ok=True)
+    return copy
 
 
 def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True,
@@ -79,34 +180,34 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
     `uri` is a local path, a `file://` URI, or any fsspec URL (https://, s3://, gs://, …).
     Remote bytes that match are kept in a content-addressed cache, where the job's child
     process then finds them; `cached=False` asks the URI itself (a requester checking that
-    it serves the data). `max_bytes` caps what is read (a spec's URI, which anyone publishing
-    a task names, must not make a worker read without end).
+    it serves the data). Every read stops at the read limits (`read_limits()`: a URI a
+    task's publisher names must not make a worker read without end), or at `max_bytes` (a
+    spec's URI) if that is less.
     """
     expected = _as_digest(expected_digest)
-    copy = cache_folder() / expected.hex()
-    if cached and is_remote(uri) and copy.is_file():
-        data = copy.read_bytes()
-        if keccak_digest(data) == expected:
-            return data
-    data = _read(uri, max_bytes)
-    actual = keccak_digest(data)
+    if cached and is_remote(uri) and max_bytes is None:
+        return fetch_verified(uri, expected).read_bytes()
+    data, actual = _read(uri, max_bytes)
     if actual != expected:
-        raise DataDigestMismatch(
-            f"{uri} has keccak256 0x{actual.hex()}, the spec expects 0x{expected.hex()}; "
-            "fetch the requester's file again"
-        )
+        raise _mismatch(uri, actual, expected)
     if is_remote(uri):
+        copy = cache_folder() / expected.hex()
         copy.parent.mkdir(parents=True, exist_ok=True)
-        partial = copy.with_suffix(f".{os.getpid()}.part")
+        partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
         partial.write_bytes(data)
         partial.replace(copy)
     return data
 
 
 def load_dataset(uri: str, expected_digest: str | bytes) -> dict[str, np.ndarray]:
-    """Verify the digest, then load the four arrays (no pickles)."""
-    data = read_verified(uri, expected_digest)
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+    """Verify the digest, then load the four arrays (no pickles). A remote file is streamed
+    into the cache and loaded from there; a local one is read once, then hashed and parsed
+    from memory (it cannot change in between)."""
+    if is_remote(uri):
+        source = fetch_verified(uri, expected_digest)
+    else:
+        source = io.BytesIO(read_verified(uri, expected_digest))
+    with np.load(source, allow_pickle=False) as npz:
         missing = [name for name in ARRAYS if name not in npz.files]
         if missing:
             raise DataDigestMismatch(f"{uri} lacks arrays {', '.join(missing)}")

@@ -20,6 +20,10 @@ class HostSettings:
     jobs_folder: tuple[Path, ...] = ()  # job folders searched besides the shipped jobs
     job_env_folder: Path = Path("~/.cache/crowdml/job-envs")  # where jobenv.create builds
     job_envs: dict[str, Path] = field(default_factory=dict)  # stack name -> its interpreter
+    # Every read of a URI a remote party names (data, spec, a model to evaluate) stops at this
+    # many bytes and this many seconds (the worker's `max_data_bytes`, `fetch_seconds`).
+    max_data_bytes: int = 4 << 30
+    fetch_seconds: float = 600.0
 
 
 _provider: Callable[[], HostSettings] | None = None

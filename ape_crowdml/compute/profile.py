@@ -108,7 +108,8 @@ COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/errors", "compute/
 # (the data's digest is checked whatever serves it).
 ALLOWED_VARIABLES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TERM",
-    "PYTHONPATH", "APE_CROWDML_CACHE_FOLDER",
+    "PYTHONPATH", "APE_CROWDML_CACHE_FOLDER", "APE_CROWDML_MAX_DATA_BYTES",
+    "APE_CROWDML_FETCH_SECONDS",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
 })

@@ -322,10 +322,12 @@ def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path |
                 "--devices", str(devices), "--progress" if progress else "--no-progress"]
     for folder in job_folders:
         command += ["--jobs-folder", str(folder)]
-    from .data import CACHE_FOLDER_VARIABLE, cache_root
+    from .data import CACHE_FOLDER_VARIABLE, cache_root, limit_variables
 
-    # The child reads no config: it is handed the cache folder, and nothing else of ours.
-    parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(cache_root())}
+    # The child reads no config: it is handed the cache folder and the read limits (a job
+    # reads URIs its spec names, e.g. a model to evaluate), and nothing else of ours.
+    parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(cache_root()),
+              **limit_variables()}
     # Its stderr goes to a file, not a pipe: nobody reads a pipe while the job runs in the
     # background, and a full one would stall the child.
     stderr = None if progress else tmp / "stderr.txt"

@@ -89,7 +89,7 @@ class WarmPool:
             return key, *known
         if known:  # its child died: its folder goes with it
             shutil.rmtree(known[1].parent, ignore_errors=True)
-        from .data import CACHE_FOLDER_VARIABLE
+        from .data import CACHE_FOLDER_VARIABLE, limit_variables
 
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
         profile_file = folder / "profile.json"
@@ -102,7 +102,8 @@ class WarmPool:
         command += ["--profile", str(profile_file), "--devices", str(devices)]
         for job_folder in job_folders:
             command += ["--jobs-folder", str(job_folder)]
-        parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(self._cache_folder)}
+        parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(self._cache_folder),
+                  **limit_variables()}
         stderr = folder / "stderr.txt"
         with open(stderr, "w") as stderr_file:
             child = subprocess.Popen(command, env=environment_for(spec.profile, parent),
