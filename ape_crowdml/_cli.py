@@ -317,8 +317,9 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--hparams", type=JSON(), default="{}", show_default=True,
               help="Hyperparameters as JSON.")
-@click.option("--profile", default="cpu-portable", show_default=True,
-              help="Environment profile workers must match.")
+@click.option("--profile", default=None,
+              help="Environment profile workers must match (default: cpu-portable for a job "
+                   "with exact arithmetic, else cpu-exact).")
 @click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
 @click.option("--data-uri", metavar="URL",
               help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")

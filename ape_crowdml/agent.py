@@ -23,17 +23,57 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from time import monotonic
 
 from .board import Phase, WorkerStatus
-from .errors import CannotSignUnattended, CrowdmlError, first_line
+from .errors import CannotSignUnattended, CrowdmlError, PolicyRefused, first_line
 from .parties import Work, Worker
 from .render import wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
+# Admissions (the checks before a join) running at once, each in its own thread.
+MAX_ADMISSIONS = 2
+
+
+class Admission:
+    """A task's checks before a join (`Worker.admit`: its spec and data fetched, the policy,
+    this machine's environment, the canary), run in a thread of their own: what a task's
+    publisher controls (a slow server, a long canary) never holds the agent's loop, which
+    keeps sending the other tasks' reveals, settles and claims meanwhile."""
+
+    def __init__(self, worker: Worker, task_id: int, seconds: float):
+        self.task_id = task_id
+        self.deadline = monotonic() + seconds
+        self.seconds = seconds
+        facts = worker.admission_facts(task_id)  # chain reads stay in the agent's thread
+        self._outcome: dict = {}
+        self._thread = threading.Thread(target=self._admit, args=(worker, facts), daemon=True,
+                                        name=f"crowdml-admission-{task_id}")
+        self._thread.start()
+
+    def _admit(self, worker: Worker, facts) -> None:
+        try:
+            self._outcome["admitted"] = worker.admit(*facts)
+        except BaseException as exc:  # noqa: BLE001 - handed to the agent's thread
+            self._outcome["error"] = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def overdue(self) -> bool:
+        return self.running and monotonic() > self.deadline
+
+    def result(self):
+        """The admitted (task, spec); the refusal raised as it was."""
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["admitted"]
 
 
 def sign_unattended(account, *, autosign: bool) -> None:
@@ -100,6 +140,7 @@ class Agent:
         self._retry_at = 0.0
         self._given_up: set[int] = set()
         self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
+        self._admissions: dict[int, Admission] = {}  # task id -> its checks before a join
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -236,6 +277,41 @@ class Agent:
             self.log(f"task {task_id}: job stopped")
         self._jobs.clear()
 
+    @property
+    def admitting(self) -> bool:
+        """Whether checks before a join are still running."""
+        return any(admission.running for admission in self._admissions.values())
+
+    def _join(self, task_id: int) -> bool:
+        """The board's terms here, then the rest of the checks in an Admission; join once it
+        passed. A task whose checks fail, or outlast the policy's `check_seconds`, is
+        refused: forgotten, so that it is not checked again."""
+        worker = self.worker
+        admission = self._admissions.get(task_id)
+        try:
+            if admission is None:
+                worker.check_terms(task_id)
+                if len(self._admissions) >= MAX_ADMISSIONS:
+                    return False  # its turn comes once a running admission ends
+                self._admissions[task_id] = Admission(worker, task_id,
+                                                      worker.config.worker.check_seconds)
+                return False
+            if admission.overdue:
+                raise PolicyRefused(f"its checks did not end within {admission.seconds:g} s "
+                                    "(this worker's check_seconds)")
+            if admission.running:
+                return False
+            del self._admissions[task_id]
+            admission.result()
+            worker.join(task_id, admitted=True)
+        except CrowdmlError as exc:
+            self._admissions.pop(task_id, None)
+            self._forget(task_id)
+            self.log(f"task {task_id}: not joining: {exc}")
+            return False
+        self.log(f"task {task_id}: joined")
+        return True
+
     def _advance(self, task_id: int):
         """Send the task's next deadline-bound action; WORK when its job is due instead."""
         worker, me = self.worker, self.worker.account.address
@@ -243,16 +319,10 @@ class Agent:
         status = self.board.worker_status(task_id, me)
         if status == WorkerStatus.NONE:
             if phase != Phase.JOINING:
+                self._admissions.pop(task_id, None)
                 self._forget(task_id)
                 return False
-            try:
-                worker.join(task_id)
-            except CrowdmlError as exc:
-                self._forget(task_id)
-                self.log(f"task {task_id}: not joining: {exc}")
-                return False
-            self.log(f"task {task_id}: joined")
-            return True
+            return self._join(task_id)
         if phase in (Phase.JOINING, Phase.AWAITING_COIN):
             if self.board.head <= self.board.task(task_id).deadline:
                 return False

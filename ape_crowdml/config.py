@@ -66,6 +66,9 @@ class WorkerPolicy(BaseModel):
     # or hold the agent: a refusal is one line, and the task is not joined.
     max_data_bytes: int = Field(4 << 30, ge=1)
     fetch_seconds: float = Field(600.0, gt=0)
+    # The agent's checks before a join (spec, data, environment, canary) run off its loop; a
+    # task whose checks take longer than this is refused and not checked again.
+    check_seconds: float = Field(1800.0, gt=0)
 
 
 class AgentSettings(BaseModel):

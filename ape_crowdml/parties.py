@@ -172,7 +172,9 @@ class Party:
         return spec
 
     def _published_spec(self, task: TaskInfo) -> JobSpec:
-        uri = self.board.spec_uri(task.task_id)
+        return self._spec_at_uri(task, self.board.spec_uri(task.task_id))
+
+    def _spec_at_uri(self, task: TaskInfo, uri: str) -> JobSpec:
         try:
             if not uri:
                 raise SpecError(f"task {task.task_id} names no spec URI")
@@ -304,13 +306,33 @@ class Worker(Party):
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
         spec and data digests, this machine's environment, and the canary if the spec has one."""
+        return self.admit(*self.admission_facts(task_id, spec))
+
+    def admission_facts(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple:
+        """What `admit` needs from the chain, read here (in the caller's thread): the task, its
+        spec or the URI to fetch it from, and the board's sink."""
+        task = self.board.task(task_id)
+        if spec is not None:
+            source = as_spec(spec)
+        else:
+            uri = self.board.spec_uri(task_id)
+            # a model purchase's evaluation spec is rebuilt from the market's events: chain reads
+            source = self._published_spec(task) if uri.startswith(ORDER_URI_SCHEME) else uri
+        return task, source, self.board.sink
+
+    def admit(self, task: TaskInfo, source: JobSpec | str, sink: str) -> tuple[TaskInfo, JobSpec]:
+        """`check` without chain reads (`admission_facts` made them), so that it can run off the
+        agent's loop: the spec fetched from its URI, the policy, the data fetched within the
+        read limits, this machine's environment and the canary."""
         from .compute.jobenv import check_environment
         from .compute.runner import check_canary
 
-        task = self.board.task(task_id)
-        spec = self.spec_of(task_id, spec)
-        check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder),
-                     self.board.sink)
+        task_id = task.task_id
+        spec = source if isinstance(source, JobSpec) else self._spec_at_uri(task, source)
+        if spec.digest() != task.spec:
+            raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task_id} "
+                            f"published {hex32(task.spec)}; get the requester's spec file")
+        check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder), sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
@@ -336,21 +358,28 @@ class Worker(Party):
         return devices_for(spec.profile, micro_batches, self.config.worker.devices)
 
     def join(self, task_id: int, spec: JobSpec | str | Path | None = None, *,
-             confirm: Callable[[int], None] | None = None) -> None:
+             confirm: Callable[[int], None] | None = None, admitted: bool = False) -> None:
         """Check the task's terms, the policy, the spec and this machine, then lock the deposit.
         `confirm(deposit)`, if given, runs between the checks and the deposit (raising stops
-        the join)."""
-        # The board's own terms first: they are cheap, and the canary is not.
+        the join). `admitted`: `admit` already passed for this task (the agent runs it off its
+        loop), so only the board's own terms are checked again."""
+        task = self.check_terms(task_id)
+        if not admitted:
+            self.check(task_id, spec)
+        if confirm is not None:
+            confirm(task.deposit)
+        self.board.join(self.account, task_id)
+
+    def check_terms(self, task_id: int) -> TaskInfo:
+        """The board's own terms of joining (open seat, window, funds for the deposit and the
+        gas after it): cheap, so they go before the canary."""
         task = self.board.task(task_id)
         preflight.check_join(task, self.board.head + 1,
                              self.board.worker_status(task_id, self.account.address),
                              is_sink=self.account.address == self.board.sink,
                              balance=self.account.balance,
                              fee_per_gas=self.board.fee_per_gas())
-        self.check(task_id, spec)
-        if confirm is not None:
-            confirm(task.deposit)
-        self.board.join(self.account, task_id)
+        return task
 
     def _key(self, task_id: int) -> tuple:
         return self.board.chain_id, self.board.address, task_id, self.account.address

@@ -356,7 +356,7 @@ class Trader:
 
 class Buyer(Trader):
     def template(self, test_data: str | Path, *, samples: int, data_uri: str | None = None,
-                 profile: str = "cpu-portable", store: str | None = None) -> JobSpec:
+                 profile: str | None = None, store: str | None = None) -> JobSpec:
         """An evaluation spec of the shipped evaluate job on `test_data`, model left blank.
         `data_uri` is where the data will be served once released (default: the file)."""
         return make_spec(shipped_folder() / EVALUATION_JOB, test_data,

@@ -40,3 +40,16 @@ def config(tmp_path):
 @pytest.fixture
 def board(accounts, config):
     return deploy_board(accounts[0], config=config)
+
+
+def step_admitted(agent, timeout: float = 120) -> bool:
+    """One agent step, then more until no check before a join is running (they run off the
+    agent's loop, so the join they allow comes a step later); True if any step sent something."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    acted = agent.step()
+    while agent.admitting:
+        assert time.monotonic() < deadline, "the checks before a join did not end"
+        time.sleep(0.05)
+    return agent.step() or acted

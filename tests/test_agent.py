@@ -14,7 +14,7 @@ from ape_crowdml.compute.spec import make_spec, save_spec
 from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.parties import Requester, Worker
 from ape_crowdml.render import wei
-from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+from crowdml_support import (DEPOSIT, REWARD, step_admitted, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 
 
@@ -58,6 +58,8 @@ def test_agents_abort_a_withheld_coin_and_take_the_reward(board, accounts, confi
         tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, join_blocks=4)
     lines = []
     agents = [Agent(Worker(board, accounts[i], config=config), log=lines.append) for i in (1, 2)]
+    for agent in agents:  # both join (their checks run off the loop, the chain waits)
+        step_admitted(agent)
     for _ in range(12):
         for agent in agents:
             if not agent.step():
@@ -202,3 +204,51 @@ def test_an_interrupted_agent_stops_its_running_job(board, accounts, config, tmp
         agent.run(poll_seconds=0)
     assert work.done and not agent._jobs  # the job's process ended with the agent
     assert lines[-1] == f"task {task}: job stopped"
+
+
+def test_a_hostile_task_never_holds_the_agents_other_tasks(board, accounts, config, tmp_path):
+    """A requester publishes a task whose data URI trickles bytes forever (2 wei of reward).
+    The agent's checks of it run off its loop: meanwhile it reveals on its real task, and once
+    the checks outlast `check_seconds` the hostile task is refused and forgotten."""
+    from test_io_limits import serve
+
+    me = accounts[1]
+    patient = config.model_copy(update={"worker": config.worker.model_copy(
+        update={"fetch_seconds": 20.0, "check_seconds": 3.0})})
+    worker = Worker(board, me, config=patient)
+    requester = Requester(board, accounts[0], config=config)
+    real = requester.publish(tiny_spec_file(tmp_path / "real"), reward=REWARD, deposit=DEPOSIT,
+                             workers=2, requester_coin=False)
+    worker.join(real)
+    board.join(accounts[2], real)
+    worker.work(real)
+    board.commit(accounts[2], real, b"\x01" * 32)
+    assert board.phase(real) == Phase.REVEAL
+
+    server, url = serve(b"", trickle=True)
+    try:
+        folder = tmp_path / "hostile"
+        folder.mkdir()
+        tiny_spec_file(folder)
+        hostile_spec = make_spec("jobs/train_classifier.py", folder / "digits.npz",
+                                 {"epochs": 1}, data_uri=url)
+        spec_file = save_spec(hostile_spec, folder / "spec.json")
+        hostile = board.publish(accounts[3], spec=hostile_spec.digest(),
+                                data=bytes.fromhex(hostile_spec.data_digest[2:]), workers=2,
+                                deposit=DEPOSIT, reward=2, join_blocks=20, commit_blocks=20,
+                                reveal_blocks=20, spec_uri=str(spec_file))
+        lines = []
+        agent = Agent(worker, mine_when_idle=False, log=lines.append)
+        started = time.monotonic()
+        agent.step()
+        assert time.monotonic() - started < 2.0, lines  # not held by the trickling server
+        assert f"task {real}: revealed" in " ".join(lines) and agent.admitting
+        while agent.admitting or hostile in agent._watching:
+            assert time.monotonic() - started < 30, lines
+            time.sleep(0.2)
+            agent.step()
+        assert lines[-1] == (f"task {hostile}: not joining: its checks did not end within 3 s "
+                             "(this worker's check_seconds)") or "was not read" in lines[-1]
+        assert board.worker_status(hostile, me.address) == WorkerStatus.NONE
+    finally:
+        server.shutdown()

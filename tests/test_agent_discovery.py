@@ -5,7 +5,7 @@ import pytest
 
 from ape_crowdml.agent import Agent
 from ape_crowdml.parties import Requester, Worker
-from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+from crowdml_support import (DEPOSIT, REWARD, step_admitted, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 
 
@@ -82,7 +82,7 @@ def test_the_agent_outlives_failing_log_queries_with_backoff(board, accounts, co
     monkeypatch.setattr(board, "published_between", flaky)
     later = publish()
     scan_from = agent.next_block
-    assert agent.step()  # the scan fails, the known task is joined all the same
+    assert step_admitted(agent)  # the scan fails, the known task is joined all the same
     assert lines == [f"event scan from block {scan_from} failed (RateLimited: 429 Too Many "
                      "Requests); retrying in 1 s", f"task {known}: joined"]
     agent.step()
@@ -92,6 +92,6 @@ def test_the_agent_outlives_failing_log_queries_with_backoff(board, accounts, co
     assert lines[-1].endswith("retrying in 2 s") and len(failures) == 2
     now[0] += 2
     head = board.head
-    agent.step()
+    step_admitted(agent)
     assert later in agent._watching and f"task {later}: joined" in lines
     assert agent.next_block == head + 1

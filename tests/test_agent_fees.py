@@ -8,7 +8,7 @@ from ape_crowdml.board import WorkerStatus
 from ape_crowdml.errors import CrowdmlError
 from ape_crowdml.parties import Requester, Worker
 from ape_crowdml.preflight import WORKER_GAS, check_join
-from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
+from crowdml_support import (DEPOSIT, REWARD, step_admitted, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 
 
@@ -23,7 +23,7 @@ def test_the_fee_caps_go_into_the_agents_transactions(board, accounts, config, t
     max_fee = 3 * chain.provider.base_fee + 10**9
     agent = Agent(Worker(board, accounts[1], config=config), max_fee=max_fee,
                   priority_fee=10**9, log=lambda line: None)
-    assert agent.step()
+    assert step_admitted(agent)
     joined = list(board.contract.Joined.range(board.start_block, board.head + 1))
     sent = chain.provider.web3.eth.get_transaction(joined[0].transaction_hash)
     assert (sent["maxFeePerGas"], sent["maxPriorityFeePerGas"]) == (max_fee, 10**9)
@@ -100,4 +100,4 @@ def test_pending_transactions_of_the_account_are_waited_for(board, accounts, con
     finally:
         chain.provider.make_request("evm_setAutomine", [True])
     chain.mine(1)
-    assert agent.step() and lines[-1] == f"task {task}: joined"
+    assert step_admitted(agent) and lines[-1] == f"task {task}: joined"

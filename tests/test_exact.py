@@ -184,9 +184,10 @@ def test_portable_profiles_take_exact_specs_only(tmp_path):
     spec = make_spec("train_classifier", tmp_path / "digits.npz", {"epochs": 1})
     assert spec.profile.name == "cpu-portable" and spec.hparams["arithmetic"] == "exact"
     with pytest.raises(SpecError, match="runs only jobs with exact arithmetic"):
-        make_spec("train_classifier", tmp_path / "digits.npz", {"arithmetic": "float"})
-    float_spec = make_spec("train_classifier", tmp_path / "digits.npz",
-                           {"arithmetic": "float"}, profile="cpu-exact")
+        make_spec("train_classifier", tmp_path / "digits.npz", {"arithmetic": "float"},
+                  profile="cpu-portable")
+    float_spec = make_spec("train_classifier", tmp_path / "digits.npz", {"arithmetic": "float"})
+    assert float_spec.profile.name == "cpu-exact"  # float arithmetic keeps the pinned profile
     with pytest.raises(SpecError, match="this spec's is float"):
         check_arithmetic(float_spec.model_copy(update={"profile": PROFILES["cpu-portable"]}))
 

@@ -146,7 +146,7 @@ def make_spec(
     data_path: str | Path,
     hparams: dict[str, Any],
     *,
-    profile: str | Profile = "cpu-portable",
+    profile: str | Profile | None = None,
     canary: Canary | None = None,
     store: str | None = None,
     data_uri: str | None = None,
@@ -156,6 +156,8 @@ def make_spec(
 
     `job` is a job file's path or the name of a shipped job (or one in `job_folders`), such as
     `train_classifier`; the spec records the file's name as a label and its keccak256.
+    `profile` defaults to `cpu-portable` for a job computing with exact arithmetic (the
+    shipped jobs, unless told `arithmetic: float`), else to the pinned `cpu-exact`.
 
     The hyperparameters are stored as the job's `Config` normalises them (so `2`, `2.0` and `"2"`
     give one spec), which imports the job file here. `data_uri` is where workers fetch the data
@@ -173,10 +175,14 @@ def make_spec(
     except ValueError as exc:
         raise SpecError(f"hparams: {exc}") from None
     module, job_digest = load_job_file(job)
+    hparams = normalise_hparams(module, hparams)
+    if profile is None:
+        # exact arithmetic needs no pinned machine; a job without it keeps the pinned profile
+        profile = "cpu-portable" if hparams.get("arithmetic") == "exact" else "cpu-exact"
     spec = JobSpec(
         job=job.name,
         job_digest=job_digest,
-        hparams=normalise_hparams(module, hparams),
+        hparams=hparams,
         data_uri=data_uri or str(data_path),
         data_digest="0x" + file_digest(data_path).hex(),
         profile=profile if isinstance(profile, Profile) else get_profile(profile),
