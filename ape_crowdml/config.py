@@ -55,6 +55,9 @@ class WorkerPolicy(BaseModel):
     accept_sinks: list[str] = Field(default_factory=lambda: [NEUTRAL_SINK])
     # The board allows windows of up to 2**24 - 1 blocks, years of locked deposit.
     max_window_blocks: int = Field(50_400, ge=1)
+    # A commit or reveal window shorter than this (a 1-block commit window leaves no time to
+    # train) is refused: the worker would forfeit its deposit for the publisher's choice.
+    min_window_blocks: int = Field(3, ge=1)
     # Devices a job may run on: virtual CPU devices (up to cpu-exact's 8) or GPUs. A job uses
     # the largest divisor of its micro_batches within this; its digest does not depend on it.
     devices: int = Field(1, ge=1)

@@ -49,6 +49,10 @@ def check_policy(task: TaskInfo, spec: JobSpec, policy: WorkerPolicy, jobs: JobR
         if blocks > policy.max_window_blocks:
             raise PolicyRefused(f"task {task.task_id}'s {name} window is {blocks} blocks, above "
                                 f"this worker's maximum {policy.max_window_blocks}")
+        # A window too short to act in makes an honest worker forfeit its deposit.
+        if name != "join" and blocks < policy.min_window_blocks:
+            raise PolicyRefused(f"task {task.task_id}'s {name} window is {blocks} blocks, below "
+                                f"this worker's minimum {policy.min_window_blocks}")
     allowed = allowed_job_digests(policy, jobs)
     if spec.job_digest not in allowed:
         raise PolicyRefused(f"task {task.task_id} runs job {spec.job} ({spec.job_digest}), "

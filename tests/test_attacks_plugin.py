@@ -140,6 +140,18 @@ def test_a_default_worker_refuses_long_windows_before_any_deposit(api_board, acc
     assert accounts[1].balance == before
 
 
+def test_a_default_worker_refuses_a_window_too_short_to_act_in(api_board, accounts, config,
+                                                               tmp_path):
+    """A 1-block commit window would make an honest worker forfeit its whole deposit."""
+    task = Requester(api_board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=1)
+    before = accounts[1].balance
+    with pytest.raises(PolicyRefused, match="commit window is 1 blocks, below this worker's "
+                                            f"minimum {config.worker.min_window_blocks}"):
+        Worker(api_board, accounts[1], config=config).join(task)
+    assert accounts[1].balance == before
+
+
 @pytest.fixture
 def neutral_board(project, requester):
     return project.TaskBoard.deploy(NEUTRAL_SINK, sender=requester)

@@ -139,7 +139,7 @@ def test_commit_and_work_refusals(requester, workers, board, spec, refused, monk
     trained = []
     monkeypatch.setattr("ape_crowdml.compute.runner.start_job", lambda *a, **k: trained.append(a))
     first, second = workers
-    task = publish(requester, spec, join_blocks=20, commit_blocks=4, reveal_blocks=2)
+    task = publish(requester, spec, join_blocks=20, commit_blocks=4, reveal_blocks=3)
     first.join(task)
     refused(first.account, lambda: first.work(task), r"roster is 1/2: work starts once it fills")
     second.join(task)
@@ -155,7 +155,7 @@ def test_commit_and_work_refusals(requester, workers, board, spec, refused, monk
     chain.mine(1)
     refused(second.account, lambda: second.commit_result(task, RESULT, b"x"),
             "commit window closed")
-    chain.mine(2)  # the reveal window closes unused
+    chain.mine(3)  # the reveal window closes unused
     requester.settle(task)
     refused(second.account, lambda: second.work(task), "has ended: failed")
     assert trained == []
