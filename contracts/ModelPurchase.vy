@@ -219,6 +219,12 @@ MAX_HEAD: constant(uint256) = 1024
 MAX_TAIL: constant(uint256) = 2048
 MAX_URI: constant(uint256) = 256
 MAX_WINDOW: constant(uint256) = 2**24 - 1
+# The shortest windows an order may ask for: a round's workers need blocks to join, commit
+# and reveal, the buyer to release its data, and the seller to finalize once the round
+# agreed (a 1-block finalize window let the buyer close the order unevaluated first).
+MIN_EVALUATION_WINDOW: constant(uint256) = 5
+MIN_RELEASE_BLOCKS: constant(uint256) = 5
+MIN_FINALIZE_BLOCKS: constant(uint256) = 10
 
 # Bit layout of `_progress` (offset; widths 8, 8, 8, 16, 16, 24, 40, 64).
 AT_ROUNDS: constant(uint256) = 8
@@ -319,11 +325,13 @@ def open_order(
     assert evaluation.workers >= 2, "need at least 2 workers"
     assert evaluation.reward > 0 and evaluation.reward % evaluation.workers == 0, "reward must split evenly"
     assert evaluation.deposit > 0 and evaluation.deposit % 2 == 0, "deposit must be even"
-    assert evaluation.join_blocks > 0 and evaluation.commit_blocks > 0 and evaluation.reveal_blocks > 0, "windows must be positive"
+    assert evaluation.join_blocks >= MIN_EVALUATION_WINDOW and evaluation.commit_blocks >= MIN_EVALUATION_WINDOW and evaluation.reveal_blocks >= MIN_EVALUATION_WINDOW, "window too short"
     assert evaluation.join_blocks <= MAX_WINDOW and evaluation.commit_blocks <= MAX_WINDOW and evaluation.reveal_blocks <= MAX_WINDOW, "window too long"
     assert deadlines.offer_deadline > block.number, "offer deadline passed"
-    assert deadlines.release_blocks > 0 and deadlines.finalize_blocks > 0, "windows must be positive"
-    assert deadlines.finalize_blocks <= MAX_WINDOW, "window too long"
+    assert deadlines.release_blocks >= MIN_RELEASE_BLOCKS and deadlines.finalize_blocks >= MIN_FINALIZE_BLOCKS, "window too short"
+    # Bounded above too: step_start + release_blocks must never overflow in release_data or
+    # cancel, which would lock the escrow for good.
+    assert deadlines.release_blocks <= MAX_WINDOW and deadlines.finalize_blocks <= MAX_WINDOW, "window too long"
     assert deadlines.max_rounds > 0 and deadlines.max_rounds <= MAX_ROUNDS, "rounds out of range"
     # A buyer that sabotages every round to keep the model unpaid loses at
     # least deposit/2 per round, and saves the price and the reward.

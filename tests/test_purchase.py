@@ -9,6 +9,7 @@ import pytest
 from eth_utils import keccak
 
 from ape_crowdml.compute.digest import bits_body, encode_bits
+from ape_crowdml.compute.exact import EVALUATION_SLICES
 from ape_crowdml.purchase import Stage, fill_template, split_template
 from ape_crowdml.compute.spec import make_spec
 
@@ -77,14 +78,15 @@ def ledger(market):
 
 
 def open_order(market, buyer, template, ledger, *, price=PRICE, threshold=THRESHOLD,
-               samples=SAMPLES, rounds=ROUNDS, deposit=DEPOSIT, reward=REWARD, test_data=None):
+               samples=SAMPLES, rounds=ROUNDS, deposit=DEPOSIT, reward=REWARD, test_data=None,
+               window=WINDOW, release=RELEASE_BLOCKS, finalize=FINALIZE_BLOCKS):
     from ape import chain
 
     head, tail, template_data = template
     receipt = market.open_order(
         price, threshold, samples, test_data or template_data, head, tail,
-        (3, deposit, reward, WINDOW, WINDOW, WINDOW),
-        (chain.blocks.head.number + OFFER_BLOCKS, RELEASE_BLOCKS, FINALIZE_BLOCKS, rounds),
+        (3, deposit, reward, window, window, window),
+        (chain.blocks.head.number + OFFER_BLOCKS, release, finalize, rounds),
         value=price + reward, sender=buyer)
     ledger.check()
     return receipt.decode_logs(market.OrderOpened)[0].order_id
@@ -138,7 +140,8 @@ def test_offer_fills_the_template_on_chain_as_python_does(market, buyer, seller,
     offer(market, seller, order_id, template, ledger)
     spec = fill_template(head, tail, MODEL, MODEL_URI)
     assert spec.hparams == {"model_digest": "0x" + MODEL.hex(), "model_uri": MODEL_URI,
-                            "subset_size": SAMPLES}
+                            "subset_size": SAMPLES, "arithmetic": "exact",
+                            "exact_slices": EVALUATION_SLICES}
     assert market.order(order_id).spec == spec.digest()
     assert market.spec_digest(head, MODEL, MODEL_URI, tail) == spec.digest()
     assert spec.data_digest == "0x" + test_data.hex()
@@ -312,6 +315,14 @@ def test_release_publishes_a_chain_coin_task_with_the_orders_terms(market, board
     ({"rounds": 0}, "rounds out of range"),
     ({"test_data": b"\x00" * 32}, "empty test data digest"),
     ({"rounds": 3}, "deposit too small for the price"),  # 3 * 0.01 < 0.033 ETH
+    # A buyer squeezing the seller's finalize window, or a round's windows, to close the order
+    # unevaluated; a release window whose end would overflow and lock the escrow.
+    ({"finalize": 1}, "window too short"),
+    ({"finalize": 9}, "window too short"),
+    ({"window": 1}, "window too short"),
+    ({"release": 1}, "window too short"),
+    ({"release": 2**256 - 1}, "window too long"),
+    ({"finalize": 2**24}, "window too long"),
 ])
 def test_open_order_refuses_bad_terms(market, buyer, template, ledger, change, reason):
     with ape.reverts(reason):

@@ -40,9 +40,10 @@ def test_filling_the_template_gives_the_spec_with_the_model(test_data):
     head, tail = split_template(evaluation(test_data))
     model = keccak(b"model")
     spec = fill_template(head, tail, model, "https://models.example/m.crowdml")
-    expected = evaluation(test_data).model_copy(update={"hparams": {
-        "model_digest": "0x" + model.hex(), "model_uri": "https://models.example/m.crowdml",
-        "subset_size": SAMPLES}})
+    blank = evaluation(test_data)
+    expected = blank.model_copy(update={"hparams": {
+        **blank.hparams, "model_digest": "0x" + model.hex(),
+        "model_uri": "https://models.example/m.crowdml"}})
     assert spec == expected and spec.digest() == expected.digest()
 
 
