@@ -218,15 +218,18 @@ def deploy_market(account, board: Board, *, config: CrowdmlConfig | None = None)
 class Market:
     """A deployed ModelPurchase and the board it publishes evaluations on."""
 
-    def __init__(self, address: str, start_block: int = 0):
+    def __init__(self, address: str, start_block: int | None = None):
+        """`start_block`: where event scans start; default the market's own record of its
+        creation block (CREATED_AT), so that a market named only by its address (a purchase
+        worker rebuilding an order's evaluation spec) never scans from genesis."""
         from ape import chain
 
         address = to_checksum_address(address)
         if not chain.provider.get_code(address):
             raise BoardNotConfigured(f"no contract at {address} on chain {chain.chain_id}")
         self.address = address
-        self.start_block = start_block
         self.contract = purchase_container().at(address)
+        self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
         self.board = Board(self.contract.BOARD(), start_block=start_block)
 
     def __repr__(self) -> str:

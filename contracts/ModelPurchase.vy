@@ -261,6 +261,8 @@ H16: constant(uint256) = max_value(uint256) // 65535
 
 # @dev The board that runs every evaluation.
 BOARD: public(immutable(TaskBoard))
+# The block this market was created in: where a reader's event scan starts.
+CREATED_AT: public(immutable(uint256))
 
 # @dev Number of orders opened; ids run 1..order_count. Written by `open_order`.
 order_count: public(uint256)
@@ -285,6 +287,7 @@ def __init__(board: address):
     """
     assert board.is_contract, "board is not a contract"
     BOARD = TaskBoard(board)
+    CREATED_AT = block.number
 
 
 # ---------------------------------------------------------------- buyer

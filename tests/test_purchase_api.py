@@ -92,6 +92,14 @@ def market(board, accounts):
     return Market.deploy(accounts[0], Board(board.address))
 
 
+def test_a_market_named_by_address_scans_from_its_own_creation_block(market, chain):
+    """A purchase worker rebuilds an order's spec from a Market named only by its address:
+    it must not scan from genesis (slow, or refused by providers on a live network)."""
+    created = market.contract.CREATED_AT()
+    assert 0 < created <= chain.blocks.head.number
+    assert Market(market.address).start_block == created
+
+
 def test_buyer_and_seller_objects(market, accounts, test_data, tmp_path, project):
     with project.temp_config(crowdml={"state_folder": str(tmp_path / "state")}):
         buyer, seller = Buyer(market, accounts[0]), Seller(market, accounts[8])
