@@ -62,8 +62,14 @@ def test_the_shipped_jobs_are_found_by_digest_and_by_name():
         p.name for p in registry.by_digest.values()}
     with pytest.raises(SpecError, match="no job file with keccak256 0x1111.* \\(x.py\\)"):
         registry.find("0x" + "11" * 32, "x.py")
-    with pytest.raises(SpecError, match="no job named nope"):
+    with pytest.raises(SpecError, match="no job named nope") as typo:
         registry.named("nope")
+    # a typo is answered with the valid names, and each folder once
+    assert "the jobs are evaluate_classifier, train_classifier, train_conv" in str(typo.value)
+    doubled = JobRegistry([shipped_folder()])
+    with pytest.raises(SpecError) as twice:
+        doubled.named("nope")
+    assert str(twice.value).count(str(shipped_folder().resolve())) == 1
 
 
 def test_configured_folders_add_jobs_and_missing_ones_are_skipped(own_job, tmp_path):

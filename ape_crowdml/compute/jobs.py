@@ -57,7 +57,12 @@ class JobRegistry:
         return f"JobRegistry({', '.join(map(str, self.folders))})"
 
     def where(self) -> str:
-        return ", ".join(str(f) for f in self.folders)
+        """The folders, each once (the shipped folder may also be configured)."""
+        return ", ".join(dict.fromkeys(str(f.resolve()) for f in self.folders))
+
+    def names(self) -> list[str]:
+        """The job names this registry holds, as `make-spec` takes them."""
+        return sorted({path.stem for folder in self.folders for path in job_files(folder)})
 
     def find(self, digest: str, label: str = "") -> Path:
         """The job file whose keccak256 is `digest`; SpecError if this worker has none."""
@@ -76,7 +81,8 @@ class JobRegistry:
         for folder in self.folders:
             if (folder / filename).is_file() and not filename.startswith("_"):
                 return folder / filename
-        raise SpecError(f"no job named {name} among this worker's jobs ({self.where()})")
+        raise SpecError(f"no job named {name}; the jobs are {', '.join(self.names())} "
+                        f"(in {self.where()})")
 
 
 def resolve_job(job: str | Path, folders: Iterable[str | Path] = ()) -> Path:
