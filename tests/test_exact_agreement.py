@@ -51,7 +51,8 @@ FULL_MATRIX = {
     "8 virtual devices": ({}, None, 8, 1),
     "2 processes x 2 devices": ({}, None, 2, 2),
 }
-if os.environ.get("CROWDML_EXACT_MATRIX"):
+FULL = bool(os.environ.get("CROWDML_EXACT_MATRIX"))
+if FULL:
     SETTINGS = {**SETTINGS, **FULL_MATRIX}
 
 
@@ -115,6 +116,6 @@ def test_an_exact_spec_has_one_digest_under_every_setting(digests, job):
 
 def test_control_float_arithmetic_gives_several_digests_over_the_same_settings(digests):
     """The test above can fail: the same jobs in float change bits with these settings."""
-    for job in ("mlp", "conv"):
+    for job in ("mlp", "conv") if FULL else ("mlp",):
         found = {name: result[f"{job}-float"] for name, result in digests.items()}
         assert len(set(found.values())) > 1, (job, found)
