@@ -68,7 +68,11 @@ stack-locks:
 $(TOOLS)/node_modules/.bin/anvil:
 	npm install --silent --prefix $(TOOLS) @foundry-rs/anvil@$(ANVIL_VERSION)
 
-env: $(VENV)/.installed $(JOB_ENV)/.installed $(TOOLS)/node_modules/.bin/anvil
+# anvil is linked into the venv too, so that `source .venv/bin/activate` finds it.
+$(VENV)/bin/anvil: $(TOOLS)/node_modules/.bin/anvil $(VENV)/.installed
+	ln -sf $(CURDIR)/$(TOOLS)/node_modules/.bin/anvil $@
+
+env: $(VENV)/.installed $(JOB_ENV)/.installed $(TOOLS)/node_modules/.bin/anvil $(VENV)/bin/anvil
 
 demo: env
 	ape crowdml demo
