@@ -141,6 +141,7 @@ class Agent:
         self._given_up: set[int] = set()
         self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
         self._admissions: dict[int, Admission] = {}  # task id -> its checks before a join
+        self._trouble: dict[int, str] = {}  # task id -> the last failure said of it
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -229,15 +230,24 @@ class Agent:
 
     def _guarded(self, action, task_id: int):
         # A long-running worker must outlive one task's trouble, a node's hiccup included:
-        # log it and carry on, so that the other tasks' reveals are not missed.
+        # log it and carry on, so that the other tasks' reveals are not missed. The same
+        # trouble at every poll (a missing salt) is said once per task, not at each poll.
         try:
-            return action(task_id)
+            outcome = action(task_id)
         except CrowdmlError as exc:
-            self.log(f"task {task_id}: {exc}")
+            self._say_once(task_id, f"task {task_id}: {exc}")
         except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
             logger.debug("agent step failed", exc_info=True)
-            self.log(f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
+            self._say_once(task_id, f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
+        else:
+            self._trouble.pop(task_id, None)
+            return outcome
         return False
+
+    def _say_once(self, task_id: int, line: str) -> None:
+        if self._trouble.get(task_id) != line:
+            self._trouble[task_id] = line
+            self.log(line)
 
     def _start_job(self, task_id: int) -> bool:
         try:

@@ -252,3 +252,25 @@ def test_a_hostile_task_never_holds_the_agents_other_tasks(board, accounts, conf
         assert board.worker_status(hostile, me.address) == WorkerStatus.NONE
     finally:
         server.shutdown()
+
+
+def test_a_missing_salt_is_said_once_not_at_every_poll(board, accounts, config, tmp_path):
+    """An agent started where its salt is not (another state folder) cannot reveal: it says so
+    once for the task, not once per poll."""
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2,
+        requester_coin=False)
+    worker = Worker(board, accounts[1], config=config)
+    worker.join(task)
+    board.join(accounts[2], task)
+    worker.work(task)
+    board.commit(accounts[2], task, b"\x01" * 32)
+    assert board.phase(task) == Phase.REVEAL
+    elsewhere = config.model_copy(update={"state_folder": tmp_path / "elsewhere"})
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=elsewhere), mine_when_idle=False,
+                  log=lines.append)
+    for _ in range(5):
+        agent.step()
+    missing = [line for line in lines if "no stored salt" in line]
+    assert len(missing) == 1, lines
