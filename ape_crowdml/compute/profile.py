@@ -1,5 +1,12 @@
 """Environment profiles: what a worker's process must look like for results to agree bit for bit.
 
+Two kinds. The portable profiles (`cpu-portable`, the default, and `gpu-portable`) run only
+jobs with exact arithmetic (exact.py: every sum whose order a kernel chooses is a sum of
+integers), so they pin no thread count, CPU affinity, ISA or device count: only the job stack
+(the compiler of the elementwise operations) and, on CPU, the AVX2+FMA feature floor. The
+float profiles (`cpu-exact`, `gpu-exact`) run plain float32 jobs, whose sums follow the
+machine; what follows is what they pin and why.
+
 A profile pins its job stack (jobenv.py: the interpreter and hash-locked packages the job runs
 in), package versions and the native jaxlib build, the plugin's own compute code, the platform,
 the job process's CPU count, XLA flags, environment variables and JAX/flax config. The runner
