@@ -82,7 +82,8 @@ def test_make_spec_writes_what_publish_reads(state):
     # As the job's Config reads them: coerced, defaults filled.
     assert spec.hparams == {"hidden": [128, 64], "dropout": 0.1, "optimizer": "adam",
                             "learning_rate": 0.001, "batch_size": 64, "epochs": 1,
-                            "micro_batches": 1}
+                            "micro_batches": 1, "arithmetic": "exact", "exact_slices": 1}
+    assert spec.profile.name == "cpu-portable"  # exact arithmetic: the portable profile
 
 
 def test_make_spec_adds_the_jobs_own_canary_by_default(state):

@@ -432,8 +432,10 @@ def conv(x, layer: dict, slices: int):
 def init_on_host(model: nn.Module, key, *args, **kwargs):
     """`model.init` on the host CPU when this process has one besides its accelerator: the
     initialisers' transcendental functions (erf_inv) may round otherwise on a GPU."""
+    if jax.default_backend() == "cpu":
+        return model.init(key, *args, **kwargs)
     try:
-        host = jax.devices("cpu")[0]
+        host = jax.local_devices(backend="cpu")[0]  # this process's own, under jax.distributed
     except RuntimeError:
         return model.init(key, *args, **kwargs)
     with jax.default_device(host):
