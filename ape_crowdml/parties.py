@@ -65,6 +65,12 @@ def find_board(address: str | None = None, *, config: CrowdmlConfig | None = Non
         # ape's default local chain lives only as long as this command: its board is gone.
         hint = ("; ethereum:local:test lasts one command: pass --network "
                 "ethereum:local:foundry to reach a running anvil")
+    elif getattr(chain.provider, "process", None) is not None:
+        # ape-foundry found no node at its host and started a fresh anvil for this command:
+        # the chain holding the user's board is elsewhere.
+        hint = (f"; no node was running at {chain.provider.uri}, so ape started a fresh "
+                f"chain (id {chain.chain_id}) for this command: set APE_FOUNDRY_HOST (or "
+                "`foundry: host:`) to the node that holds your board")
     # A fork takes its upstream's entry: name the one a user would write.
     raise BoardNotConfigured(
         f"no task board configured for {network_key()}: set `crowdml: boards: {ecosystem}: "
