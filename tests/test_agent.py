@@ -1,5 +1,6 @@
 """The agent completes tasks on its own, in process and through `ape crowdml agent`."""
 
+import os
 import re
 import time
 from pathlib import Path
@@ -230,7 +231,14 @@ def test_a_hostile_task_never_holds_the_agents_other_tasks(board, accounts, conf
         folder = tmp_path / "hostile"
         folder.mkdir()
         tiny_spec_file(folder)
-        hostile_spec = make_spec("jobs/train_classifier.py", folder / "digits.npz",
+        # Data of its own (a cached copy of a known digest would never be fetched again).
+        import numpy as np
+
+        with np.load(folder / "digits.npz") as digits:
+            arrays = dict(digits)
+        with open(folder / "own.npz", "wb") as f:
+            np.savez(f, **arrays, salt=np.frombuffer(os.urandom(32), np.uint8))
+        hostile_spec = make_spec("jobs/train_classifier.py", folder / "own.npz",
                                  {"epochs": 1}, data_uri=url)
         spec_file = save_spec(hostile_spec, folder / "spec.json")
         hostile = board.publish(accounts[3], spec=hostile_spec.digest(),
