@@ -4,7 +4,7 @@ PYTHON ?= python3
 ANVIL_VERSION := 1.7.1
 VENV := .venv
 TOOLS := .tools
-# The cpu-exact profile's job stack (ape_crowdml/compute/jobenv.py): its own Python 3.12
+# The job stack of cpu-portable and cpu-exact (ape_crowdml/compute/jobenv.py): its own Python 3.12
 # environment with current jax and numpy 2, under `crowdml: job_env_folder:` (.jobenv here).
 JOB_STACK := jax0.11.2-py3.12
 JOB_ENV := .jobenv/$(JOB_STACK)
