@@ -46,7 +46,6 @@ class Admission:
     keeps sending the other tasks' reveals, settles and claims meanwhile."""
 
     def __init__(self, worker: Worker, task_id: int, seconds: float):
-        self.task_id = task_id
         self.deadline = monotonic() + seconds
         self.seconds = seconds
         facts = worker.admission_facts(task_id)  # chain reads stay in the agent's thread

@@ -147,6 +147,14 @@ def _order_spec(uri: str, task: TaskInfo) -> JobSpec:
                         f"{task.requester} gives no evaluation spec ({first_line(exc)})") from None
 
 
+def _task_spec(task: TaskInfo, spec: JobSpec) -> JobSpec:
+    """`spec`, if its digest is the one `task` published; SpecError otherwise."""
+    if spec.digest() != task.spec:
+        raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task.task_id} "
+                        f"published {hex32(task.spec)}; get the requester's spec file")
+    return spec
+
+
 class Party:
     """What requesters and workers share: a board, an account, the store and the config.
 
@@ -171,11 +179,7 @@ class Party:
         URI of the task's Published event), or failing that the one in this party's artifact
         store under the task's spec digest. Either way its digest must be the task's."""
         task = self.board.task(task_id)
-        spec = self._published_spec(task) if spec is None else as_spec(spec)
-        if spec.digest() != task.spec:
-            raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task_id} "
-                            f"published {hex32(task.spec)}; get the requester's spec file")
-        return spec
+        return _task_spec(task, self._published_spec(task) if spec is None else as_spec(spec))
 
     def _published_spec(self, task: TaskInfo) -> JobSpec:
         return self._spec_at_uri(task, self.board.spec_uri(task.task_id))
@@ -323,7 +327,7 @@ class Worker(Party):
         else:
             uri = self.board.spec_uri(task_id)
             # a model purchase's evaluation spec is rebuilt from the market's events: chain reads
-            source = self._published_spec(task) if uri.startswith(ORDER_URI_SCHEME) else uri
+            source = self._spec_at_uri(task, uri) if uri.startswith(ORDER_URI_SCHEME) else uri
         return task, source, self.board.sink
 
     def admit(self, task: TaskInfo, source: JobSpec | str, sink: str) -> tuple[TaskInfo, JobSpec]:
@@ -334,10 +338,8 @@ class Worker(Party):
         from .compute.runner import check_canary
 
         task_id = task.task_id
-        spec = source if isinstance(source, JobSpec) else self._spec_at_uri(task, source)
-        if spec.digest() != task.spec:
-            raise SpecError(f"this spec has digest {hex32(spec.digest())}, task {task_id} "
-                            f"published {hex32(task.spec)}; get the requester's spec file")
+        spec = _task_spec(task, source if isinstance(source, JobSpec)
+                          else self._spec_at_uri(task, source))
         check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder), sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "

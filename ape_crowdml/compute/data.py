@@ -103,17 +103,15 @@ def _stream(uri: str, sink, max_bytes: int, seconds: float, cancelled: threading
     return hasher.digest()
 
 
-def _read_into(uri: str, sink, max_bytes: int | None = None,
-               seconds: float | None = None) -> bytes:
-    """Stream `uri` into `sink` (a callable taking each chunk), at most `max_bytes` bytes and
-    `seconds` seconds (default: `read_limits()`); returns the keccak256 of what was read.
+def _read_into(uri: str, sink, max_bytes: int | None = None) -> bytes:
+    """Stream `uri` into `sink` (a callable taking each chunk) within `read_limits()`, or
+    `max_bytes` if that is less; returns the keccak256 of what was read.
 
     The read runs in a thread the caller waits for until the deadline only: a server that
-    trickles bytes, or never answers, costs the caller `seconds` at most (the thread stops at
-    its next chunk, or when the backend's own timeout ends its request)."""
-    limit_bytes, limit_seconds = read_limits()
+    trickles bytes, or never answers, costs the caller the deadline at most (the thread stops
+    at its next chunk, or when the backend's own timeout ends its request)."""
+    limit_bytes, seconds = read_limits()
     max_bytes = limit_bytes if max_bytes is None else min(max_bytes, limit_bytes)
-    seconds = limit_seconds if seconds is None else seconds
     outcome: dict = {}
     cancelled = threading.Event()
 
@@ -153,18 +151,22 @@ def _mismatch(uri: str, actual: bytes, expected: bytes) -> DataDigestMismatch:
                               f"0x{expected.hex()}; fetch the requester's file again")
 
 
-def fetch_verified(uri: str, expected_digest: str | bytes) -> Path:
+def fetch_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True,
+                   max_bytes: int | None = None) -> Path:
     """A remote file in the content-addressed cache, streamed to disk while hashing (within
-    the read limits) and kept only if its keccak256 is `expected_digest`; returns its path."""
+    the read limits, or `max_bytes` if less) and kept only if its keccak256 is
+    `expected_digest`; returns its path. A copy already cached is used unless `cached` is
+    False (a requester checking that the URI serves the file)."""
     expected = _as_digest(expected_digest)
     copy = cache_folder() / expected.hex()
-    if copy.is_file() and file_digest(copy) == expected:
+    if (cached and copy.is_file() and (max_bytes is None or copy.stat().st_size <= max_bytes)
+            and file_digest(copy) == expected):
         return copy
     copy.parent.mkdir(parents=True, exist_ok=True)
     partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
     try:
         with open(partial, "wb") as f:
-            actual = _read_into(uri, f.write)
+            actual = _read_into(uri, f.write, max_bytes)
         if actual != expected:
             raise _mismatch(uri, actual, expected)
         partial.replace(copy)
@@ -184,18 +186,13 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
     task's publisher names must not make a worker read without end), or at `max_bytes` (a
     spec's URI) if that is less.
     """
+    if is_remote(uri):
+        return fetch_verified(uri, expected_digest, cached=cached,
+                              max_bytes=max_bytes).read_bytes()
     expected = _as_digest(expected_digest)
-    if cached and is_remote(uri) and max_bytes is None:
-        return fetch_verified(uri, expected).read_bytes()
     data, actual = _read(uri, max_bytes)
     if actual != expected:
         raise _mismatch(uri, actual, expected)
-    if is_remote(uri):
-        copy = cache_folder() / expected.hex()
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-        partial.write_bytes(data)
-        partial.replace(copy)
     return data
 
 

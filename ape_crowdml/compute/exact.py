@@ -100,9 +100,9 @@ def _power_of_two(exponent):
     return lax.bitcast_convert_type(biased << 23, jnp.float32)
 
 
-def _split(x, axis: int | None, slices: int, dtype=jnp.int8):
-    """(the integer slices of x as `dtype`, a list; the exponent e, one per row (axis=1),
-    column (axis=0) or for the whole array (None), with |x| < 2**e there).
+def _split(x, axis: int | None, slices: int):
+    """(the integer slices of x, a list, in the slice path's dtype; the exponent e, one per row
+    (axis=1), column (axis=0) or for the whole array (None), with |x| < 2**e there).
 
     x ≈ Σ_i slice_i · 2**(e − 7(i+1)): r = x · 2**−e (|r| < 1), then per slice r·128 is
     rounded to the nearest integer within ±127 and r keeps the remainder (exact: scaling by
@@ -123,7 +123,7 @@ def _split(x, axis: int | None, slices: int, dtype=jnp.int8):
     for _ in range(slices):
         r = r * float(1 << SLICE_BITS)
         q = jnp.clip(jnp.round(r), -SLICE_MAX, SLICE_MAX)
-        parts.append(q.astype(dtype))
+        parts.append(q.astype(_slice_dtype()))
         r = r - q  # exact: the fractional remainder of a float
     exponent = exponent.reshape(-1) if axis is None else jnp.squeeze(exponent, axis)
     return parts, exponent
@@ -197,15 +197,16 @@ def _rebuild(a_parts, a_exp, b_parts, b_exp, slices: int, path: str, b_contract:
     return result * _power_of_two(a_exp)[:, None] * _power_of_two(b_exp)[None, :]
 
 
-def _slice_dtype():
-    return jnp.int8 if _path == "int8" else jnp.float32
+def _slice_dtype(path: str | None = None):
+    """The dtype slices are held in for `path` (default: this process's)."""
+    return jnp.int8 if (path or _path) == "int8" else jnp.float32
 
 
 def _transposed_product(a, g, slices: int):
     """aᵀ (K×M) @ g (M×N): the sum over M (a batch) with aᵀ scaled per row and g per column.
     aᵀ is cut from a's transpose, so its slices are laid out for the fast dot."""
-    a_parts, a_exp = _split(a.T, 1, slices, _slice_dtype())
-    g_parts, g_exp = _split(g, 0, slices, _slice_dtype())
+    a_parts, a_exp = _split(a.T, 1, slices)
+    g_parts, g_exp = _split(g, 0, slices)
     return _rebuild(a_parts, a_exp, g_parts, g_exp, slices, _path)
 
 
@@ -213,8 +214,8 @@ def _transposed_product(a, g, slices: int):
 def matmul(a, b, slices: int = 2):
     """a (M×K) @ b (K×N) in float32, the same bits on any machine (see the module's text): a
     scaled per row, b per column."""
-    a_parts, a_exp = _split(a, 1, slices, _slice_dtype())
-    b_parts, b_exp = _split(b, 0, slices, _slice_dtype())
+    a_parts, a_exp = _split(a, 1, slices)
+    b_parts, b_exp = _split(b, 0, slices)
     return _rebuild(a_parts, a_exp, b_parts, b_exp, slices, _path)
 
 
@@ -224,8 +225,8 @@ def _matmul_forward(a, b, slices):
 
 def _matmul_backward(slices, saved, g):
     a, b = saved
-    g_parts, g_exp = _split(g, 1, slices, _slice_dtype())
-    b_parts, b_exp = _split(b, 1, slices, _slice_dtype())  # bᵀ scaled per column: b per row
+    g_parts, g_exp = _split(g, 1, slices)
+    b_parts, b_exp = _split(b, 1, slices)  # bᵀ scaled per column: b per row
     da = _rebuild(g_parts, g_exp, b_parts, b_exp, slices, _path, b_contract=1)
     return da, _transposed_product(a, g, slices)
 
@@ -242,15 +243,15 @@ def dense_product(x, kernel, slices: int = 2):
 
 
 def _dense_forward(x, kernel, slices):
-    x_parts, x_exp = _split(x, 1, slices, _slice_dtype())
-    k_parts, k_exp = _split(kernel, None, slices, _slice_dtype())
+    x_parts, x_exp = _split(x, 1, slices)
+    k_parts, k_exp = _split(kernel, None, slices)
     y = _rebuild(x_parts, x_exp, k_parts, k_exp, slices, _path)
     return y, (x, k_parts, k_exp)
 
 
 def _dense_backward(slices, saved, g):
     x, k_parts, k_exp = saved
-    g_parts, g_exp = _split(g, 1, slices, _slice_dtype())
+    g_parts, g_exp = _split(g, 1, slices)
     dx = _rebuild(g_parts, g_exp, k_parts, k_exp, slices, _path, b_contract=1)
     return dx, _transposed_product(x, g, slices)
 
@@ -339,9 +340,9 @@ def conv_product(x, kernel, slices: int = 2):
 def _conv_forward(x, kernel, slices):
     n, h, w, c = x.shape
     kh, kw, _, features = kernel.shape
-    x_parts, x_exp = _split(x.reshape((n, -1)), 1, slices, _slice_dtype())
+    x_parts, x_exp = _split(x.reshape((n, -1)), 1, slices)
     cols = [patches(p.reshape(x.shape), (kh, kw)) for p in x_parts]
-    k_parts, k_exp = _split(kernel.reshape((-1, features)), None, slices, _slice_dtype())
+    k_parts, k_exp = _split(kernel.reshape((-1, features)), None, slices)
     y = _rebuild(cols, jnp.repeat(x_exp, h * w), k_parts, k_exp, slices, _path)
     return y.reshape((n, h, w, features)), (x, kernel, k_parts, k_exp)
 
@@ -353,15 +354,15 @@ def _conv_backward(slices, saved, g):
     g_rows = g.reshape((-1, features))
     # δ·kernelᵀ gives the gradient of the patches; im2col's transpose adds their shifted
     # copies back (a fixed number of elementwise adds, in program order).
-    g_parts, g_exp = _split(g_rows, 1, slices, _slice_dtype())
+    g_parts, g_exp = _split(g_rows, 1, slices)
     d_cols = _rebuild(g_parts, g_exp, k_parts, k_exp, slices, _path, b_contract=1)
     _, to_image = jax.vjp(lambda image: patches(image, size), x)
     (dx,) = to_image(d_cols)
     # patchesᵀ·δ, the sum over every pixel of every image: the patches' rows (one per kernel
     # tap and channel) scaled per channel, built channel-first from the image's slices.
-    x_parts, x_exp = _split(x.reshape((-1, c)), 0, slices, _slice_dtype())
+    x_parts, x_exp = _split(x.reshape((-1, c)), 0, slices)
     rows = [_patches_t(part.reshape(x.shape), size) for part in x_parts]
-    gc_parts, gc_exp = _split(g_rows, 0, slices, _slice_dtype())
+    gc_parts, gc_exp = _split(g_rows, 0, slices)
     dk = _rebuild(rows, jnp.tile(x_exp, size[0] * size[1]), gc_parts, gc_exp, slices, _path)
     return dx, dk.reshape(tuple(size) + (c, features))
 
@@ -395,9 +396,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        lead = x.shape[:-1]
-        y = dense_product(x.reshape((-1, x.shape[-1])), kernel, self.slices)
-        return add_bias(y.reshape(lead + (self.features,)), bias)
+        return dense(x, {"kernel": kernel, "bias": bias}, self.slices)
 
 
 class Conv(nn.Module):
@@ -416,16 +415,19 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
                             jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
-        return add_bias(conv_product(x, kernel, self.slices), bias)
+        return conv(x, {"kernel": kernel, "bias": bias}, self.slices)
 
 
 def dense(x, layer: dict, slices: int):
-    """A `Dense` layer's forward pass from its parameters (evaluation jobs)."""
-    return add_bias(dense_product(x, layer["kernel"], slices), layer["bias"])
+    """A `Dense` layer's forward pass from its parameters (the layer's, and evaluation jobs'),
+    over x's last axis."""
+    kernel = layer["kernel"]
+    y = dense_product(x.reshape((-1, x.shape[-1])), kernel, slices)
+    return add_bias(y.reshape(x.shape[:-1] + kernel.shape[-1:]), layer["bias"])
 
 
 def conv(x, layer: dict, slices: int):
-    """A `Conv` layer's forward pass from its parameters (evaluation jobs)."""
+    """A `Conv` layer's forward pass from its parameters (the layer's, and evaluation jobs')."""
     return add_bias(conv_product(x, layer["kernel"], slices), layer["bias"])
 
 
@@ -443,7 +445,7 @@ def init_on_host(model: nn.Module, key, *args, **kwargs):
 
 
 def _integers(a_parts, b_parts, slices: int, path: str) -> list:
-    dtype = jnp.int8 if path == "int8" else jnp.float32
+    dtype = _slice_dtype(path)
     a_parts = [p.astype(dtype) for p in a_parts]
     b_parts = [p.astype(dtype) for p in b_parts]
     return [_level(a_parts, b_parts, level, 0, a_parts[0].shape[1], path)
