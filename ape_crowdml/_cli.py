@@ -320,7 +320,11 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.option("--profile", default=None,
               help="Environment profile workers must match (default: cpu-portable for a job "
                    "with exact arithmetic, else cpu-exact).")
-@click.option("--store", metavar="URL", help="fsspec URL where workers put result artifacts.")
+@click.option("--store", metavar="URL",
+              help="Your store (fsspec URL) where publish uploads the spec for workers to read.")
+@click.option("--seal/--no-seal", default=True, show_default=True,
+              help="Make a result key in the state folder and name it in the spec, so that "
+                   "workers upload the result sealed to it and only you can open it.")
 @click.option("--data-uri", metavar="URL",
               help="Where workers fetch DATA (any fsspec URL; default: DATA's local path).")
 @click.option("--canary", "canary_hparams", type=JSON(),
@@ -331,8 +335,8 @@ def _echo_shapes(tree, prefix: str = "") -> None:
 @click.option("--digits", is_flag=True, help="First write scikit-learn's digits set to DATA.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="spec.json",
               show_default=True, help="Where to write the spec.")
-def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_canary, digits,
-              out):
+def make_spec(job, data, hparams, profile, store, seal, data_uri, canary_hparams, no_canary,
+              digits, out):
     """Write a job spec for JOB on DATA (computes both digests, normalises the hyperparameters,
     runs a canary here whose digest workers must reproduce before committing); prints its digest.
     JOB is a job file or the name of a shipped one (train_classifier, evaluate_classifier)."""
@@ -358,6 +362,11 @@ def make_spec(job, data, hparams, profile, store, data_uri, canary_hparams, no_c
         spec = with_canary(spec, bytes(32), canary_hparams, job_folders=[*folders, job.parent])
     if data_uri:
         spec = spec.model_copy(update={"data_uri": data_uri})
+    if seal:
+        from ape_crowdml.store import Store
+
+        result_key = Store(crowdml_config().state_folder).new_result_key()
+        spec = spec.model_copy(update={"result_key": "0x" + result_key.hex()})
     save_spec(spec, out)
     click.echo(f"{out}: spec 0x{spec.digest().hex()}")
 

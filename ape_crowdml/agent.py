@@ -352,7 +352,7 @@ class Agent:
             # The requester paid: its result goes out before anything else, so that it gets
             # it even if this worker goes offline after claiming. No other outcome uploads.
             if phase == Phase.AGREED and worker.try_deliver(task_id):
-                self.log(f"task {task_id}: result artifact published")
+                self.log(f"task {task_id}: result delivered (its URI is on the board)")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
             self._forget(task_id)

@@ -20,11 +20,15 @@ def _name(digest: bytes) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, url: str):
+    """`options` are fsspec's for the URL (credentials, endpoint); `public_url`, where others
+    read the same objects when that is not `url` (a bucket written over S3, read over HTTPS)."""
+
+    def __init__(self, url: str, options: dict | None = None, public_url: str | None = None):
         import fsspec
 
         self.url = str(url)
-        self._fs, self._root = fsspec.core.url_to_fs(self.url)
+        self.public_url = public_url
+        self._fs, self._root = fsspec.core.url_to_fs(self.url, **(options or {}))
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.url!r})"
@@ -35,6 +39,8 @@ class ArtifactStore:
     def uri(self, digest: bytes) -> str:
         """Where `put` stores `digest`, as a URL another process can open (a local folder as an
         absolute path)."""
+        if self.public_url:
+            return f"{self.public_url.rstrip('/')}/{_name(digest)}"
         if "://" in self.url:
             return f"{self.url.rstrip('/')}/{_name(digest)}"
         return str(Path(self.url).expanduser().resolve() / _name(digest))

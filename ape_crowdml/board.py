@@ -379,6 +379,10 @@ class Board:
         """Wei the task's settlement sent to the forfeit sink (0 before settling)."""
         return sum(log.forfeited for log in self._events("Settled", task_id))
 
+    def announcements(self, task_id: int) -> list[tuple[str, str]]:
+        """(worker, URI) of each place an agreed worker said it uploaded the result, in order."""
+        return [(log.worker, log.uri) for log in self._events("Announced", task_id)]
+
     def claims(self, task_id: int) -> dict[str, int]:
         """account -> wei claimed."""
         return {log.account: log.amount for log in self._events("Claimed", task_id)}
@@ -482,6 +486,14 @@ class Board:
         preflight.check_claim(self.task(task_id), self.owed(task_id, sender.address))
         receipt = self._send(f"claim from task {task_id}", "claim", task_id, sender=sender)
         return receipt.decode_logs(self.contract.Claimed)[0].amount
+
+    def announce(self, sender, task_id: int, uri: str):
+        """Say on chain where `sender`, a worker of the task's agreed roster, uploaded the
+        result."""
+        preflight.check_announce(self.task(task_id), self.worker_status(task_id, sender.address),
+                                 uri)
+        return self._send(f"announce the result of task {task_id}", "announce", task_id, uri,
+                          sender=sender)
 
     def abort(self, sender, task_id: int) -> Phase:
         preflight.check_abort(self.task(task_id), self._next_block(), sender.address)

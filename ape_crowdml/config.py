@@ -9,6 +9,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
       data_folder: data            # datasets the requester publishes
       state_folder: .crowdml       # sqlite store of salts, coin openings and results
       artifact_store: null         # fsspec URL; default: <state_folder>/artifacts
+      allow_local_uris: null       # local paths in specs and announcements; null: only on ethereum:local:test
       cache_folder: ~/.cache/crowdml   # remote datasets, kept under their digest
       job_env_folder: ~/.cache/crowdml/job-envs   # where `ape crowdml job-env create` builds
       job_envs: {}                 # job stack -> its python, for one built elsewhere
@@ -21,6 +22,9 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
         devices: 1                 # devices a job may use (virtual CPU ones or GPUs); not in the digest
         warm_jobs: false           # one warm job process per profile instead of a fresh one per job
+        result_store: null         # fsspec URL this worker uploads agreed results to (its own)
+        result_url: null           # where others read those objects (default: result_store)
+        result_store_options: {}   # fsspec options for result_store, e.g. {profile: crowdml}
       agent:
         page_blocks: 2000          # blocks per eth_getLogs query (providers cap the range)
         max_fee: null              # wei per gas, in all, for its transactions; null: ape's default
@@ -30,6 +34,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ape.api.config import PluginConfig
 from pydantic import BaseModel, Field, field_validator
@@ -72,6 +77,14 @@ class WorkerPolicy(BaseModel):
     # The agent's checks before a join (spec, data, environment, canary) run off its loop; a
     # task whose checks take longer than this is refused and not checked again.
     check_seconds: float = Field(1800.0, gt=0)
+    # Where this worker delivers an agreed result (ape_crowdml/delivery.py): a store of its own
+    # that it writes with its own credentials (fsspec options below, e.g. an AWS profile or an
+    # endpoint_url), and the URL prefix at which others read the same objects (a bucket's
+    # public-read address; default: the store's URL itself). Unset: the state folder's
+    # artifact store, which only a requester on this machine can read.
+    result_store: str | None = None
+    result_url: str | None = None
+    result_store_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class AgentSettings(BaseModel):
@@ -90,6 +103,10 @@ class CrowdmlConfig(PluginConfig):
     data_folder: Path = Path("data")
     state_folder: Path = Path(".crowdml")
     artifact_store: str | None = None
+    # Local paths (and file:// URIs) where a remote party's words go: a spec's data or spec
+    # URI at publish, at a worker's checks, an announced result. None: allowed on ape's
+    # embedded test chain only (one machine by construction); True: every party shares one disk.
+    allow_local_uris: bool | None = None
     cache_folder: Path = Path("~/.cache/crowdml")
     # Job environments (compute/jobenv.py): one interpreter per job stack a profile names.
     job_env_folder: Path = Path("~/.cache/crowdml/job-envs")
@@ -124,6 +141,17 @@ class CrowdmlConfig(PluginConfig):
         if network in boards or not network.endswith(FORK_SUFFIX):
             return boards.get(network)
         return boards.get(network.removesuffix(FORK_SUFFIX))
+
+    def local_uris_allowed(self) -> bool:
+        """Whether paths on this machine may stand where a remote party's URI goes (a spec's
+        data and spec URIs, an announced result): `allow_local_uris`, or by default only on
+        ape's embedded test chain, which lives in one process and so on one machine."""
+        if self.allow_local_uris is not None:
+            return self.allow_local_uris
+        from ape import networks
+
+        provider = networks.provider
+        return provider.network.name == "local" and provider.name == "test"
 
     def artifact_url(self) -> str:
         return self.artifact_store or str(self.state_folder / "artifacts")

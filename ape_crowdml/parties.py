@@ -10,7 +10,9 @@
 Every secret (coin opening, salt, result) is in the local Store before the transaction that
 depends on it is sent. A worker's result artifact leaves its machine only once the task has
 settled AGREED, that is once the requester has paid: before, a requester holding a seat could
-fetch the work and then sabotage the task to get its reward back.
+fetch the work and then sabotage the task to get its reward back. It then goes to the worker's
+own result store, sealed to the requester's result key, and its URI on chain
+(ape_crowdml/delivery.py).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class Party:
         self.config = config or crowdml_config()
         self.store = store or Store(self.config.state_folder)
         self.artifacts = ArtifactStore(self.config.artifact_url())
+        self.local_uris = self.config.local_uris_allowed()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.account.address} on {self.board.address}>"
@@ -205,7 +208,11 @@ class Party:
         return self.board.owed(task_id, self.account.address)
 
     def fetch_bytes(self, task_id: int) -> bytes:
-        """The agreed result's canonical bytes, verified against result_of on chain."""
+        """The agreed result's canonical bytes, from the URIs its workers announced (opened
+        with this folder's result key when the spec names one), verified against result_of on
+        chain."""
+        from .delivery import read_announced
+
         phase = self.board.phase(task_id)
         if phase != Phase.AGREED:
             when = "ended" if phase.ended else "is"
@@ -213,11 +220,24 @@ class Party:
                                "agreed has a result (workers publish their artifact only then)")
         result = self.board.result(task_id)
         spec = self.spec_of(task_id)
+        secret = None
+        if spec.result_key is not None:
+            secret = self.store.result_key(bytes.fromhex(spec.result_key[2:]))
+            if secret is None:
+                raise MissingSecret(
+                    f"task {task_id}'s result is sealed to result key {spec.result_key}, whose "
+                    f"secret half is not in {self.store.path}: fetch in the state folder of "
+                    "the requester that made the spec")
         try:
-            return self.artifacts_for(spec).get(result)
+            return read_announced(self.board.announcements(task_id), result,
+                                  secret_key=secret, local_ok=self.local_uris)
         except ArtifactMissing as exc:
-            raise ArtifactMissing(f"{exc}: no worker has published it yet (each does once it "
-                                  "sees the task agreed, before claiming)") from None
+            if secret is None:
+                try:  # a result in the clear may also sit in a store this party shares
+                    return self.artifacts.get(result)
+                except ArtifactMissing:
+                    pass
+            raise ArtifactMissing(f"task {task_id}: {exc}") from None
 
     def fetch(self, task_id: int) -> dict:
         """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
@@ -249,6 +269,16 @@ class Requester(Party):
             windows={"join": join_blocks, "commit": commit_blocks, "reveal": reveal_blocks})
         uploaded_to = self.artifacts_for(spec).uri(spec.digest())
         preflight.check_spec_uri(spec_uri or uploaded_to)
+        # Workers are on other machines: what the chain names must be readable there.
+        preflight.check_shared_uri(spec.data_uri, "the spec's data URI", self.local_uris)
+        preflight.check_shared_uri(spec_uri or uploaded_to, "the spec URI", self.local_uris,
+                                   hint="pass --spec-uri, or name a store the workers can "
+                                        "read (make-spec --store, or `crowdml: artifact_store:`)")
+        if (spec.result_key is not None
+                and self.store.result_key(bytes.fromhex(spec.result_key[2:])) is None):
+            raise SpecError(f"the spec's result key {spec.result_key} was not made in "
+                            f"{self.store.path}: the result would be sealed to a key this "
+                            "requester cannot open; make the spec here (make-spec)")
         # Workers fetch the data from the spec's URI: check it serves the spec's bytes now.
         read_verified(spec.data_uri, spec.data_digest, cached=False)
         if spec_uri is not None:
@@ -338,8 +368,12 @@ class Worker(Party):
         from .compute.runner import check_canary
 
         task_id = task.task_id
+        if not isinstance(source, JobSpec):  # a URI a stranger named: not a path here
+            preflight.check_shared_uri(source, f"task {task_id}'s spec URI", self.local_uris)
         spec = _task_spec(task, source if isinstance(source, JobSpec)
                           else self._spec_at_uri(task, source))
+        preflight.check_shared_uri(spec.data_uri, f"task {task_id}'s data URI", self.local_uris)
+        self.result_store()  # where an agreed result would go: refused before the deposit
         check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder), sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
@@ -355,6 +389,21 @@ class Worker(Party):
                     f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
                     "offered; its digest does not depend on the device count")
         return task, spec
+
+    def result_store(self) -> ArtifactStore:
+        """This worker's own store for agreed results (`worker.result_store`, else the state
+        folder's artifact store). TaskRejected if the requester could not read it from
+        another machine."""
+        policy = self.config.worker
+        if policy.result_store is None:
+            store = self.artifacts
+        else:
+            store = ArtifactStore(policy.result_store, policy.result_store_options,
+                                  policy.result_url)
+        preflight.check_shared_uri(
+            store.uri(NO_DIGEST), "this worker's result store", self.local_uris,
+            hint="set `crowdml: worker: result_store:` (and result_url, where others read it)")
+        return store
 
     def devices_for(self, spec: JobSpec) -> int:
         """The devices this worker runs `spec`'s job on: the largest divisor of its
@@ -410,7 +459,7 @@ class Worker(Party):
         self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
         task, spec = self.check(task_id, spec)
         coin = self.board.coin(task_id)
-        store_url = self.artifacts_for(spec).url
+        store_url = self.result_store().url
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
@@ -432,7 +481,7 @@ class Worker(Party):
         result. Called directly it commits anything (the demo's junk worker does)."""
         task = self.board.check_commit(self.account, task_id)
         self._store_then_commit(task, self.board.coin(task_id), result, artifact,
-                                store_url or self.artifacts.url)
+                                store_url or self.result_store().url)
 
     def _store_then_commit(self, task: TaskInfo, coin: bytes, result: bytes, artifact: bytes,
                            store_url: str) -> None:
@@ -463,9 +512,13 @@ class Worker(Party):
         return stored.result
 
     def deliver(self, task_id: int) -> bool:
-        """Publish the result artifact to its store if, and only if, the task settled AGREED
-        on this worker's result; True if it is there now. Any other outcome returned the
-        reward to the requester, who then gets nothing from which the result can be rebuilt."""
+        """Upload the result to this worker's result store, sealed to the spec's result key,
+        and announce its URI on the board, if, and only if, the task settled AGREED on this
+        worker's result; True once the requester can fetch it (here, or at a co-worker's URI
+        serving the same sealed bytes). Any other outcome returned the reward to the
+        requester, who then gets nothing from which the result can be rebuilt."""
+        from .delivery import already_delivered, as_upload
+
         if task_id in self._delivered:
             return True
         if self.board.phase(task_id) != Phase.AGREED:
@@ -473,13 +526,18 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored is None or stored.result != self.board.result(task_id):
             return False
-        ArtifactStore(stored.artifact_store).put(stored.artifact)
+        upload = as_upload(stored.artifact, self.spec_of(task_id).result_key)
+        announcements = self.board.announcements(task_id)
+        if not already_delivered(announcements, upload, local_ok=self.local_uris):
+            store = self.result_store()
+            uri = store.uri(store.put(upload))
+            self.board.announce(self.account, task_id, uri)
         self._delivered.add(task_id)
         return True
 
     def settle(self, task_id: int) -> Phase:
         phase = super().settle(task_id)
-        self.deliver(task_id)
+        self.try_deliver(task_id)
         return phase
 
     def claim(self, task_id: int) -> int:
@@ -488,9 +546,11 @@ class Worker(Party):
         return super().claim(task_id)
 
     def try_deliver(self, task_id: int) -> bool:
-        """`deliver`, but a store that refuses the upload (the spec names it; it may be down,
-        read-only or out of credentials) never holds this worker's money back: the failure is
-        logged, the artifact stays in the local store, and `deliver` can be called again."""
+        """`deliver`, but a store that refuses the upload (it may be down, read-only or out of
+        credentials) or an announcement the board refuses never holds this worker's money
+        back: the failure is logged, the artifact stays in the local store, and `deliver` can
+        be called again (until this worker claims: the board then no longer counts it as a
+        worker of the task)."""
         from ape.logging import logger
 
         try:

@@ -85,6 +85,17 @@ def check_spec_uri(uri: str) -> None:
                            f"{MAX_SPEC_URI}: {uri[:60]}…")
 
 
+def check_shared_uri(uri: str, what: str, local_ok: bool, hint: str = "") -> None:
+    """A URI a party on another machine must read: a URL, unless local paths are allowed
+    (`allow_local_uris`: by default on ape's embedded test chain only)."""
+    from .compute.data import is_remote
+
+    if not (local_ok or is_remote(uri)):
+        raise TaskRejected(f"{what} {uri} is a path on one machine, which a party on another "
+                           "cannot read: serve it at a URL (https://, s3://, …)"
+                           + (f"; {hint}" if hint else ""))
+
+
 def check_join(task: TaskInfo, next_block: int, status: WorkerStatus, *, is_sink: bool,
                balance: int, fee_per_gas: int = 0) -> None:
     """join: the seat and window, and the deposit in the account; with `fee_per_gas`, also the
@@ -194,6 +205,21 @@ def check_claim(task: TaskInfo, owed: int) -> None:
     if owed == 0:
         raise TaskRejected(f"task {task.task_id} owes this account nothing "
                            "(already claimed, or nothing due)")
+
+
+def check_announce(task: TaskInfo, status: WorkerStatus, uri: str) -> None:
+    """announce: an agreed task, a worker of its roster that has not claimed, a URI that fits."""
+    if task.phase != Phase.AGREED:
+        raise TaskRejected(f"task {task.task_id} is {task.phase.label}: only an agreed task's "
+                           "result is announced")
+    if status != WorkerStatus.REVEALED:
+        raise TaskRejected(f"only a worker of task {task.task_id}'s agreed roster that has not "
+                           "claimed yet can announce its result")
+    if not uri:
+        raise TaskRejected("announce: the URI is empty")
+    if len(uri.encode()) > MAX_SPEC_URI:
+        raise TaskRejected(f"the result URI is {len(uri.encode())} bytes, the board takes at "
+                           f"most {MAX_SPEC_URI}: {uri[:60]}…")
 
 
 def check_abort(task: TaskInfo, next_block: int, account: str) -> None:

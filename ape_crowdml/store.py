@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS results (
     artifact_store TEXT NOT NULL,
     PRIMARY KEY (chain_id, board, task_id, account)
 );
+CREATE TABLE IF NOT EXISTS result_keys (
+    public BLOB PRIMARY KEY,
+    secret BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agent_scans (
     chain_id INTEGER NOT NULL,
     board TEXT NOT NULL,
@@ -155,6 +159,22 @@ class Store:
             "WHERE chain_id = ? AND board = ? AND task_id = ? AND account = ?",
             (chain_id, board, task_id, account))
         return StoredResult(*row) if row else None
+
+    # A requester's result keys: a spec names the public half, workers seal the agreed result
+    # to it, and only this folder's secret half opens it. Made before any spec names it.
+
+    def new_result_key(self) -> bytes:
+        """Make and store a fresh result key pair; returns its public half."""
+        from .delivery import new_result_key
+
+        public, secret = new_result_key()
+        self._write("INSERT INTO result_keys VALUES (?, ?)", (public, secret))
+        return public
+
+    def result_key(self, public: bytes) -> bytes | None:
+        """The secret half of the result key `public`, if this folder made it."""
+        row = self._read_one("SELECT secret FROM result_keys WHERE public = ?", (public,))
+        return row[0] if row else None
 
     # An agent's place in the board's events, so that a restart neither rescans the board from
     # its creation nor forgets the tasks it found before.

@@ -143,6 +143,15 @@ event Aborted:
     outcome: uint8
 
 
+# @dev A worker of an agreed task says where it uploaded the result (sealed to
+#      the requester's key when the spec names one); the board cannot check the
+#      bytes there, the reader checks them against `result_of`.
+event Announced:
+    task_id: indexed(uint256)
+    worker: indexed(address)
+    uri: String[MAX_SPEC_URI]
+
+
 # @dev Forfeited deposits were paid out to the forfeit sink.
 event Swept:
     sink: indexed(address)
@@ -602,6 +611,21 @@ def claim(task_id: uint256):
 
     raw_call(msg.sender, b"", value=amount)
     log Claimed(task_id=task_id, account=msg.sender, amount=amount)
+
+
+@external
+def announce(task_id: uint256, uri: String[MAX_SPEC_URI]):
+    """
+    @notice Say where the agreed result can be read. Only a worker of the
+            task's agreed roster may, before it claims (claiming empties its
+            seat); one announcement by any of them is enough.
+    @param task_id An AGREED task.
+    @param uri Where the worker uploaded the result, for the requester to read.
+    """
+    assert self._progress[task_id] & BITS_4 == convert(OUTCOME_AGREED, uint256), "not agreed"
+    assert self._seats[task_id][msg.sender] == SEAT_REVEALED, "not an agreed worker"
+    assert len(uri) > 0, "empty uri"
+    log Announced(task_id=task_id, worker=msg.sender, uri=uri)
 
 
 @external

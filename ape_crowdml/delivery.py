@@ -1,0 +1,133 @@
+"""An agreed result's way from a worker's machine to the requester's, between strangers.
+
+Once a task settles AGREED, a worker uploads the result to a store of its own (its config's
+`worker.result_store`, written with its own credentials; `worker.result_url` is where others
+read the same objects) and announces the URI on the board (`announce`, which only a worker of
+the agreed roster can call). When the spec names a result key, the upload is sealed to it
+(libsodium's sealed box: X25519 + XSalsa20-Poly1305), so only the requester, who made the key
+with `make-spec` and keeps its secret half in its state folder, can open what the public URI
+serves. The requester's `fetch` reads the announced URIs within its read limits, opens the box
+and checks the digest against the board's `result_of`: no store, URI or worker is trusted.
+
+The seal is deterministic: its ephemeral key is derived from the result and the requester's
+key, so every honest worker of the task uploads the same bytes, and a worker that finds them
+at an announced URI knows the requester can fetch the result there without another upload.
+This tells an observer only whether two sealed results are equal, which the board's public
+result digest already says; nobody without the result can derive the ephemeral key.
+"""
+
+from __future__ import annotations
+
+from nacl.bindings import crypto_box_SEALBYTES
+from nacl.encoding import RawEncoder
+from nacl.exceptions import CryptoError
+from nacl.hash import blake2b
+from nacl.public import Box, PrivateKey, PublicKey, SealedBox
+
+from .errors import ArtifactMissing
+
+# BLAKE2b personalisation (16 bytes): keeps this derivation apart from any other use.
+_SEAL_PERSON = b"crowdml-seal-v1\0"
+
+
+def new_result_key() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair: (public, secret), 32 bytes each."""
+    secret = PrivateKey.generate()
+    return bytes(secret.public_key), bytes(secret)
+
+
+def seal(artifact: bytes, public_key: bytes) -> bytes:
+    """`artifact` sealed to `public_key`: a standard libsodium sealed box (ephemeral public
+    key, then the box), whose ephemeral key is derived from the artifact and the recipient, so
+    that equal inputs give equal bytes. `SealedBox(secret).decrypt` opens it."""
+    recipient = PublicKey(public_key)
+    ephemeral = PrivateKey(blake2b(public_key + artifact, digest_size=32, person=_SEAL_PERSON,
+                                   encoder=RawEncoder))
+    ephemeral_public = bytes(ephemeral.public_key)
+    # libsodium's crypto_box_seal nonce: BLAKE2b-192 of the two public keys.
+    nonce = blake2b(ephemeral_public + public_key, digest_size=24, encoder=RawEncoder)
+    return ephemeral_public + Box(ephemeral, recipient).encrypt(artifact, nonce).ciphertext
+
+
+def unseal(sealed: bytes, secret_key: bytes, where: str) -> bytes:
+    """The artifact inside `sealed`; ArtifactMissing (naming `where`) if the box was not sealed
+    to this key or was altered."""
+    if len(sealed) < crypto_box_SEALBYTES:
+        raise ArtifactMissing(f"{where} holds {len(sealed)} bytes, too few for a sealed result")
+    try:
+        return SealedBox(PrivateKey(secret_key)).decrypt(sealed)
+    except CryptoError:
+        raise ArtifactMissing(f"{where} does not open with this requester's result key "
+                              "(sealed to another key, or altered)") from None
+
+
+def as_upload(artifact: bytes, result_key: str | None) -> bytes:
+    """What a worker uploads for a spec: the artifact sealed to the spec's result key, or the
+    artifact itself when the spec names none (a model purchase's evaluation, whose bitstring
+    the seller reads)."""
+    if result_key is None:
+        return artifact
+    return seal(artifact, bytes.fromhex(result_key.removeprefix("0x")))
+
+
+def is_shared(uri: str) -> bool:
+    """Whether a party on another machine can read `uri`: a URL, not a path on this one."""
+    from .compute.data import is_remote
+
+    return is_remote(uri)
+
+
+def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
+                   secret_key: bytes | None, local_ok: bool) -> bytes:
+    """The agreed result, from the first announced URI that serves it: read within this
+    party's read limits, opened with `secret_key` when the spec names a result key, and
+    checked against `result` (the board's `result_of`). ArtifactMissing otherwise, saying
+    every URI looked at and what was found there."""
+    from .compute.data import read_limited
+    from .compute.digest import keccak_digest
+    from .errors import DataDigestMismatch
+
+    found: list[str] = []
+    for uri in dict.fromkeys(uri for _, uri in announcements):
+        if not (local_ok or is_shared(uri)):
+            found.append(f"{uri}: a path on the announcer's machine, not read "
+                         "(allow_local_uris is off)")
+            continue
+        try:
+            data, _ = read_limited(uri)
+            artifact = data if secret_key is None else unseal(data, secret_key, uri)
+        except (DataDigestMismatch, ArtifactMissing) as exc:
+            found.append(str(exc))
+            continue
+        if keccak_digest(artifact) == result:
+            return artifact
+        found.append(f"{uri}: not the agreed result 0x{result.hex()}")
+    if not found:
+        raise ArtifactMissing("no worker has announced the result yet (each announces where "
+                              "it uploaded it once it sees the task agreed, before claiming)")
+    raise ArtifactMissing(f"none of the {len(found)} announced URIs serves the agreed result: "
+                          + "; ".join(found))
+
+
+# How long a worker spends checking that a co-worker's announced URI already serves the bytes
+# it would upload: a co-worker's URI must not hold the agent for long.
+VERIFY_SECONDS = 20.0
+
+
+def already_delivered(announcements: list[tuple[str, str]], upload: bytes, *,
+                      local_ok: bool) -> str | None:
+    """An announced URI that serves exactly `upload` (the same sealed bytes this worker would
+    upload: the seal is deterministic), if any; reads stop at its size and VERIFY_SECONDS."""
+    from .compute.data import read_limited
+    from .errors import DataDigestMismatch
+
+    for uri in dict.fromkeys(uri for _, uri in announcements):
+        if not (local_ok or is_shared(uri)):
+            continue
+        try:
+            data, _ = read_limited(uri, len(upload), VERIFY_SECONDS)
+        except DataDigestMismatch:
+            continue
+        if data == upload:
+            return uri
+    return None
