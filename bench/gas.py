@@ -29,6 +29,10 @@ TARGET_PUBLISH = 250_000
 TYPICAL_SPEC_URI = "s3://crowdml-tasks/artifacts/0x" + keccak(b"spec").hex()
 
 
+# What a worker announces by default: its public bucket's URL of the sealed result.
+TYPICAL_RESULT_URI = "https://results.example.org/crowdml/0x" + keccak(b"sealed").hex()
+
+
 def run_task(board, requester, crew):
     n = len(crew)
     gas = {"join": [], "commit": [], "reveal": [], "claim": []}
@@ -46,10 +50,12 @@ def run_task(board, requester, crew):
     for w in reversed(crew):
         gas["reveal"].insert(0, board.reveal(task_id, result, keccak(w.address.encode()), sender=w).gas_used)
     settle_gas = board.settle(task_id, sender=requester).gas_used
+    # One announcement serves the requester: one worker pays it, once per task.
+    announce_gas = board.announce(task_id, TYPICAL_RESULT_URI, sender=crew[0]).gas_used
     for w in crew:
         gas["claim"].append(board.claim(task_id, sender=w).gas_used)
     per_worker = [sum(calls) for calls in zip(*gas.values())]
-    return publish_gas, settle_gas, gas, per_worker
+    return publish_gas, settle_gas, gas, per_worker, announce_gas
 
 
 def main():
@@ -63,9 +69,10 @@ def main():
         print(f"{'n':>3} {'publish':>8} {'join':>7} {'commit':>7} {'reveal':>7} {'claim':>7} "
               f"{'worker':>8} {'coin fix':>9} {'1st result':>10} {'most exp.':>10} {'settle':>7} "
               f"{'mean/worker':>12}")
-        worker_total = {}
+        worker_total, announce = {}, {}
         for n in SIZES:
-            publish_gas, settle_gas, gas, per_worker = run_task(board, requester, crew[:n])
+            publish_gas, settle_gas, gas, per_worker, announce[n] = run_task(
+                board, requester, crew[:n])
             # Every call but the filling join and the first reveal costs the same;
             # the cheapest of each call is the typical worker's.
             typical = {call: min(values) for call, values in gas.items()}
@@ -80,6 +87,8 @@ def main():
                 print(f"    publish over the {TARGET_PUBLISH} target")
             if most_expensive > TARGET_PER_WORKER:
                 print(f"    most expensive worker over the {TARGET_PER_WORKER} target")
+        print(f"announce (one worker, once per agreed task, a {len(TYPICAL_RESULT_URI)}-byte "
+              f"URI): {', '.join(f'{n}: {gas}' for n, gas in announce.items())}")
         growth = worker_total[max(SIZES)] / worker_total[min(SIZES)] - 1
         print(f"worker total growth n={max(SIZES)} vs n={min(SIZES)}: {growth:+.2%} (target ≤ +2%)")
 

@@ -67,7 +67,7 @@ def test_an_order_from_open_to_claim(ape, deployed, accounts, state):
     out = ape("order", "finalize", 1, "--bits", state / "junk.bits", account=5, expect=1)
     assert out.startswith("ERROR: ") and "is not a crowdml bitstring" in out
     out = ape("order", "finalize", 1, account=5, expect=1)  # nobody published the artifact
-    assert out.startswith("ERROR: ") and "has no artifact" in out
+    assert out.startswith("ERROR: ") and "no worker has announced the result yet" in out
     (state / "agreed.bits").write_bytes(encode_bits(bits))
     out = ape("order", "finalize", 1, "--bits", state / "agreed.bits", account=5)
     assert "order 1: bought (bar 90 % of 10 samples)" in out

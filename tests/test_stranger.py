@@ -3,7 +3,9 @@ the chain names. In an empty folder outside the repository, with the package ins
 from its wheel (no jobs/ folder, no repository on the path) and an ape-config.yaml holding only
 the board's address and its job environment (compute/jobenv.py), an `ape crowdml agent` process finds the task on the board, fetches its
 spec at the URI of the Published event, the data and the shipped job by digest, works, reveals,
-publishes the result to the spec's S3 store and claims.
+uploads the result sealed to the requester's key into its own bucket (its own S3 server and key
+pair), announces the URI and claims. The requester, holding no credentials of anyone's, fetches
+and opens it.
 
 Two processes need one chain, so this runs on anvil only (`--network ethereum:local:foundry`).
 """
@@ -21,10 +23,13 @@ import yaml
 from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.compute import jobenv
 from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import keccak_digest
+from ape_crowdml.compute.digest import decode_result, keccak_digest
 from ape_crowdml.compute.spec import make_spec
+from ape_crowdml.delivery import seal
 from ape_crowdml.parties import Requester, Worker, deploy_board
+from ape_crowdml.store import Store
 from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
+from store_server import public_bucket
 from test_agent_recovery import anvil  # noqa: F401 - fixture
 
 APE = str(Path(sys.executable).parent / "ape")
@@ -41,35 +46,53 @@ def wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeout
 
 
 def test_a_stranger_completes_a_task_found_from_the_chain_alone(
-        accounts, tmp_path, anvil, store_server, installed_wheel):
-    # The requester: this process, with its own state, data and store on the S3 server.
-    bucket = store_server.bucket("stranger-tasks")
+        accounts, tmp_path, anvil, installed_wheel):
+    with public_bucket(tmp_path / "s3-requester") as own, \
+            public_bucket(tmp_path / "s3-stranger") as stranger_bucket, \
+            public_bucket(tmp_path / "s3-coworker") as coworker_bucket:
+        play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_bucket,
+                          coworker_bucket)
+
+
+def play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_bucket,
+                      coworker_bucket):
+    # The requester: this process, with its own state and result key, its data and spec in its
+    # own bucket, served to everyone over HTTP.
+    # As a requester outside this project (whose ape-config.yaml allows paths) would be.
+    config = isolated_config(tmp_path / "requester").model_copy(
+        update={"allow_local_uris": None})
+    assert not config.local_uris_allowed()  # anvil: only URLs reach the chain
     local = tmp_path / "requester" / "digits.npz"
     export_digits(local)
-    data_uri = f"{bucket}/data/digits.npz"
-    with fsspec.open(data_uri, "wb") as f:
-        f.write(local.read_bytes())
-    spec = make_spec("train_classifier", local, TINY_HPARAMS, data_uri=data_uri,
-                     store=f"{bucket}/artifacts")
-    config = isolated_config(tmp_path / "requester")
+    requester_s3 = fsspec.filesystem("s3", **own.options)
+    requester_s3.put_file(str(local), "results/digits.npz")
+    key = Store(config.state_folder).new_result_key()
+    spec = make_spec("train_classifier", local, TINY_HPARAMS,
+                     data_uri=f"{own.public_url}/digits.npz", result_key="0x" + key.hex())
+    requester_s3.pipe_file("results/spec.json", spec.canonical_json())
     board = deploy_board(accounts[0], config=config)
-    task = Requester(board, accounts[0], config=config).publish(
+    requester = Requester(board, accounts[0], config=config)
+    task = requester.publish(
         spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=200, reveal_blocks=400,
-        requester_coin=False)
-    coworker = Worker(board, accounts[2], config=isolated_config(tmp_path / "coworker"))
+        requester_coin=False, spec_uri=f"{own.public_url}/spec.json")
+    coworker_config = isolated_config(tmp_path / "coworker")
+    coworker = Worker(board, accounts[2], config=coworker_config.model_copy(update={
+        "worker": coworker_config.worker.model_copy(
+            update=coworker_bucket.worker_settings())}))
     coworker.join(task)
 
-    # The stranger writes its board's address and where its job environment is (the one
-    # `make env` built here stands in for its own `ape crowdml job-env create`), and nothing
-    # else, into an empty folder.
+    # The stranger writes its board's address, where its job environment is (the one `make
+    # env` built here stands in for its own `ape crowdml job-env create`) and its own bucket
+    # with its own key pair, and nothing else, into an empty folder.
     home = tmp_path / "stranger"
     home.mkdir()
     stack = spec.profile.stack
     (home / "ape-config.yaml").write_text(yaml.safe_dump(
         {"crowdml": {"boards": {"ethereum": {"local": board.address}},
-                     "job_envs": {stack: str(jobenv.interpreter(stack))}}}))
-    env = {**os.environ, **store_server.env, "PYTHONPATH": str(installed_wheel),
-           "APE_FOUNDRY_HOST": anvil}
+                     "job_envs": {stack: str(jobenv.interpreter(stack))},
+                     "worker": stranger_bucket.worker_settings()}}))
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update({"PYTHONPATH": str(installed_wheel), "APE_FOUNDRY_HOST": anvil})
     env.pop("APE_CROWDML_JOB_ENV_FOLDER", None)  # only its own config names it
     where = subprocess.run(
         [sys.executable, "-c", "import ape_crowdml, crowdml_jobs; "
@@ -97,8 +120,14 @@ def test_a_stranger_completes_a_task_found_from_the_chain_alone(
     output = log.read_text()
     assert board.phase(task) == Phase.AGREED, output
     assert board.claims(task) == {stranger: DEPOSIT + REWARD // 2}, output
+    assert f"task {task}: result delivered" in output
     # It wrote only its state into its folder.
     assert sorted(p.name for p in home.iterdir()) == [".crowdml", "ape-config.yaml"]
-    # Its result reached the spec's store: a reader sharing no store fetches it, verified.
-    reader = Worker(board, accounts[3], config=isolated_config(tmp_path / "reader"))
-    assert keccak_digest(reader.fetch_bytes(task)) == result
+    # It announced its own bucket's public URI, which serves the result sealed to the
+    # requester's key: the requester, sharing no credentials, opens and verifies it.
+    [(announcer, uri)] = board.announcements(task)
+    assert announcer == stranger and uri.startswith(stranger_bucket.public_url)
+    artifact = requester.fetch_bytes(task)
+    assert keccak_digest(artifact) == result
+    assert fsspec.open(uri, "rb").open().read() == seal(artifact, key)
+    assert decode_result(artifact)["params"]["Dense_0"]["kernel"].shape == (64, 16)

@@ -1,0 +1,167 @@
+"""Delivery between strangers (ape_crowdml/delivery.py): the requester gets the agreed result
+with no credentials shared, and only the requester can read it.
+
+Each party has its own folder and, here, its own bucket on its own real S3 server (`rclone serve
+s3`, SigV4 with the party's own key pair), read by everyone else over plain HTTP. Local paths
+are refused throughout (`allow_local_uris: false`), as on any chain but ape's test chain.
+"""
+
+from pathlib import Path
+
+import fsspec
+import pytest
+from nacl.public import PrivateKey, SealedBox
+
+from ape_crowdml.board import Phase
+from ape_crowdml.compute.data import export_digits
+from ape_crowdml.compute.digest import decode_result, keccak_digest
+from ape_crowdml.compute.spec import make_spec
+from ape_crowdml.delivery import as_upload, new_result_key, seal, unseal
+from ape_crowdml.errors import ArtifactMissing, MissingSecret, SpecError, TaskRejected
+from ape_crowdml.parties import Party, Requester, Worker, deploy_board
+from ape_crowdml.store import Store
+from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
+from store_server import public_bucket
+
+
+def test_a_sealed_result_opens_only_with_the_requesters_key():
+    public, secret = new_result_key()
+    artifact = b"the model's canonical bytes" * 50
+    sealed = seal(artifact, public)
+    assert artifact not in sealed and len(sealed) == len(artifact) + 48
+    assert unseal(sealed, secret, "here") == artifact
+    assert SealedBox(PrivateKey(secret)).decrypt(sealed) == artifact  # libsodium's own format
+    # Deterministic: every honest worker uploads the same bytes...
+    assert seal(artifact, public) == sealed
+    # ...which differ for another result or another requester.
+    assert seal(artifact + b"!", public) != sealed
+    other_public, other_secret = new_result_key()
+    assert seal(artifact, other_public) != sealed
+    with pytest.raises(ArtifactMissing, match="does not open with this requester's result key"):
+        unseal(sealed, other_secret, "the URI")
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(ArtifactMissing, match="altered"):
+        unseal(tampered, secret, "the URI")
+    assert as_upload(artifact, None) == artifact  # no result key: in the clear
+
+
+def strict(folder: Path, **worker):
+    """A party's own config: its own state folder, no local paths accepted."""
+    config = isolated_config(folder)
+    return config.model_copy(update={
+        "allow_local_uris": False, "worker": config.worker.model_copy(update=worker)})
+
+
+@pytest.fixture
+def buckets(tmp_path):
+    """Three parties' own buckets: the requester's (spec and data), and two workers'."""
+    with public_bucket(tmp_path / "s3-requester") as requester, \
+            public_bucket(tmp_path / "s3-alice") as alice, \
+            public_bucket(tmp_path / "s3-bob") as bob:
+        yield requester, alice, bob
+
+
+def test_strangers_deliver_the_result_sealed_through_their_own_buckets(
+        accounts, tmp_path, buckets):
+    own, alice_bucket, bob_bucket = buckets
+    requester_config = strict(tmp_path / "requester")
+    board = deploy_board(accounts[0], config=requester_config)
+    # The requester makes its result key and puts its data and spec in its own bucket.
+    local = tmp_path / "requester" / "digits.npz"
+    export_digits(local)
+    requester_s3 = fsspec.filesystem("s3", **own.options)
+    requester_s3.put_file(str(local), "results/digits.npz")
+    key = Store(requester_config.state_folder).new_result_key()
+    spec = make_spec("train_classifier", local, TINY_HPARAMS,
+                     data_uri=f"{own.public_url}/digits.npz", result_key="0x" + key.hex())
+    requester_s3.pipe_file("results/spec.json", spec.canonical_json())
+    requester = Requester(board, accounts[0], config=requester_config)
+    task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2,
+                             spec_uri=f"{own.public_url}/spec.json", requester_coin=False)
+
+    alice = Worker(board, accounts[1], config=strict(tmp_path / "alice",
+                                                     **alice_bucket.worker_settings()))
+    bob = Worker(board, accounts[2], config=strict(tmp_path / "bob",
+                                                   **bob_bucket.worker_settings()))
+    for worker in (alice, bob):
+        worker.join(task)  # the spec and data read over HTTP: no local path, no credentials
+    result = {worker.work(task) for worker in (alice, bob)}.pop()
+    with pytest.raises(Exception, match="not agreed"):  # the board's own rule, before AGREED
+        board.contract.announce(task, "https://example.org/x", sender=accounts[1])
+    for worker in (alice, bob):
+        worker.reveal(task)
+    assert requester.settle(task) == Phase.AGREED
+    with pytest.raises(ArtifactMissing, match="no worker has announced the result yet"):
+        requester.fetch_bytes(task)
+    for who, uri, reason in ((accounts[3], "https://x", "not an agreed worker"),
+                             (accounts[1], "", "empty uri")):
+        with pytest.raises(Exception, match=reason):
+            board.contract.announce(task, uri, sender=who)
+
+    # A co-worker announces junk first: it costs the honest delivery nothing.
+    bob_s3 = fsspec.filesystem("s3", **bob_bucket.options)
+    bob_s3.pipe_file("results/junk", b"not the model")
+    board.announce(bob.account, task, f"{bob_bucket.public_url}/junk")
+    # One party's key pair does not write into another's bucket.
+    with pytest.raises(PermissionError):
+        fsspec.filesystem("s3", **{**bob_bucket.options,
+                                   "client_kwargs": alice_bucket.options["client_kwargs"]}
+                          ).pipe_file("results/forged", b"x")
+
+    assert alice.claim(task) == DEPOSIT + REWARD // 2  # delivers first
+    (junk_uri, _), (alice_uri, announcer) = [(uri, worker) for worker, uri in
+                                             board.announcements(task)]
+    assert announcer == accounts[1].address and alice_uri.startswith(alice_bucket.public_url)
+    uploaded = fsspec.open(alice_uri, "rb").open().read()  # what anyone reads there
+    artifact = requester.fetch_bytes(task)
+    assert keccak_digest(artifact) == result and artifact not in uploaded
+    assert uploaded == seal(artifact, key)
+    params = decode_result(artifact)["params"]
+    assert params["Dense_0"]["kernel"].shape == (64, 16)
+
+    # Anyone else, in a folder without the key, gets one line, not the model.
+    with pytest.raises(MissingSecret, match="whose secret half is not in"):
+        Party(board, None, config=strict(tmp_path / "reader")).fetch_bytes(task)
+
+    # Bob finds Alice's upload is the bytes he would upload: no second upload or announcement.
+    assert bob.claim(task) == DEPOSIT + REWARD // 2
+    assert len(board.announcements(task)) == 2
+    assert sorted(p.name for p in bob_bucket.folder.iterdir()) == ["junk"]
+    # A claimed worker is no longer on the roster: the board takes no announcement from it.
+    with pytest.raises(TaskRejected, match="not claimed yet can announce"):
+        board.announce(alice.account, task, alice_uri)
+
+
+def test_only_urls_reach_the_chain_off_the_test_chain(accounts, tmp_path):
+    config = strict(tmp_path / "requester")
+    default = isolated_config(tmp_path).model_copy(update={"allow_local_uris": None})
+    assert default.local_uris_allowed()  # ape's test chain: one process, one machine
+    assert not config.local_uris_allowed()
+    board = deploy_board(accounts[0], config=config)
+    local = tmp_path / "digits.npz"
+    export_digits(local)
+    spec = make_spec("train_classifier", local, TINY_HPARAMS)
+    requester = Requester(board, accounts[0], config=config)
+    terms = {"reward": REWARD, "deposit": DEPOSIT, "workers": 2}
+    with pytest.raises(TaskRejected, match=f"the spec's data URI {local} is a path on one "
+                                           "machine"):
+        requester.publish(spec, **terms)
+    served = spec.model_copy(update={"data_uri": "https://data.example.org/digits.npz"})
+    with pytest.raises(TaskRejected, match="the spec URI .* is a path on one machine.*--spec-uri"):
+        requester.publish(served, **terms)
+    foreign_key = served.model_copy(update={"result_key": "0x" + new_result_key()[0].hex()})
+    with pytest.raises(SpecError, match="was not made in"):
+        requester.publish(foreign_key, spec_uri="https://specs.example.org/spec.json", **terms)
+
+    # A worker, for its part, accepts no path from the chain and needs a store others read.
+    loose = isolated_config(tmp_path / "loose")
+    task = Requester(board, accounts[0], config=loose).publish(spec, **terms)
+    assert task == 1  # the refused publishes sent nothing
+    with pytest.raises(TaskRejected, match=f"task {task}'s spec URI .* is a path on one machine"):
+        Worker(board, accounts[1], config=strict(tmp_path / "w1")).join(task)
+    with pytest.raises(TaskRejected, match=f"task {task}'s data URI {local} is a path"):
+        Worker(board, accounts[1], config=strict(tmp_path / "w1")).join(task, spec)
+    no_store = strict(tmp_path / "w3", result_store=None)
+    with pytest.raises(TaskRejected, match="this worker's result store .* worker: result_store"):
+        Worker(board, accounts[1], config=no_store).result_store()
+    assert board.task(task).joined == 0
