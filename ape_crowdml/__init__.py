@@ -27,6 +27,7 @@ _API = {
     "find_board": "parties",
     "load_spec": "compute.spec",
     "make_spec": "compute.spec",
+    "load_model": "compute.model",
     "CrowdmlConfig": "config",
     "CrowdmlError": "errors",
     "Buyer": "purchase",

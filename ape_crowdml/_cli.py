@@ -207,7 +207,12 @@ def release_coin(account, board_address, task_id):
 @spec_option
 def work(account, board_address, task_id, spec_file):
     """Run the job with the task's coin, store the salt, then commit."""
-    digest = _worker(board_address, account).work(task_id, spec_file, progress=True)
+    from ape_crowdml.render import run_lines
+
+    worker = _worker(board_address, account)
+    digest = worker.work(task_id, spec_file, progress=True)
+    for line in run_lines(worker.summary(task_id)):
+        click.echo(line, err=True)
     click.echo(f"committed to result 0x{digest.hex()} for task {task_id}")
 
 
@@ -380,9 +385,11 @@ def run_job(spec_file, coin, out):
     from ape_crowdml.compute.runner import run_job as run
     from ape_crowdml.compute.spec import load_spec
 
+    from ape_crowdml.render import run_lines
+
     result = run(load_spec(spec_file), coin, out=out, progress=True)
-    for name, value in result.metrics.items():
-        click.echo(f"{name}: {value}", err=True)
+    for line in run_lines(result.summary()):
+        click.echo(line, err=True)
     click.echo("0x" + result.digest.hex())
 
 

@@ -31,7 +31,7 @@ from time import monotonic
 from .board import Phase, WorkerStatus
 from .errors import CannotSignUnattended, CrowdmlError, PolicyRefused, first_line
 from .parties import Work, Worker
-from .render import wei
+from .render import WORKERS_WORD, run_line, wei
 
 WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
@@ -276,7 +276,9 @@ class Agent:
         except CrowdmlError:
             self._given_up.add(task_id)
             raise
-        self.log(f"task {task_id}: committed to 0x{digest.hex()}")
+        said = run_line(self.worker.summary(task_id))
+        self.log(f"task {task_id}: committed to 0x{digest.hex()}"
+                 + (f"; its job says {said} ({WORKERS_WORD})" if said else ""))
         return True
 
     def stop_jobs(self) -> None:

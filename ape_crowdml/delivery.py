@@ -18,6 +18,9 @@ result digest already says; nobody without the result can derive the ephemeral k
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from nacl.bindings import crypto_box_SEALBYTES
 from nacl.encoding import RawEncoder
 from nacl.exceptions import CryptoError
@@ -61,13 +64,46 @@ def unseal(sealed: bytes, secret_key: bytes, where: str) -> bytes:
                               "(sealed to another key, or altered)") from None
 
 
-def as_upload(artifact: bytes, result_key: str | None) -> bytes:
-    """What a worker uploads for a spec: the artifact sealed to the spec's result key, or the
-    artifact itself when the spec names none (a model purchase's evaluation, whose bitstring
-    the seller reads)."""
+# A delivery holds the artifact and what the worker's job said of its run (its transcript,
+# each epoch's loss, the final metrics): MAGIC, the artifact's length (8 bytes, big-endian),
+# the artifact, then the summary as JSON (sorted keys; empty when there is none).
+MAGIC = b"crowdml/delivery/v1\n"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    artifact: bytes  # the result's canonical bytes: keccak256 is the board's result_of
+    summary: dict | None  # JobResult.summary(): the worker's word, not the chain's
+    uri: str = ""  # where it was read
+
+
+def pack(artifact: bytes, summary: dict | None) -> bytes:
+    tail = b"" if summary is None else json.dumps(summary, sort_keys=True).encode()
+    return MAGIC + len(artifact).to_bytes(8, "big") + artifact + tail
+
+
+def unpack(data: bytes, where: str) -> Delivery:
+    head = len(MAGIC) + 8
+    size = int.from_bytes(data[len(MAGIC):head], "big")
+    if not data.startswith(MAGIC) or len(data) < head + size:
+        raise ArtifactMissing(f"{where} does not hold a crowdml delivery")
+    tail = data[head + size:]
+    try:
+        summary = json.loads(tail) if tail else None
+    except ValueError:
+        raise ArtifactMissing(f"{where}: the run summary is not JSON") from None
+    return Delivery(data[head:head + size], summary if isinstance(summary, dict) else None,
+                    where)
+
+
+def as_upload(artifact: bytes, summary: dict | None, result_key: str | None) -> bytes:
+    """What a worker uploads for a spec: the artifact and its run's summary, sealed to the
+    spec's result key, or in the clear when the spec names none (a model purchase's
+    evaluation, whose bitstring the seller reads)."""
+    bundle = pack(artifact, summary)
     if result_key is None:
-        return artifact
-    return seal(artifact, bytes.fromhex(result_key.removeprefix("0x")))
+        return bundle
+    return seal(bundle, bytes.fromhex(result_key.removeprefix("0x")))
 
 
 def is_shared(uri: str) -> bool:
@@ -78,11 +114,11 @@ def is_shared(uri: str) -> bool:
 
 
 def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
-                   secret_key: bytes | None, local_ok: bool) -> bytes:
+                   secret_key: bytes | None, local_ok: bool) -> Delivery:
     """The agreed result, from the first announced URI that serves it: read within this
-    party's read limits, opened with `secret_key` when the spec names a result key, and
-    checked against `result` (the board's `result_of`). ArtifactMissing otherwise, saying
-    every URI looked at and what was found there."""
+    party's read limits, opened with `secret_key` when the spec names a result key, and its
+    artifact checked against `result` (the board's `result_of`). ArtifactMissing otherwise,
+    saying every URI looked at and what was found there."""
     from .compute.data import read_limited
     from .compute.digest import keccak_digest
     from .errors import DataDigestMismatch
@@ -95,12 +131,12 @@ def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
             continue
         try:
             data, _ = read_limited(uri)
-            artifact = data if secret_key is None else unseal(data, secret_key, uri)
+            delivery = unpack(data if secret_key is None else unseal(data, secret_key, uri), uri)
         except (DataDigestMismatch, ArtifactMissing) as exc:
             found.append(str(exc))
             continue
-        if keccak_digest(artifact) == result:
-            return artifact
+        if keccak_digest(delivery.artifact) == result:
+            return delivery
         found.append(f"{uri}: not the agreed result 0x{result.hex()}")
     if not found:
         raise ArtifactMissing("no worker has announced the result yet (each announces where "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .artifacts import ArtifactStore
+from .delivery import Delivery
 from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
                     commitment, hex32)
@@ -104,6 +105,7 @@ class Work:
     store_url: str  # where the artifact goes once the task settles agreed
     job: JobProcess | None = None  # None when a stored result is reused
     stored: tuple[bytes, bytes] | None = None  # (result digest, artifact) once known
+    summary: dict | None = None  # the job's transcript and metrics (JobResult.summary)
 
     @property
     def done(self) -> bool:
@@ -211,6 +213,11 @@ class Party:
         """The agreed result's canonical bytes, from the URIs its workers announced (opened
         with this folder's result key when the spec names one), verified against result_of on
         chain."""
+        return self.fetch_delivery(task_id).artifact
+
+    def fetch_delivery(self, task_id: int) -> Delivery:
+        """`fetch_bytes`, with where it was read and what the worker's job said of its run
+        (the worker's word, not the chain's)."""
         from .delivery import read_announced
 
         phase = self.board.phase(task_id)
@@ -234,7 +241,7 @@ class Party:
         except ArtifactMissing as exc:
             if secret is None:
                 try:  # a result in the clear may also sit in a store this party shares
-                    return self.artifacts.get(result)
+                    return Delivery(self.artifacts.get(result), None, self.artifacts.url)
                 except ArtifactMissing:
                     pass
             raise ArtifactMissing(f"task {task_id}: {exc}") from None
@@ -470,10 +477,16 @@ class Worker(Party):
         fresh salt, then commit; returns the result digest."""
         if work.job is not None:
             job = work.job.result()
-            work.stored = (job.digest, job.artifact)
+            work.stored, work.summary = (job.digest, job.artifact), job.summary()
         result, artifact = work.stored
-        self._store_then_commit(work.task, work.coin, result, artifact, work.store_url)
+        self._store_then_commit(work.task, work.coin, result, artifact, work.store_url,
+                                work.summary)
         return result
+
+    def summary(self, task_id: int) -> dict | None:
+        """What this worker's job said of its run on the task (transcript, each epoch's
+        metrics, the final ones: `JobResult.summary`), as stored with the result."""
+        return self.store.summary(*self._key(task_id))
 
     def commit_result(self, task_id: int, result: bytes, artifact: bytes, *,
                       store_url: str | None = None) -> None:
@@ -484,7 +497,7 @@ class Worker(Party):
                                 store_url or self.result_store().url)
 
     def _store_then_commit(self, task: TaskInfo, coin: bytes, result: bytes, artifact: bytes,
-                           store_url: str) -> None:
+                           store_url: str, summary: dict | None = None) -> None:
         # The callers checked the seat can commit (it is JOINED): a stored opening is never
         # replaced once a commitment is on chain, for it is the only one.
         if result in self.board.common_knowledge(task):
@@ -496,7 +509,7 @@ class Worker(Party):
         if not (stored and stored.result == result and stored.coin == coin):
             stored = StoredResult(task.spec, coin, result, secrets.token_bytes(32), artifact,
                                   store_url)
-            self.store.save_result(*key, stored)
+            self.store.save_result(*key, stored, summary)
         self.board.commit(self.account, task.task_id,
                           commitment(result, stored.salt, self.account.address, task.task_id))
 
@@ -526,7 +539,8 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored is None or stored.result != self.board.result(task_id):
             return False
-        upload = as_upload(stored.artifact, self.spec_of(task_id).result_key)
+        upload = as_upload(stored.artifact, self.summary(task_id),
+                           self.spec_of(task_id).result_key)
         announcements = self.board.announcements(task_id)
         if not already_delivered(announcements, upload, local_ok=self.local_uris):
             store = self.result_store()

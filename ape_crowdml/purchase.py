@@ -341,7 +341,8 @@ class Trader:
         try:
             return decode_bits(read_announced(board.announcements(task_id), result,
                                               secret_key=None,
-                                              local_ok=self.config.local_uris_allowed()))
+                                              local_ok=self.config.local_uris_allowed()
+                                              ).artifact)
         except ArtifactMissing as exc:
             try:
                 return decode_bits(self.artifacts.get(result))

@@ -138,3 +138,36 @@ def _task_terms(task: TaskInfo) -> dict:
     return {"task": task.task_id, "phase": task.phase.label, "deadline": task.deadline or None,
             "requester": task.requester, "reward": task.reward, "deposit": task.deposit,
             "workers": task.workers, "joined": task.joined}
+
+
+# What a job says of its run (JobResult.summary): the worker's word, never checked on chain.
+WORKERS_WORD = "the worker's word: only the result digest is agreed on chain"
+
+
+def _figure(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_line(summary: dict | None) -> str:
+    """One line: the loss from first to last epoch and the final metrics, e.g.
+    "loss 2.302 → 0.3512 over 10 epochs, test_accuracy 0.9467"."""
+    if not summary:
+        return ""
+    parts = []
+    losses = [epoch["loss"] for epoch in summary.get("epochs", []) if "loss" in epoch]
+    if losses:
+        parts.append(f"loss {_figure(losses[0])} → {_figure(losses[-1])} over "
+                     f"{len(losses)} epoch{'s' if len(losses) != 1 else ''}")
+    parts += [f"{name} {_figure(value)}" for name, value in summary.get("metrics", {}).items()]
+    return ", ".join(parts)
+
+
+def run_lines(summary: dict | None) -> list[str]:
+    """Each epoch's metrics, then the final ones, then whose word they are."""
+    if not summary:
+        return []
+    lines = [f"epoch {i}: " + ", ".join(f"{name} {_figure(value)}" for name, value in
+                                        epoch.items())
+             for i, epoch in enumerate(summary.get("epochs", []), 1) if epoch]
+    lines += [f"{name}: {_figure(value)}" for name, value in summary.get("metrics", {}).items()]
+    return [*lines, f"({WORKERS_WORD})"] if lines else []

@@ -9,6 +9,7 @@ network.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ CREATE TABLE IF NOT EXISTS results (
     salt BLOB NOT NULL,
     artifact BLOB NOT NULL,
     artifact_store TEXT NOT NULL,
+    PRIMARY KEY (chain_id, board, task_id, account)
+);
+CREATE TABLE IF NOT EXISTS summaries (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    summary TEXT NOT NULL,
     PRIMARY KEY (chain_id, board, task_id, account)
 );
 CREATE TABLE IF NOT EXISTS result_keys (
@@ -146,11 +155,23 @@ class Store:
         return CoinOpening(*row) if row else None
 
     def save_result(self, chain_id: int, board: str, task_id: int, account: str,
-                    stored: StoredResult) -> None:
+                    stored: StoredResult, summary: dict | None = None) -> None:
+        """The result, with the job's summary of its run (transcript, per-epoch and final
+        metrics) when there is one, in one transaction."""
+        key = (chain_id, board, task_id, account)
+        more = [] if summary is None else [(
+            "INSERT OR REPLACE INTO summaries VALUES (?, ?, ?, ?, ?)",
+            (*key, json.dumps(summary, sort_keys=True)))]
         self._write(
             "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (chain_id, board, task_id, account, stored.spec, stored.coin, stored.result,
-             stored.salt, stored.artifact, stored.artifact_store))
+            (*key, stored.spec, stored.coin, stored.result, stored.salt, stored.artifact,
+             stored.artifact_store), *more)
+
+    def summary(self, chain_id: int, board: str, task_id: int, account: str) -> dict | None:
+        """The job's summary of the run `account` stored with its result, if any."""
+        row = self._read_one("SELECT summary FROM summaries WHERE chain_id = ? AND board = ? "
+                             "AND task_id = ? AND account = ?", (chain_id, board, task_id, account))
+        return json.loads(row[0]) if row else None
 
     def result(self, chain_id: int, board: str, task_id: int, account: str) -> StoredResult | None:
         """The result and salt `account` stored for the task; None for any other account."""

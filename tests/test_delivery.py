@@ -16,7 +16,8 @@ from ape_crowdml.board import Phase
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import decode_result, keccak_digest
 from ape_crowdml.compute.spec import make_spec
-from ape_crowdml.delivery import as_upload, new_result_key, seal, unseal
+from ape_crowdml.delivery import (Delivery, as_upload, new_result_key, pack, seal, unpack,
+                                  unseal)
 from ape_crowdml.errors import ArtifactMissing, MissingSecret, SpecError, TaskRejected
 from ape_crowdml.parties import Party, Requester, Worker, deploy_board
 from ape_crowdml.store import Store
@@ -42,7 +43,14 @@ def test_a_sealed_result_opens_only_with_the_requesters_key():
     tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
     with pytest.raises(ArtifactMissing, match="altered"):
         unseal(tampered, secret, "the URI")
-    assert as_upload(artifact, None) == artifact  # no result key: in the clear
+    summary = {"digest": "0x00", "epochs": [{"loss": 0.5}], "metrics": {"test_accuracy": 0.9}}
+    clear = as_upload(artifact, summary, None)  # no result key: in the clear
+    assert unpack(clear, "here") == Delivery(artifact, summary, "here")
+    assert unpack(as_upload(artifact, None, None), "x").summary is None
+    assert unpack(unseal(as_upload(artifact, summary, "0x" + public.hex()), secret, "x"),
+                  "x").artifact == artifact
+    with pytest.raises(ArtifactMissing, match="does not hold a crowdml delivery"):
+        unpack(artifact, "the URI")
 
 
 def strict(folder: Path, **worker):
@@ -113,11 +121,17 @@ def test_strangers_deliver_the_result_sealed_through_their_own_buckets(
                                              board.announcements(task)]
     assert announcer == accounts[1].address and alice_uri.startswith(alice_bucket.public_url)
     uploaded = fsspec.open(alice_uri, "rb").open().read()  # what anyone reads there
-    artifact = requester.fetch_bytes(task)
+    delivery = requester.fetch_delivery(task)
+    artifact, summary = delivery.artifact, delivery.summary
     assert keccak_digest(artifact) == result and artifact not in uploaded
-    assert uploaded == seal(artifact, key)
+    assert uploaded == seal(pack(artifact, summary), key) and delivery.uri == alice_uri
     params = decode_result(artifact)["params"]
     assert params["Dense_0"]["kernel"].shape == (64, 16)
+    # With the model, what Alice's job said of its run: her word, sealed like the result.
+    assert summary == alice.summary(task) and summary["digest"] == "0x" + result.hex()
+    assert len(summary["transcript"]) == len(summary["epochs"]) == TINY_HPARAMS["epochs"]
+    assert summary["transcript"][-1] == summary["digest"]
+    assert summary["epochs"][0]["loss"] > 0 and 0 <= summary["metrics"]["test_accuracy"] <= 1
 
     # Anyone else, in a folder without the key, gets one line, not the model.
     with pytest.raises(MissingSecret, match="whose secret half is not in"):

@@ -247,3 +247,48 @@ def test_bad_coin_gives_one_clear_line(train_spec, tmp_path):
                            capture_output=True, text=True, env=env)
     assert child.returncode == 2 and child.stderr == "crowdml: coin must be 32 bytes (64 hex " \
         "digits), got 2\n"
+
+
+def test_each_epochs_loss_is_in_the_summary(trained):
+    result, _ = trained
+    summary = result.summary()
+    assert summary["digest"] == hexd(result.digest) and summary["transcript"] == result.transcript
+    losses = [epoch["loss"] for epoch in summary["epochs"]]
+    assert len(losses) == EPOCHS and all(np.isfinite(losses))
+    assert losses[-1] < losses[0] / 2  # it learns: the mean loss of the last epoch is far lower
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON, as it is stored and sent
+
+
+def test_load_model_predicts_as_the_job_evaluated_without_ape(train_spec, trained, digits,
+                                                            tmp_path):
+    """The documented call, in the job environment (no ape there): the job's own module with
+    the delivered parameters gives the test accuracy the job reported."""
+    result, artifact_path = trained
+    spec_path = save_spec(train_spec, tmp_path / "spec.json")
+    script = textwrap.dedent(f"""
+        import json, sys
+        import numpy as np
+        from ape_crowdml import load_model
+        model = load_model({str(artifact_path)!r}, {str(spec_path)!r})
+        with np.load({str(digits)!r}) as data:
+            accuracy = float((model.predict(data["x_test"]) == data["y_test"]).mean())
+        print(json.dumps({{"accuracy": accuracy, "module": type(model.module).__name__,
+                           "ape": "ape" in sys.modules}}))
+    """)
+    command, env = job_python()
+    run = subprocess.run(command + ["-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    said = json.loads(run.stdout.strip().splitlines()[-1])
+    assert said == {"accuracy": pytest.approx(result.metrics["test_accuracy"], abs=1e-6),
+                    "module": "MLP", "ape": False}
+
+
+def test_load_model_refuses_what_is_not_a_model(train_spec, tmp_path):
+    from ape_crowdml.compute.digest import encode_bits
+    from ape_crowdml.compute.model import load_model
+
+    bits = tmp_path / "bits.crowdml"
+    bits.write_bytes(encode_bits(np.array([True, False])))
+    with pytest.raises(SpecError, match="is not a model's parameters"):
+        load_model(bits, train_spec)

@@ -25,7 +25,7 @@ from ape_crowdml.compute import jobenv
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import decode_result, keccak_digest
 from ape_crowdml.compute.spec import make_spec
-from ape_crowdml.delivery import seal
+from ape_crowdml.delivery import pack, seal
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from ape_crowdml.store import Store
 from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
@@ -127,7 +127,9 @@ def play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_
     # requester's key: the requester, sharing no credentials, opens and verifies it.
     [(announcer, uri)] = board.announcements(task)
     assert announcer == stranger and uri.startswith(stranger_bucket.public_url)
-    artifact = requester.fetch_bytes(task)
+    delivery = requester.fetch_delivery(task)
+    artifact = delivery.artifact
     assert keccak_digest(artifact) == result
-    assert fsspec.open(uri, "rb").open().read() == seal(artifact, key)
+    assert fsspec.open(uri, "rb").open().read() == seal(pack(artifact, delivery.summary), key)
+    assert delivery.summary["metrics"]["test_accuracy"] > 0  # its job's word, sealed too
     assert decode_result(artifact)["params"]["Dense_0"]["kernel"].shape == (64, 16)

@@ -14,7 +14,8 @@ A job is a plain Python file (see jobs/) that defines one entry function::
   (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
   seeds anything else is not reproducible from the coin.
 - `report`: `report.start(epochs)` once, `report.epoch(tree, **metrics)` after each epoch (adds the
-  digest of `encode_pytree(tree)` to the transcript and moves the progress bar),
+  digest of `encode_pytree(tree)` to the transcript, records the epoch's metrics such as its
+  mean loss, and moves the progress bar),
   `report.metric(name, value)` for summary figures such as test accuracy.
 - returns the result's canonical bytes, `digest.encode_pytree(...)` or `digest.encode_bits(...)`;
   the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
@@ -75,19 +76,25 @@ class JobResult:
     artifact: bytes  # canonical encoding of the result, see digest.py
     transcript: list[str] = field(default_factory=list)  # 0x-hex digest after each epoch
     metrics: dict = field(default_factory=dict)  # e.g. {"test_accuracy": 0.97}
+    epochs: list[dict] = field(default_factory=list)  # each epoch's metrics, e.g. {"loss": 0.3}
+
+    def summary(self) -> dict:
+        """What the job says of its run besides the artifact: the digest, the transcript, each
+        epoch's metrics and the final ones (JSON-ready). Only the digest is checked by anyone:
+        the rest is the worker's word."""
+        return {"digest": "0x" + self.digest.hex(), "transcript": self.transcript,
+                "epochs": self.epochs, "metrics": self.metrics}
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / ARTIFACT_FILE).write_bytes(self.artifact)
-        summary = {"digest": "0x" + self.digest.hex(), "transcript": self.transcript,
-                   "metrics": self.metrics}
-        (out / RESULT_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True))
+        (out / RESULT_FILE).write_text(json.dumps(self.summary(), indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, out: Path) -> JobResult:
         summary = json.loads((out / RESULT_FILE).read_text())
         result = cls(bytes.fromhex(summary["digest"][2:]), (out / ARTIFACT_FILE).read_bytes(),
-                     summary["transcript"], summary["metrics"])
+                     summary["transcript"], summary["metrics"], summary.get("epochs", []))
         if keccak_digest(result.artifact) != result.digest:
             raise CrowdmlError(f"{out / ARTIFACT_FILE} does not match the digest in {RESULT_FILE}")
         return result
@@ -99,6 +106,7 @@ class Report:
     def __init__(self, progress: bool):
         self.progress = progress
         self.transcript: list[str] = []
+        self.epochs: list[dict] = []
         self.metrics: dict = {}
         self._bar = None
         self._pending = None
@@ -122,10 +130,14 @@ class Report:
         tree, metrics = self._pending
         self._pending = None
         self.transcript.append("0x" + keccak_digest(encode_pytree(tree)).hex())
-        if self._bar is not None:
+        values = {}
+        if metrics:
             from .parallel import host_value
 
-            self._bar.set_postfix({k: f"{float(host_value(v)):.4g}" for k, v in metrics.items()})
+            values = {k: float(host_value(v)) for k, v in metrics.items()}
+        self.epochs.append(values)
+        if self._bar is not None:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()})
             self._bar.update()
 
     def metric(self, name: str, value) -> None:
@@ -242,7 +254,8 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
         report.close()
         if group is not None:
             stop_processes()
-    return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics)
+    return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics,
+                     report.epochs)
 
 
 def write_outcome(out: Path, *, result: JobResult | None = None,
