@@ -299,14 +299,39 @@ def fetch(board_address, task_id, out):
     from ape_crowdml.compute.digest import decode_result
     from ape_crowdml.parties import Party
 
+    from ape_crowdml.render import run_lines
+
     # Anyone may fetch a published result; no account signs anything here.
     party = Party(_board(board_address), account=None)
-    data = party.fetch_bytes(task_id)
+    delivery = party.fetch_delivery(task_id)
     result = party.board.result(task_id)
     out = out or ManagerAccessMixin.local_project.path / f"task-{task_id}.crowdml"
-    out.write_bytes(data)
-    click.echo(f"result 0x{result.hex()} verified, written to {out}")
-    _echo_shapes(decode_result(data))
+    out.write_bytes(delivery.artifact)
+    click.echo(f"result 0x{result.hex()} verified (read at {delivery.uri}), written to {out}")
+    _echo_shapes(decode_result(delivery.artifact))
+    for line in run_lines(delivery.summary):
+        click.echo(line)
+
+
+@connected(account=False)
+@task_argument
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to draw the loss curves (default: task-<TASK>-report.png; the "
+                   "suffix picks the format: .png, .svg, .pdf).")
+def report(board_address, task_id, out):
+    """What the workers of a settled task said of their runs: each epoch's loss, the final
+    metrics, and for a disagreed task the epoch where their transcripts part; drawn to --out."""
+    from ape.utils.basemodel import ManagerAccessMixin
+
+    from ape_crowdml.parties import Party
+    from ape_crowdml.report import draw, run_report
+
+    party = Party(_board(board_address), account=None)
+    found = run_report(party, task_id)
+    for line in found.lines():
+        click.echo(line)
+    out = out or ManagerAccessMixin.local_project.path / f"task-{task_id}-report.png"
+    click.echo(f"drawn to {draw(found, out)}")
 
 
 def _echo_shapes(tree, prefix: str = "") -> None:

@@ -352,9 +352,11 @@ class Agent:
             return True
         if phase.ended:
             # The requester paid: its result goes out before anything else, so that it gets
-            # it even if this worker goes offline after claiming. No other outcome uploads.
-            if phase == Phase.AGREED and worker.try_deliver(task_id):
-                self.log(f"task {task_id}: result delivered (its URI is on the board)")
+            # it even if this worker goes offline after claiming. A disagreed task's requester
+            # gets this worker's transcript; no other outcome uploads.
+            if phase in (Phase.AGREED, Phase.DISAGREED) and worker.try_deliver(task_id):
+                what = "result" if phase == Phase.AGREED else "run's transcript"
+                self.log(f"task {task_id}: {what} delivered (its URI is on the board)")
             if worker.owed(task_id):
                 self.log(f"task {task_id}: claimed {wei(worker.claim(task_id))} ({phase.label})")
             self._forget(task_id)

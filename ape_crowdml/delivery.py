@@ -167,3 +167,35 @@ def already_delivered(announcements: list[tuple[str, str]], upload: bytes, *,
         if data == upload:
             return uri
     return None
+
+
+def read_summaries(announcements: list[tuple[str, str]], *, secret_key: bytes | None,
+                   local_ok: bool) -> tuple[dict[str, Delivery], list[str]]:
+    """Each announcing worker's delivery (its run's summary; for an agreed task, the result
+    too, unchecked here), and a line for each URI that gave nothing usable."""
+    from .compute.data import read_limited
+    from .errors import DataDigestMismatch
+
+    found, failed = {}, []
+    for worker, uri in announcements:
+        if worker in found:
+            continue
+        if not (local_ok or is_shared(uri)):
+            failed.append(f"{uri}: a path on the announcer's machine, not read")
+            continue
+        try:
+            data, _ = read_limited(uri)
+            found[worker] = unpack(data if secret_key is None else unseal(data, secret_key, uri),
+                                   uri)
+        except (DataDigestMismatch, ArtifactMissing) as exc:
+            failed.append(str(exc))
+    return found, failed
+
+
+def first_divergence(transcripts: list[list[str]]) -> int | None:
+    """The first epoch (1-based) at which the transcripts differ, None if they never do."""
+    for epoch, digests in enumerate(zip(*transcripts), 1):
+        if len(set(digests)) > 1:
+            return epoch
+    lengths = {len(t) for t in transcripts}
+    return min(lengths) + 1 if len(lengths) > 1 else None

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from .artifacts import ArtifactStore
 from .delivery import Delivery
 from . import preflight
-from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, coin_hash,
-                    commitment, hex32)
+from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus,
+                    coin_hash, commitment, hex32)
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import read_verified
 from .compute.jobs import JobRegistry
@@ -215,6 +215,29 @@ class Party:
         chain."""
         return self.fetch_delivery(task_id).artifact
 
+    def _result_secret(self, task_id: int, spec: JobSpec) -> bytes | None:
+        """The secret half of the spec's result key from this folder; None for a spec without
+        one; MissingSecret if this folder did not make it."""
+        if spec.result_key is None:
+            return None
+        secret = self.store.result_key(bytes.fromhex(spec.result_key[2:]))
+        if secret is None:
+            raise MissingSecret(
+                f"task {task_id}'s result is sealed to result key {spec.result_key}, whose "
+                f"secret half is not in {self.store.path}: fetch in the state folder of "
+                "the requester that made the spec")
+        return secret
+
+    def run_summaries(self, task_id: int) -> tuple[dict[str, Delivery], list[str]]:
+        """What each worker that announced on a settled task said of its run (its transcript,
+        each epoch's loss, the final metrics: the worker's word), opened with this folder's
+        result key; and a line for each announced URI that gave nothing usable."""
+        from .delivery import read_summaries
+
+        secret = self._result_secret(task_id, self.spec_of(task_id))
+        return read_summaries(self.board.announcements(task_id), secret_key=secret,
+                              local_ok=self.local_uris)
+
     def fetch_delivery(self, task_id: int) -> Delivery:
         """`fetch_bytes`, with where it was read and what the worker's job said of its run
         (the worker's word, not the chain's)."""
@@ -226,15 +249,7 @@ class Party:
             raise TaskRejected(f"task {task_id} {when} {phase.label}: only a task that settled "
                                "agreed has a result (workers publish their artifact only then)")
         result = self.board.result(task_id)
-        spec = self.spec_of(task_id)
-        secret = None
-        if spec.result_key is not None:
-            secret = self.store.result_key(bytes.fromhex(spec.result_key[2:]))
-            if secret is None:
-                raise MissingSecret(
-                    f"task {task_id}'s result is sealed to result key {spec.result_key}, whose "
-                    f"secret half is not in {self.store.path}: fetch in the state folder of "
-                    "the requester that made the spec")
+        secret = self._result_secret(task_id, self.spec_of(task_id))
         try:
             return read_announced(self.board.announcements(task_id), result,
                                   secret_key=secret, local_ok=self.local_uris)
@@ -525,22 +540,34 @@ class Worker(Party):
         return stored.result
 
     def deliver(self, task_id: int) -> bool:
-        """Upload the result to this worker's result store, sealed to the spec's result key,
-        and announce its URI on the board, if, and only if, the task settled AGREED on this
-        worker's result; True once the requester can fetch it (here, or at a co-worker's URI
-        serving the same sealed bytes). Any other outcome returned the reward to the
-        requester, who then gets nothing from which the result can be rebuilt."""
+        """Upload the result, with what the job said of its run, to this worker's result
+        store, sealed to the spec's result key, and announce its URI on the board, if, and
+        only if, the task settled AGREED on this worker's result; True once the requester can
+        fetch it (here, or at a co-worker's URI serving the same sealed bytes). Any other
+        outcome returned the reward to the requester, who then gets nothing from which the
+        result can be rebuilt: of a DISAGREED task, only the run's summary (its transcript and
+        losses, for the requester to see where the workers parted) goes out."""
         from .delivery import already_delivered, as_upload
 
         if task_id in self._delivered:
             return True
-        if self.board.phase(task_id) != Phase.AGREED:
+        phase = self.board.phase(task_id)
+        if phase not in (Phase.AGREED, Phase.DISAGREED):
             return False
         stored = self.store.result(*self._key(task_id))
-        if stored is None or stored.result != self.board.result(task_id):
+        summary = self.summary(task_id)
+        if stored is None or self.board.worker_status(
+                task_id, self.account.address) != WorkerStatus.REVEALED:
             return False
-        upload = as_upload(stored.artifact, self.summary(task_id),
-                           self.spec_of(task_id).result_key)
+        if phase == Phase.AGREED:
+            if stored.result != self.board.result(task_id):
+                return False
+            artifact = stored.artifact
+        elif summary is None:
+            return False
+        else:
+            artifact = b""  # the work stays here: the requester was refunded
+        upload = as_upload(artifact, summary, self.spec_of(task_id).result_key)
         announcements = self.board.announcements(task_id)
         if not already_delivered(announcements, upload, local_ok=self.local_uris):
             store = self.result_store()

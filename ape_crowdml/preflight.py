@@ -208,13 +208,14 @@ def check_claim(task: TaskInfo, owed: int) -> None:
 
 
 def check_announce(task: TaskInfo, status: WorkerStatus, uri: str) -> None:
-    """announce: an agreed task, a worker of its roster that has not claimed, a URI that fits."""
-    if task.phase != Phase.AGREED:
+    """announce: an agreed or disagreed task, a worker that revealed a valid result and has
+    not claimed, a URI that fits."""
+    if task.phase not in (Phase.AGREED, Phase.DISAGREED):
         raise TaskRejected(f"task {task.task_id} is {task.phase.label}: only an agreed task's "
-                           "result is announced")
+                           "result, or a disagreed task's transcripts, are announced")
     if status != WorkerStatus.REVEALED:
-        raise TaskRejected(f"only a worker of task {task.task_id}'s agreed roster that has not "
-                           "claimed yet can announce its result")
+        raise TaskRejected(f"only a worker that revealed a valid result on task "
+                           f"{task.task_id} and has not claimed yet can announce")
     if not uri:
         raise TaskRejected("announce: the URI is empty")
     if len(uri.encode()) > MAX_SPEC_URI:

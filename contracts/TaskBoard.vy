@@ -143,9 +143,10 @@ event Aborted:
     outcome: uint8
 
 
-# @dev A worker of an agreed task says where it uploaded the result (sealed to
-#      the requester's key when the spec names one); the board cannot check the
-#      bytes there, the reader checks them against `result_of`.
+# @dev A worker of a settled task says where it uploaded the agreed result, or
+#      its transcript for a disagreed one (sealed to the requester's key when the
+#      spec names one); the board cannot check the bytes there, the reader checks
+#      a result against `result_of`.
 event Announced:
     task_id: indexed(uint256)
     worker: indexed(address)
@@ -616,14 +617,17 @@ def claim(task_id: uint256):
 @external
 def announce(task_id: uint256, uri: String[MAX_SPEC_URI]):
     """
-    @notice Say where the agreed result can be read. Only a worker of the
-            task's agreed roster may, before it claims (claiming empties its
-            seat); one announcement by any of them is enough.
-    @param task_id An AGREED task.
-    @param uri Where the worker uploaded the result, for the requester to read.
+    @notice Say where this worker uploaded the agreed result or, for a
+            disagreed task, its own run's transcript (never its result: the
+            requester was refunded). Only a worker that revealed a valid result
+            may, before it claims (claiming empties its seat); for an agreed
+            task one announcement by any of them is enough.
+    @param task_id An AGREED or DISAGREED task.
+    @param uri Where the worker uploaded it, for the requester to read.
     """
-    assert self._progress[task_id] & BITS_4 == convert(OUTCOME_AGREED, uint256), "not agreed"
-    assert self._seats[task_id][msg.sender] == SEAT_REVEALED, "not an agreed worker"
+    stage: uint256 = self._progress[task_id] & BITS_4
+    assert stage == convert(OUTCOME_AGREED, uint256) or stage == convert(OUTCOME_DISAGREED, uint256), "not agreed or disagreed"
+    assert self._seats[task_id][msg.sender] == SEAT_REVEALED, "not a revealed worker"
     assert len(uri) > 0, "empty uri"
     log Announced(task_id=task_id, worker=msg.sender, uri=uri)
 

@@ -16,8 +16,8 @@ from ape_crowdml.board import Phase
 from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import decode_result, keccak_digest
 from ape_crowdml.compute.spec import make_spec
-from ape_crowdml.delivery import (Delivery, as_upload, new_result_key, pack, seal, unpack,
-                                  unseal)
+from ape_crowdml.delivery import (Delivery, as_upload, first_divergence, new_result_key, pack,
+                                  seal, unpack, unseal)
 from ape_crowdml.errors import ArtifactMissing, MissingSecret, SpecError, TaskRejected
 from ape_crowdml.parties import Party, Requester, Worker, deploy_board
 from ape_crowdml.store import Store
@@ -101,7 +101,7 @@ def test_strangers_deliver_the_result_sealed_through_their_own_buckets(
     assert requester.settle(task) == Phase.AGREED
     with pytest.raises(ArtifactMissing, match="no worker has announced the result yet"):
         requester.fetch_bytes(task)
-    for who, uri, reason in ((accounts[3], "https://x", "not an agreed worker"),
+    for who, uri, reason in ((accounts[3], "https://x", "not a revealed worker"),
                              (accounts[1], "", "empty uri")):
         with pytest.raises(Exception, match=reason):
             board.contract.announce(task, uri, sender=who)
@@ -179,3 +179,60 @@ def test_only_urls_reach_the_chain_off_the_test_chain(accounts, tmp_path):
     with pytest.raises(TaskRejected, match="this worker's result store .* worker: result_store"):
         Worker(board, accounts[1], config=no_store).result_store()
     assert board.task(task).joined == 0
+
+
+def test_first_divergence():
+    assert first_divergence([["a", "b", "c"], ["a", "b", "c"]]) is None
+    assert first_divergence([["a", "b", "c"], ["a", "x", "y"]]) == 2
+    assert first_divergence([["a"], ["a", "b"]]) == 2  # one run stopped early
+    assert first_divergence([["x"], ["a"], ["a"]]) == 1
+
+
+def test_a_disagreed_tasks_report_shows_where_the_runs_parted(accounts, tmp_path):
+    """Of a DISAGREED task, each worker delivers its run's summary only (sealed; never its
+    result), and the report draws the losses and marks the first epoch whose transcripts
+    differ."""
+    from ape_crowdml.report import draw, run_report
+
+    config = isolated_config(tmp_path / "requester")
+    board = deploy_board(accounts[0], config=config)
+    local = tmp_path / "digits.npz"
+    export_digits(local)
+    key = Store(config.state_folder).new_result_key()
+    spec = make_spec("train_classifier", local, {**TINY_HPARAMS, "epochs": 3},
+                     result_key="0x" + key.hex())
+    requester = Requester(board, accounts[0], config=config)
+    task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2,
+                             requester_coin=False)
+    alice, bob = (Worker(board, accounts[i], config=isolated_config(tmp_path / name))
+                  for i, name in ((1, "alice"), (2, "bob")))
+    for worker in (alice, bob):
+        worker.join(task)
+    alice.work(task)
+    # Bob's machine parts from Alice's at epoch 2 (as a float sum that rounds otherwise would).
+    parted = alice.summary(task)
+    parted = {**parted, "transcript": parted["transcript"][:1] + ["0x" + "ab" * 32] * 2,
+              "epochs": [parted["epochs"][0], {"loss": 9.0}, {"loss": 8.0}]}
+    work = bob.start_work(task)
+    work.cancel()
+    bob._store_then_commit(work.task, work.coin, keccak_digest(b"bob's model"), b"bob's model",
+                           work.store_url, parted)
+    for worker in (alice, bob):
+        worker.reveal(task)
+    assert requester.settle(task) == Phase.DISAGREED
+    for worker in (alice, bob):
+        assert worker.claim(task) == DEPOSIT // 2  # delivers its summary first
+    assert len(board.announcements(task)) == 2
+    with pytest.raises(TaskRejected, match="ended disagreed"):
+        requester.fetch_bytes(task)  # no result ever leaves a worker of a disagreed task
+
+    report = run_report(requester, task)
+    assert report.phase == Phase.DISAGREED and report.divergence == 2
+    assert {d.artifact for d in report.runs.values()} == {b""}
+    assert report.runs[accounts[2].address].summary == parted
+    lines = "\n".join(report.lines())
+    assert "the transcripts diverge at epoch 2" in lines and "the worker's word" in lines
+    drawn = draw(report, tmp_path / "report.png")
+    assert drawn.read_bytes().startswith(b"\x89PNG") and drawn.stat().st_size > 10_000
+    with pytest.raises(MissingSecret):  # sealed: nobody else reads the transcripts
+        run_report(Party(board, None, config=isolated_config(tmp_path / "reader")), task)
