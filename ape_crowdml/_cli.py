@@ -387,6 +387,9 @@ def make_spec(job, data, hparams, profile, store, seal, data_uri, canary_hparams
     if not no_canary:
         from ape_crowdml.compute.runner import with_canary
 
+        click.echo("running the canary here (a short run of the job at its real shapes, whose "
+                   "digest workers must reproduce before depositing)…", err=True)
+
         # A fixed, public coin: the canary checks the machine, not the worker's honesty.
         # It runs on the local copy: the data need not be uploaded yet.
         spec = with_canary(spec, bytes(32), canary_hparams, job_folders=[*folders, job.parent])

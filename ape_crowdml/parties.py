@@ -18,6 +18,7 @@ own result store, sealed to the requester's result key, and its URI on chain
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,12 +401,21 @@ class Worker(Party):
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
             raise DataDigestMismatch(f"the spec's data digest {spec.data_digest} is not task "
                                      f"{task_id}'s {hex32(task.data)}")
+        from ape.logging import logger
+
+        # The slow checks say what they do: a remote fetch, a job process (seconds each).
+        logger.info(f"task {task_id}: checking this machine's job environment, the data at "
+                    f"{spec.data_uri} and "
+                    + ("the canary (a short run of the job whose digest must match the spec's)"
+                       if spec.canary else "no canary (the spec has none)")
+                    + " before any deposit")
         check_environment(spec.profile)  # in the interpreter of its job stack
         devices = self.devices_for(spec)
         read_verified(spec.data_uri, spec.data_digest)
-        check_canary(spec, devices, job_folders=self.config.jobs_folder)
-        from ape.logging import logger
-
+        started = time.monotonic()
+        if check_canary(spec, devices, job_folders=self.config.jobs_folder) is not None:
+            logger.info(f"task {task_id}: the canary matched in "
+                        f"{time.monotonic() - started:.0f} s")
         # Once every check passed (a refusal stays one line): before the deposit.
         logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
                     f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "

@@ -6,7 +6,9 @@ import re
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
+from ape_crowdml.delivery import MAGIC, pack
 from ape_crowdml.render import wei
+from ape_crowdml.store import Store
 from ape_crowdml.compute.spec import load_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
@@ -66,10 +68,37 @@ def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
         digest = re.search(r"revealed (0x\w+)", ape("reveal", task, account=worker)).group(1)
     ape("settle", task, account=0)
     ape("claim", task, account=1)  # delivers first: uploads, announces
-    (state / "state" / "artifacts" / digest).write_bytes(b"not the model")
+    [upload] = [path for path in (state / "state" / "artifacts").iterdir()
+                if path.read_bytes().startswith(MAGIC)]
+    upload.write_bytes(pack(b"not the model", None))  # a well-formed delivery of other bytes
     output = ape("fetch", task, expect=1)
-    assert f"artifacts/{digest}: not the agreed result {digest}" in output
+    assert f"artifacts/{upload.name}: not the agreed result {digest}" in output
     assert "Traceback" not in output
+
+
+def test_work_fetch_and_report_say_what_the_job_said(ape, state, accounts):
+    spec = tiny_spec_file(state)
+    ape("deploy", account=0)
+    task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
+                            "--workers", 2, "--chain-coin", account=0))
+    refused = ape("report", task, expect=1)
+    assert "workers deliver their runs' summaries once a task settled" in refused
+    for worker in (1, 2):
+        ape("join", task, account=worker)
+    said = ape("work", task, account=1)
+    assert re.search(r"epoch 1: loss \d", said) and "test_accuracy: " in said
+    assert "(the worker's word: only the result digest is agreed on chain)" in said
+    ape("work", task, account=2)
+    for worker in (1, 2):
+        ape("reveal", task, account=worker)
+    ape("settle", task, account=0)
+    ape("claim", task, account=1)  # delivers, then claims
+    fetched = ape("fetch", task, "--out", state / "model.crowdml")
+    assert f"verified (read at {state / 'state' / 'artifacts'}/0x" in fetched
+    assert "test_accuracy: " in fetched and "the worker's word" in fetched
+    reported = ape("report", task, "--out", state / "report.png")
+    assert f"task {task}: agreed, 1 run summary delivered" in reported
+    assert (state / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_make_spec_writes_what_publish_reads(state):
@@ -98,6 +127,14 @@ def test_make_spec_adds_the_jobs_own_canary_by_default(state):
     # A few steps at the real model and batch shapes, not a smaller model.
     assert spec.canary.hparams == {"epochs": 1, "steps_per_epoch": 3}
     assert spec.canary.coin == "0x" + "00" * 32
+    assert "running the canary here" in result.output  # a silent ~20 s otherwise
+    # The result key: its public half in the spec, its secret half in the state folder.
+    assert Store(state / "state").result_key(bytes.fromhex(spec.result_key[2:])) is not None
+    clear = CliRunner().invoke(ape_cli, [
+        "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),
+        "--no-canary", "--no-seal", "--out", str(state / "clear.json")])
+    assert clear.exit_code == 0, clear.output
+    assert load_spec(state / "clear.json").result_key is None
 
 
 def test_make_spec_with_a_canary_that_workers_reproduce(state):
