@@ -29,7 +29,8 @@ from collections.abc import Callable
 from time import monotonic
 
 from .board import Phase, WorkerStatus
-from .errors import CannotSignUnattended, CrowdmlError, PolicyRefused, first_line
+from .errors import (CannotSignUnattended, CrowdmlError, EnvironmentMissing,
+                     InsufficientFunds, PolicyRefused, StateNotWritable, first_line)
 from .parties import Work, Worker
 from .render import WORKERS_WORD, run_line, wei
 
@@ -37,6 +38,10 @@ WORK = "work"  # `_advance`'s answer when the task's job is due
 logger = logging.getLogger(__name__)
 # Admissions (the checks before a join) running at once, each in its own thread.
 MAX_ADMISSIONS = 2
+# A task refused for a reason its worker can fix (no job environment yet, not enough funds)
+# is kept, and checked again this often, and after a restart; other refusals are final.
+RECHECK_SECONDS = 60.0
+FIXABLE = (EnvironmentMissing, InsufficientFunds)
 
 
 class Admission:
@@ -140,7 +145,8 @@ class Agent:
         self._given_up: set[int] = set()
         self._jobs: dict[int, Work] = {}  # task id -> its job, running or done, not committed
         self._admissions: dict[int, Admission] = {}  # task id -> its checks before a join
-        self._trouble: dict[int, str] = {}  # task id -> the last failure said of it
+        self._recheck_at: dict[int, float] = {}  # task id -> when a fixable refusal is retried
+        self._trouble: dict[tuple, str] = {}  # (task id, action) -> the last failure said
         self.finished: list[int] = []
 
     def _discover(self) -> None:
@@ -197,8 +203,9 @@ class Agent:
                 "before sending more")
 
     def _forget(self, task_id: int) -> None:
-        self._watching.discard(task_id)
+        # The store first: a write that fails leaves the task followed, in memory and on disk.
         self.worker.store.forget_agent_task(*self._scan_key, task_id)
+        self._watching.discard(task_id)
 
     def step(self) -> bool:
         """Advance every watched task by at most one action; True if anything was sent.
@@ -231,21 +238,24 @@ class Agent:
         # A long-running worker must outlive one task's trouble, a node's hiccup included:
         # log it and carry on, so that the other tasks' reveals are not missed. The same
         # trouble at every poll (a missing salt) is said once per task, not at each poll.
+        # Each kind of action keeps its own trouble: one that goes well does not make another
+        # one's standing trouble be said again.
+        key = (task_id, action.__name__)
         try:
             outcome = action(task_id)
         except CrowdmlError as exc:
-            self._say_once(task_id, f"task {task_id}: {exc}")
+            self._say_once(key, f"task {task_id}: {exc}")
         except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
             logger.debug("agent step failed", exc_info=True)
-            self._say_once(task_id, f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
+            self._say_once(key, f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
         else:
-            self._trouble.pop(task_id, None)
+            self._trouble.pop(key, None)
             return outcome
         return False
 
-    def _say_once(self, task_id: int, line: str) -> None:
-        if self._trouble.get(task_id) != line:
-            self._trouble[task_id] = line
+    def _say_once(self, key, line: str) -> None:
+        if self._trouble.get(key) != line:
+            self._trouble[key] = line
             self.log(line)
 
     def _start_job(self, task_id: int) -> bool:
@@ -260,22 +270,28 @@ class Agent:
         return True
 
     def _poll_job(self, task_id: int) -> bool:
-        """Commit the task's job once it is done; stop it if its commit window closed."""
+        """Commit the task's job once it is done; stop it if its commit window closed. A job
+        whose result cannot be stored yet (the state folder is not writable) keeps its result
+        here, and the store write is retried at each step until the commit window closes."""
         work = self._jobs[task_id]
-        if not work.done:
-            if self.board.phase(task_id) == Phase.COMMIT:
-                return False
+        if self.board.phase(task_id) != Phase.COMMIT:
             del self._jobs[task_id]
+            what = "job stopped" if not work.done else "result dropped, never stored"
             work.cancel()
             self._given_up.add(task_id)
-            self.log(f"task {task_id}: job stopped, the commit window closed before it ended")
+            self.log(f"task {task_id}: {what}: the commit window closed before it was committed")
             return True
-        del self._jobs[task_id]
+        if not work.done:
+            return False
         try:
             digest = self.worker.finish_work(work)
+        except StateNotWritable:
+            raise  # said once (`_guarded`); the result stays in `work` for the next step
         except CrowdmlError:
+            del self._jobs[task_id]
             self._given_up.add(task_id)
             raise
+        del self._jobs[task_id]
         said = run_line(self.worker.summary(task_id))
         self.log(f"task {task_id}: committed to 0x{digest.hex()}"
                  + (f"; its job says {said} ({WORKERS_WORD})" if said else ""))
@@ -296,9 +312,12 @@ class Agent:
     def _join(self, task_id: int) -> bool:
         """The board's terms here, then the rest of the checks in an Admission; join once it
         passed. A task whose checks fail, or outlast the policy's `check_seconds`, is
-        refused: forgotten, so that it is not checked again."""
+        refused: forgotten, so that it is not checked again; unless the worker can fix the
+        reason (FIXABLE): that task is checked again every RECHECK_SECONDS."""
         worker = self.worker
         admission = self._admissions.get(task_id)
+        if admission is None and monotonic() < self._recheck_at.get(task_id, 0.0):
+            return False
         try:
             if admission is None:
                 worker.check_terms(task_id)
@@ -315,11 +334,18 @@ class Agent:
             del self._admissions[task_id]
             admission.result()
             worker.join(task_id, admitted=True)
+        except FIXABLE as exc:
+            self._admissions.pop(task_id, None)
+            self._recheck_at[task_id] = monotonic() + RECHECK_SECONDS
+            self._say_once((task_id, "_join"), f"task {task_id}: not joining for now: {exc} "
+                                               f"(checked again every {RECHECK_SECONDS:g} s)")
+            return False
         except CrowdmlError as exc:
             self._admissions.pop(task_id, None)
             self._forget(task_id)
             self.log(f"task {task_id}: not joining: {exc}")
             return False
+        self._recheck_at.pop(task_id, None)
         self.log(f"task {task_id}: joined")
         return True
 

@@ -8,7 +8,7 @@ environments that have no ape.
 
 # The base and the compute side's errors live with the compute code, which runs without ape.
 from .compute.errors import (CanaryMismatch, CrowdmlError, DataDigestMismatch,  # noqa: F401
-                             EnvironmentMismatch, SpecError, first_line)
+                             EnvironmentMismatch, EnvironmentMissing, SpecError, first_line)
 
 
 class BoardNotConfigured(CrowdmlError):
@@ -42,3 +42,8 @@ class PolicyRefused(CrowdmlError):
 
 class ArtifactMissing(CrowdmlError):
     """The artifact store has no file for this digest, or the file does not match it."""
+
+
+class StateNotWritable(CrowdmlError):
+    """The state folder cannot be written: the secrets that must be stored before a
+    transaction cannot be, so the transaction is not sent."""

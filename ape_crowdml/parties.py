@@ -502,7 +502,9 @@ class Worker(Party):
         fresh salt, then commit; returns the result digest."""
         if work.job is not None:
             job = work.job.result()
-            work.stored, work.summary = (job.digest, job.artifact), job.summary()
+            # Kept on the Work: a store write that fails below is retried with this result,
+            # never by running the job again.
+            work.stored, work.summary, work.job = (job.digest, job.artifact), job.summary(), None
         result, artifact = work.stored
         self._store_then_commit(work.task, work.coin, result, artifact, work.store_url,
                                 work.summary)

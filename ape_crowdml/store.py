@@ -14,6 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import StateNotWritable
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS boards (
     chain_id INTEGER NOT NULL,
@@ -109,19 +111,31 @@ class Store:
         if self._db is None:
             if not create and not self.path.exists():
                 return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, isolation_level=None)
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+            except (OSError, sqlite3.Error) as exc:
+                raise self._unwritable(exc) from None
+            self._db = db
         return self._db
+
+    def _unwritable(self, exc: Exception) -> StateNotWritable:
+        return StateNotWritable(
+            f"cannot write the state folder {self.path.parent} ({exc}): make it writable "
+            "(or free its disk); nothing that needs it is sent until then")
 
     def _write(self, sql: str, args: tuple, *more: tuple[str, tuple]) -> None:
         # One transaction per write: when this returns, the rows are on disk, all or none.
         db = self._connection(create=True)
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            for statement, values in ((sql, args), *more):
-                db.execute(statement, values)
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                for statement, values in ((sql, args), *more):
+                    db.execute(statement, values)
+        except sqlite3.OperationalError as exc:
+            raise self._unwritable(exc) from None
 
     def _read_one(self, sql: str, args: tuple) -> tuple | None:
         db = self._connection(create=False)

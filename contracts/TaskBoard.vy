@@ -453,10 +453,13 @@ def abort(task_id: uint256):
     @notice End a task before work begins. The requester may abort while the
             roster is short; anyone may once the join window closed short, or
             once the requester's coin window closed unreleased, which pays
-            the workers their share of the reward (COIN_WITHHELD).
+            the workers their share of the reward (COIN_WITHHELD). A task that
+            already ended is left as it is (a racing abort does nothing).
     @param task_id The task to abort.
     """
     p: Progress = self._load_known(task_id)
+    if p.stage >= convert(OUTCOME_AGREED, uint256):
+        return
     outcome: uint8 = OUTCOME_ABORTED
     if p.stage == convert(PHASE_JOINING, uint256):
         if msg.sender != self._requester(task_id):
@@ -553,9 +556,13 @@ def settle(task_id: uint256):
     """
     @notice Fix the outcome once every committed worker revealed or the
             reveal window closed. Anyone may call; O(1) in the number of workers.
+            A task that already ended is left as it is: when several parties
+            race to settle, the later calls do nothing rather than fail.
     @param task_id The task.
     """
     p: Progress = self._load_known(task_id)
+    if p.stage >= convert(OUTCOME_AGREED, uint256):
+        return
     assert p.stage == convert(STAGE_WORKING, uint256), "not settleable"
     commit_deadline: uint256 = p.stage_start + p.commit_blocks
     assert self._reveal_open(p.committed, p.workers, commit_deadline), "commit window still open"

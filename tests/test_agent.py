@@ -181,7 +181,8 @@ def test_a_job_still_running_when_its_commit_window_closes_is_stopped(board, acc
     work = agent._jobs[task]
     drive([agent], lambda: task not in agent._jobs, chain=chain)
     assert work.done
-    assert f"task {task}: job stopped, the commit window closed before it ended" in lines
+    assert (f"task {task}: job stopped: the commit window closed before it was committed"
+            in lines)
     assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED
 
 
@@ -282,3 +283,75 @@ def test_a_missing_salt_is_said_once_not_at_every_poll(board, accounts, config, 
         agent.step()
     missing = [line for line in lines if "no stored salt" in line]
     assert len(missing) == 1, lines
+
+
+def test_an_unwritable_state_folder_is_said_once_and_the_job_is_not_rerun(
+        board, accounts, config, tmp_path, monkeypatch):
+    """The worker's state folder refuses writes once its job has started (made immutable, a
+    full disk): the result cannot be stored, so nothing is committed; the agent says so once,
+    naming the folder, keeps the job's result rather than rerunning the job, and commits and
+    finishes the task once the folder takes writes again."""
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)
+    helper = Worker(board, accounts[2], config=config)
+    helper.join(task)
+    lines = []
+    agent = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    drive([agent], lambda: f"task {task}: job started" in lines)
+    # sqlite's own refusal, through the store's real write path (root ignores file modes).
+    database = agent.worker.store._connection(create=True)
+    database.execute("PRAGMA query_only = ON")
+    drive([agent], lambda: agent._jobs[task].done and any("cannot write" in line
+                                                          for line in lines))
+    for _ in range(20):  # many polls while the folder stays read-only
+        agent.step()
+    refusals = [line for line in lines if "cannot write" in line]
+    assert refusals == [f"task {task}: cannot write the state folder {config.state_folder} "
+                        "(attempt to write a readonly database): make it writable (or free "
+                        "its disk); nothing that needs it is sent until then"]
+    assert lines.count(f"task {task}: job started") == 1
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED
+    database.execute("PRAGMA query_only = OFF")
+    drive([agent], lambda: board.worker_status(task, accounts[1].address)
+          == WorkerStatus.COMMITTED)
+    assert lines.count(f"task {task}: job started") == 1  # the kept result, not a rerun
+    helper.work(task)
+    drive([agent], lambda: board.worker_status(task, accounts[1].address)
+          == WorkerStatus.REVEALED)
+    helper.reveal(task)
+    drive([agent], lambda: agent.finished == [task])
+    assert board.phase(task) == Phase.AGREED, lines
+
+
+
+def test_a_task_refused_for_a_reason_the_worker_can_fix_is_checked_again(
+        board, accounts, config, tmp_path, monkeypatch):
+    """No job environment yet: the agent says so once and keeps the task (in memory and in
+    its store), checks it again later, and an agent restarted once the environment is built
+    joins it. (A refusal the worker cannot fix drops the task for good: the hostile test.)"""
+    from ape_crowdml.compute import jobenv
+
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)
+    built = jobenv.environment_folder
+    monkeypatch.setattr(jobenv, "environment_folder", lambda stack: tmp_path / "not-built")
+    lines = []
+    worker = Worker(board, accounts[1], config=config)
+    agent = Agent(worker, log=lines.append)
+    for _ in range(3):
+        step_admitted(agent)
+    refusals = [line for line in lines if "not joining" in line]
+    assert refusals == [f"task {task}: not joining for now: job stack jax0.11.2-py3.12 has no "
+                        f"environment here ({tmp_path / 'not-built'}/bin/python is missing); "
+                        "build it with `ape crowdml job-env create jax0.11.2-py3.12` or name "
+                        "its python under `crowdml: job_envs:` (checked again every 60 s)"]
+    assert task in worker.store.agent_scan(*agent._scan_key)[1]  # still followed after a restart
+    agent._recheck_at[task] = 0.0  # RECHECK_SECONDS later
+    step_admitted(agent)
+    assert agent._recheck_at[task] > 0  # checked again, still refused...
+    assert len([line for line in lines if "not joining" in line]) == 1  # ...and not said again
+    monkeypatch.setattr(jobenv, "environment_folder", built)  # `job-env create` ran
+    restarted = Agent(Worker(board, accounts[1], config=config), log=lines.append)
+    step_admitted(restarted)
+    assert lines[-1] == f"task {task}: joined"
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.JOINED

@@ -176,14 +176,13 @@ class BoardMachine(RuleBasedStateMachine):
 
     def settle_as(self, task: Task, caller: str) -> None:
         receipt = self.send(caller, "settle", task.task_id)
-        if receipt:
-            settled = receipt.decode_logs(self.board.Settled)[0]
-            self.ended(task, Phase(settled.outcome), settled.forfeited)
+        if receipt and (logs := receipt.decode_logs(self.board.Settled)):  # none: already ended
+            self.ended(task, Phase(logs[0].outcome), logs[0].forfeited)
 
     def abort_as(self, task: Task, caller: str) -> None:
         receipt = self.send(caller, "abort", task.task_id)
-        if receipt:
-            self.ended(task, Phase(receipt.decode_logs(self.board.Aborted)[0].outcome), 0)
+        if receipt and (logs := receipt.decode_logs(self.board.Aborted)):  # none: already ended
+            self.ended(task, Phase(logs[0].outcome), 0)
 
     def result_for(self, task: Task, address: str, plan: str) -> bytes:
         if plan == TRIVIAL:

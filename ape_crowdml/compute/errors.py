@@ -22,6 +22,11 @@ class EnvironmentMismatch(CrowdmlError):
     """This machine or process does not match the spec's pinned environment profile."""
 
 
+class EnvironmentMissing(EnvironmentMismatch):
+    """No job environment for the profile's stack on this machine yet: the worker can build
+    one (`ape crowdml job-env create`), so a task refused for it is worth checking again."""
+
+
 class CanaryMismatch(CrowdmlError):
     """The spec's canary run gave a different digest here: do not deposit or commit."""
 

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CrowdmlError, EnvironmentMismatch, first_line
+from .errors import CrowdmlError, EnvironmentMismatch, EnvironmentMissing, first_line
 
 STACKS_FOLDER = Path(__file__).parent / "stacks"
 PLUGIN_STACK = "plugin"  # the plugin's own interpreter (jax 0.7.1, numpy 1.26, Python 3.11)
@@ -81,11 +81,11 @@ def interpreter(stack: str) -> Path:
     python = Path(named).expanduser() if named else environment_folder(stack) / "bin" / "python"
     built_here = not named and python.exists()
     if built_here and not (environment_folder(stack) / COMPLETE_MARKER).exists():
-        raise EnvironmentMismatch(
+        raise EnvironmentMissing(
             f"job stack {stack}'s environment {environment_folder(stack)} is not complete (a "
             f"build stopped); remove it and run `ape crowdml job-env create {stack}`")
     if not python.exists():
-        raise EnvironmentMismatch(
+        raise EnvironmentMissing(
             f"job stack {stack} has no environment here ({python} is missing); build it with "
             f"`ape crowdml job-env create {stack}` or name its python under `crowdml: job_envs:`")
     return python
