@@ -41,6 +41,13 @@ class CrowdmlGroup(click.Group):
             raise
         except CrowdmlError as exc:
             raise Abort(str(exc)) from None
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Ctrl-C: ape's handler turns SIGINT into SystemExit(130). The job process, in a
+            # session of its own, got no signal: the runner stopped it.
+            if isinstance(exc, SystemExit) and exc.code != 130:
+                raise
+            raise Abort("interrupted: stopped here, with any job process this command "
+                        "started; a transaction already sent stays sent") from None
 
 
 class Wei(click.ParamType):

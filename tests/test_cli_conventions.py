@@ -149,3 +149,53 @@ def test_status_and_list_print_json_and_yaml(ape, board, spec, accounts):
         (1, "joining", 1, 2)]
     assert yaml.safe_load(ape("list", "--format", "yaml")) == listing
     assert "│ 1 " in ape("list")  # the default: the rich table
+
+
+def test_ctrl_c_during_a_job_is_one_line_and_stops_the_job(tmp_path):
+    """Ctrl-C at the terminal (SIGINT to the foreground process group) while `run-job` waits
+    for its job: one ERROR line, no traceback from either process, and the job process gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    from ape_crowdml.compute.spec import make_spec, save_spec
+
+    root = Path(__file__).resolve().parents[1]
+    tiny_spec_file(tmp_path)  # the digits data set
+    spec = make_spec(root / "tests" / "jobs" / "wait_for_file.py", tmp_path / "digits.npz",
+                     {"release": str(tmp_path / "never")})
+    save_spec(spec, tmp_path / "wait.json")
+    (tmp_path / "ape-config.yaml").write_text(
+        f"crowdml:\n  jobs_folder: [{root / 'tests' / 'jobs'}]\n"
+        f"  job_env_folder: {root / '.jobenv'}\n")
+    ape = str(Path(sys.executable).parent / "ape")
+    command = subprocess.Popen([ape, "crowdml", "run-job", "wait.json", "--coin", "0x" + "11" * 32],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # a terminal's process group
+
+    def job_processes():
+        return [p for p in psutil.process_iter(["cmdline"])
+                if "ape_crowdml.compute.runner" in " ".join(p.info["cmdline"] or [])
+                and str(tmp_path) not in " ".join(p.info["cmdline"] or []) and
+                p.pid != command.pid and command.pid in [a.pid for a in p.parents()]]
+
+    deadline = time.monotonic() + 60
+    while not job_processes():
+        assert command.poll() is None and time.monotonic() < deadline, command.communicate()
+        time.sleep(0.2)
+    os.killpg(command.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+    out, err = command.communicate(timeout=30)
+    assert command.returncode == 1, (out, err)
+    # ape's logger picks stdout or stderr by where it runs; the progress bar is stderr's.
+    lines = [line for line in (out + err).splitlines() if line.strip() and "training" not in line]
+    assert len(lines) == 1 and re.fullmatch(
+
+        r"ERROR: +interrupted: stopped here, with any job process this command started; a "
+        r"transaction already sent stays sent", lines[0]), (out, err)
+    assert "Traceback" not in out + err
+    assert not job_processes()

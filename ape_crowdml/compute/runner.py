@@ -286,9 +286,16 @@ class JobProcess:
         return self._process.poll() is None
 
     def result(self) -> JobResult:
-        """Wait for the child, then its result; raises the child's CrowdmlError subclass."""
+        """Wait for the child, then its result; raises the child's CrowdmlError subclass. An
+        interrupt (Ctrl-C: KeyboardInterrupt, or the SystemExit(130) ape's handler raises)
+        while waiting stops the child before it goes on up."""
         try:
-            returncode = self._process.wait()
+            try:
+                returncode = self._process.wait()
+            except BaseException:
+                self._process.kill()
+                self._process.wait()
+                raise
             if returncode != 0 and not (self._out_dir / ERROR_FILE).exists():
                 text = self._stderr.read_text() if self._stderr else ""
                 last = text.strip().splitlines()[-1:] or ["no output"]
@@ -345,9 +352,12 @@ def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path |
     # background, and a full one would stall the child.
     stderr = None if progress else tmp / "stderr.txt"
     with open(stderr or os.devnull, "w") as stderr_file:
+        # A session of its own: a Ctrl-C at the terminal reaches the parent alone, which stops
+        # the child (`JobProcess.result`) instead of both printing their tracebacks.
         process = subprocess.Popen(command, env=environment_for(spec.profile, parent),
                                    stdout=subprocess.DEVNULL,
-                                   stderr=None if progress else stderr_file)
+                                   stderr=None if progress else stderr_file,
+                                   start_new_session=True)
     return JobProcess(process, out_dir, tmp, stderr)
 
 
