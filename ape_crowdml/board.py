@@ -110,12 +110,30 @@ def hex32(value: bytes) -> str:
     return "0x" + bytes(value).hex()
 
 
+def check_signing_chain() -> None:
+    """The node's own chain id is the one ape signs for; TaskRejected otherwise. ape takes the
+    chain id of the network named (`ethereum:local:node` says 1337) rather than the node's, and
+    a node of another chain (anvil's 31337) refuses every transaction so signed."""
+    from ape import chain
+
+    node = chain.provider.web3.eth.chain_id
+    if node != chain.chain_id:
+        network = chain.provider.network
+        raise TaskRejected(
+            f"the node at {getattr(chain.provider, 'uri', 'this provider')} is chain "
+            f"{node}, but --network {network.ecosystem.name}:{network.name}:"
+            f"{chain.provider.name} signs for chain {chain.chain_id}: name the network of "
+            f"chain {node} (anvil: ethereum:local:foundry)")
+
+
 @contextmanager
 def transaction(action: str):
     """Turn ape's errors for a failed transaction into one line that names the action: a call
-    that passed its simulation can still fail, when the chain moved on in between."""
+    that passed its simulation can still fail, when the chain moved on in between. Nothing is
+    sent for a node of another chain than the one signed for (`check_signing_chain`)."""
     from ape.exceptions import AccountsError, ContractLogicError, TransactionError
 
+    check_signing_chain()
     try:
         yield
     except ContractLogicError as exc:

@@ -462,6 +462,9 @@ class Worker(Party):
     def check_terms(self, task_id: int) -> TaskInfo:
         """The board's own terms of joining (open seat, window, funds for the deposit and the
         gas after it): cheap, so they go before the canary."""
+        from .board import check_signing_chain
+
+        check_signing_chain()
         task = self.board.task(task_id)
         preflight.check_join(task, self.board.head + 1,
                              self.board.worker_status(task_id, self.account.address),

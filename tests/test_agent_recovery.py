@@ -102,3 +102,30 @@ def test_agent_killed_after_commit_reveals_after_restart(accounts, tmp_path, age
     assert f"task {task}: committed" not in output, "the restarted agent must not redo the work"
     assert board.phase(task) == Phase.AGREED
     assert board.claims(task) == {agent_address: DEPOSIT + REWARD // 2}
+
+
+def test_a_node_of_another_chain_is_refused_before_joining(accounts, tmp_path, anvil):
+    """`--network ethereum:local:node` pointed at anvil: ape signs for chain 1337, anvil is
+    31337 and would refuse every transaction. `join` says so in one line, sends nothing."""
+    import re
+
+    config = isolated_config(tmp_path / "requester")
+    board = deploy_board(accounts[0], config=config)
+    task = Requester(board, accounts[0], config=config).publish(
+        tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2)
+    project = tmp_path / "worker"
+    project.mkdir()
+    (project / "ape-config.yaml").write_text(yaml.safe_dump(
+        {"node": {"ethereum": {"local": {"uri": anvil}}}}))
+    nonce = accounts[1].nonce
+    run = subprocess.run([APE, "crowdml", "join", str(task), "--board", board.address, "-y",
+                          "--account", "TEST::1", "--network", "ethereum:local:node"],
+                         cwd=project, capture_output=True, text=True, timeout=120)
+    output = [line for line in (run.stdout + run.stderr).splitlines()
+              if not line.startswith("INFO")]
+    assert run.returncode == 1 and len(output) == 1, run.stdout + run.stderr
+    assert re.fullmatch(rf"ERROR: +the node at {re.escape(anvil)} is chain 31337, but --network "
+                        r"ethereum:local:node signs for chain 1337: name the network of chain "
+                        r"31337 \(anvil: ethereum:local:foundry\)", output[0]), output
+    assert accounts[1].nonce == nonce
+    assert board.worker_status(task, accounts[1].address) == WorkerStatus.NONE
