@@ -30,7 +30,7 @@ from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus,
                     coin_hash, commitment, hex32)
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
-from .compute.data import read_verified
+from .compute.data import is_remote, read_verified
 from .compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
                      MissingSecret, SpecError, TaskRejected, first_line)
@@ -403,17 +403,16 @@ class Worker(Party):
                                      f"{task_id}'s {hex32(task.data)}")
         from ape.logging import logger
 
-        # The slow checks say what they do: a remote fetch, a job process (seconds each).
-        logger.info(f"task {task_id}: checking this machine's job environment, the data at "
-                    f"{spec.data_uri} and "
-                    + ("the canary (a short run of the job whose digest must match the spec's)"
-                       if spec.canary else "no canary (the spec has none)")
-                    + " before any deposit")
         check_environment(spec.profile)  # in the interpreter of its job stack
         devices = self.devices_for(spec)
+        if is_remote(spec.data_uri):  # the slow steps say what they do
+            logger.info(f"task {task_id}: fetching its data from {spec.data_uri}")
         read_verified(spec.data_uri, spec.data_digest)
-        started = time.monotonic()
-        if check_canary(spec, devices, job_folders=self.config.jobs_folder) is not None:
+        if spec.canary is not None:
+            logger.info(f"task {task_id}: running its canary (a short run of the job whose "
+                        "digest must match the spec's) before any deposit")
+            started = time.monotonic()
+            check_canary(spec, devices, job_folders=self.config.jobs_folder)
             logger.info(f"task {task_id}: the canary matched in "
                         f"{time.monotonic() - started:.0f} s")
         # Once every check passed (a refusal stays one line): before the deposit.

@@ -91,7 +91,9 @@ def play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_
         {"crowdml": {"boards": {"ethereum": {"local": board.address}},
                      "job_envs": {stack: str(jobenv.interpreter(stack))},
                      "worker": stranger_bucket.worker_settings()}}))
+    # Its own environment: no credentials of anyone's, no test-suite leniency about paths.
     env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.pop("APE_CROWDML_ALLOW_LOCAL_URIS", None)
     env.update({"PYTHONPATH": str(installed_wheel), "APE_FOUNDRY_HOST": anvil})
     env.pop("APE_CROWDML_JOB_ENV_FOLDER", None)  # only its own config names it
     where = subprocess.run(
