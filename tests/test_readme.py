@@ -9,6 +9,8 @@ CROWDML_WALKTHROUGH=1; the same commands run in process in tests/test_cli.py, an
 on anvil in tests/integration.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -62,7 +64,7 @@ class Shell:
 def test_console_example_runs_as_written(project, tmp_path, monkeypatch):
     from ape import accounts
 
-    (example,) = using_it_blocks("python")
+    example, use_the_model = using_it_blocks("python")
     # The example's spec.json, with the repository's job: a tiny one, to keep the test short.
     tiny_spec_file(tmp_path, job=ROOT / "jobs" / "train_classifier.py")
     monkeypatch.chdir(tmp_path)
@@ -72,8 +74,18 @@ def test_console_example_runs_as_written(project, tmp_path, monkeypatch):
         exec(compile(example, str(README), "exec"), namespace)
         task, alice = namespace["task"], namespace["alice"]
         assert alice.board.phase(task) == Phase.AGREED
+        # What `ape crowdml fetch 1 --out model.crowdml` writes, where the README's next
+        # example loads it, with the data set make-spec wrote.
+        (tmp_path / "model.crowdml").write_bytes(alice.fetch_bytes(task))
     assert namespace["params"]["Dense_0"]["kernel"].shape == (64, 16)
     assert alice.board.claims(task) == {accounts.test_accounts[1].address: 3 * 10**16}
+    (tmp_path / "data").mkdir()
+    shutil.copy(tmp_path / "digits.npz", tmp_path / "data" / "digits.npz")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(use_the_model, str(README), "exec"), {})
+    # The test accuracy the worker's job reported, from the model as loaded.
+    reported = namespace["workers"][0].summary(task)["metrics"]["test_accuracy"]
+    assert float(printed.getvalue()) == pytest.approx(reported, abs=1e-6)
 
 
 # ------------------------------------------------------------------ the command line
