@@ -33,7 +33,7 @@ from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import is_remote, read_verified
 from .compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
-                     MissingSecret, SpecError, TaskRejected, first_line)
+                     MissingSecret, PolicyRefused, SpecError, TaskRejected, first_line)
 from .policy import check_policy
 from .compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
@@ -381,9 +381,37 @@ class Worker(Party):
             uri = self.board.spec_uri(task_id)
             # a model purchase's evaluation spec is rebuilt from the market's events: chain reads
             source = self._spec_at_uri(task, uri) if uri.startswith(ORDER_URI_SCHEME) else uri
-        return task, source, self.board.sink
+        from ape import chain
 
-    def admit(self, task: TaskInfo, source: JobSpec | str, sink: str) -> tuple[TaskInfo, JobSpec]:
+        from .estimate import block_seconds
+
+        return task, source, self.board.sink, block_seconds(chain)
+
+    def _check_job_time(self, task: TaskInfo, spec: JobSpec, timing: dict, canary_seconds: float,
+                        block_time: float | None) -> None:
+        """Say how long the job should take here (from the canary) and refuse a task whose
+        commit window it would not make: the worker would lose its whole deposit."""
+        from ape.logging import logger
+
+        from .estimate import WINDOW_SHARE, job_estimate
+
+        estimate = job_estimate(spec.hparams, timing, canary_seconds)
+        if estimate is None:
+            return
+        if block_time is None:
+            logger.info(f"task {task.task_id}: the job should take {estimate}")
+            return
+        window = task.commit_blocks * block_time
+        logger.info(f"task {task.task_id}: the job should take {estimate}; its commit window "
+                    f"is {task.commit_blocks} blocks, about {window:.0f} s")
+        if estimate.seconds > WINDOW_SHARE * window:
+            raise PolicyRefused(
+                f"the job should take {estimate}, more than {WINDOW_SHARE:.0%} of its commit "
+                f"window ({task.commit_blocks} blocks of about {block_time:.3g} s): it would "
+                "miss it and lose the deposit")
+
+    def admit(self, task: TaskInfo, source: JobSpec | str, sink: str,
+              block_time: float | None = None) -> tuple[TaskInfo, JobSpec]:
         """`check` without chain reads (`admission_facts` made them), so that it can run off the
         agent's loop: the spec fetched from its URI, the policy, the data fetched within the
         read limits, this machine's environment and the canary."""
@@ -396,6 +424,8 @@ class Worker(Party):
         spec = _task_spec(task, source if isinstance(source, JobSpec)
                           else self._spec_at_uri(task, source))
         preflight.check_shared_uri(spec.data_uri, f"task {task_id}'s data URI", self.local_uris)
+        if isinstance(model_uri := spec.hparams.get("model_uri"), str):  # a model to evaluate
+            preflight.check_shared_uri(model_uri, f"task {task_id}'s model URI", self.local_uris)
         self.result_store()  # where an agreed result would go: refused before the deposit
         check_policy(task, spec, self.config.worker, JobRegistry(self.config.jobs_folder), sink)
         if bytes.fromhex(spec.data_digest[2:]) != task.data:
@@ -412,9 +442,10 @@ class Worker(Party):
             logger.info(f"task {task_id}: running its canary (a short run of the job whose "
                         "digest must match the spec's) before any deposit")
             started = time.monotonic()
-            check_canary(spec, devices, job_folders=self.config.jobs_folder)
-            logger.info(f"task {task_id}: the canary matched in "
-                        f"{time.monotonic() - started:.0f} s")
+            canary = check_canary(spec, devices, job_folders=self.config.jobs_folder)
+            seconds = time.monotonic() - started
+            logger.info(f"task {task_id}: the canary matched in {seconds:.0f} s")
+            self._check_job_time(task, spec, canary.timing, seconds, block_time)
         # Once every check passed (a refusal stays one line): before the deposit.
         logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
                     f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "

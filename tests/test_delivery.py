@@ -236,3 +236,25 @@ def test_a_disagreed_tasks_report_shows_where_the_runs_parted(accounts, tmp_path
     assert drawn.read_bytes().startswith(b"\x89PNG") and drawn.stat().st_size > 10_000
     with pytest.raises(MissingSecret):  # sealed: nobody else reads the transcripts
         run_report(Party(board, None, config=isolated_config(tmp_path / "reader")), task)
+
+
+def test_a_model_uri_that_is_a_path_here_is_refused_before_any_read(accounts, tmp_path):
+    """An evaluation's model URI is the seller's word: a worker reads no path of its own
+    machine for it (`/etc/…`, the worker's keys), and says so before the deposit."""
+    with public_bucket(tmp_path / "s3-requester") as own:
+        local = tmp_path / "digits.npz"
+        export_digits(local)
+        fsspec.filesystem("s3", **own.options).put_file(str(local), "results/digits.npz")
+        spec = make_spec("evaluate_classifier", local,
+                         {"model_digest": "0x" + "00" * 32, "model_uri": "/etc/passwd",
+                          "subset_size": 10}, data_uri=f"{own.public_url}/digits.npz")
+        loose = isolated_config(tmp_path / "requester")
+        board = deploy_board(accounts[0], config=loose)
+        task = Requester(board, accounts[0], config=loose).publish(
+            spec, reward=REWARD, deposit=DEPOSIT, workers=2)
+        worker = Worker(board, accounts[1], config=strict(tmp_path / "worker",
+                                                          result_store="https://r.example"))
+        with pytest.raises(TaskRejected, match=f"task {task}'s model URI /etc/passwd is a path "
+                                               "on one machine"):
+            worker.join(task, spec)
+        assert board.task(task).joined == 0
