@@ -18,9 +18,9 @@ from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, as
 # The job environments `make env` built (ape-config.yaml names them for this project): the same
 # for projects and processes the tests start in other folders, unless their config says else.
 os.environ.setdefault("APE_CROWDML_JOB_ENV_FOLDER", str(ROOT / ".jobenv"))
-# Every party of a test shares this machine's disk, on anvil too (as ape-config.yaml says for
-# this project, whose section a test's own config replaces): paths may stand for URLs. The
-# tests of the rule itself (test_delivery.py, test_stranger.py) set it off where they play it.
+# Every party of a test shares this machine's disk, on anvil too: paths may stand for URLs.
+# The tests of the rule itself (test_delivery.py, test_stranger.py, the README walkthrough)
+# turn it off where they play it.
 os.environ.setdefault("APE_CROWDML_ALLOW_LOCAL_URIS", "true")
 
 

@@ -70,10 +70,11 @@ def test_no_join_without_the_gas_of_the_calls_after_it(board, accounts, config, 
     lines = []
     agent = Agent(Worker(board, poor, config=config), max_fee=fee, log=lines.append)
     agent.step()
-    assert lines == [f"task {task}: not joining: join task {task}: insufficient funds: the "
-                     f"deposit {DEPOSIT} wei plus the gas of join, commit, reveal and claim "
+    # Funds can come: the task stays followed and is checked again.
+    assert lines == [f"task {task}: not joining for now: join task {task}: insufficient funds: "
+                     f"the deposit {DEPOSIT} wei plus the gas of join, commit, reveal and claim "
                      f"({WORKER_GAS} at {fee} wei) is {DEPOSIT + WORKER_GAS * fee} wei, the "
-                     f"account holds {DEPOSIT + WORKER_GAS * fee - 1}"]
+                     f"account holds {DEPOSIT + WORKER_GAS * fee - 1} (checked again every 60 s)"]
     assert board.worker_status(task, poor.address) == WorkerStatus.NONE
     # One wei more passes the check (ape's test chain then asks a whole block's gas limit of
     # the join itself; a live network's estimate is what WORKER_GAS covers).

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import re
 import shlex
 import shutil
@@ -149,22 +150,43 @@ def anvil():
     node.stop()
 
 
-def walkthrough_commands() -> list[list[str]]:
-    """The walkthrough's `ape` commands, `for w in …` loops unrolled: one process each."""
-    chain, commands = using_it_blocks("sh")[:2]
+def walkthrough_setup() -> str:
+    """The walkthrough's first block without the chain, which the test starts itself: the
+    parties' folders, configs and HTTP servers, as a bash script."""
+    chain = using_it_blocks("sh")[0]
     assert "anvil --block-time 1" in chain  # the chain the test starts
-    argvs = []
+    return "\n".join(line for line in chain.splitlines()
+                     if not line.startswith(("anvil ", "export APE_FOUNDRY_HOST")))
+
+
+def walkthrough_commands() -> list[tuple[str, list[str]]]:
+    """The walkthrough's commands as (folder, argv), one process each: `for w in …` loops
+    unrolled, `cd` followed, `(cd DIR && …)` run in DIR."""
+    commands = using_it_blocks("sh")[1]
+    folder, steps = Path("."), []
     for line in commands.strip().splitlines():
         loop = re.fullmatch(r"for w in ([\d ]+); do (.*); done", line.strip())
         for w in loop.group(1).split() if loop else [None]:
             command = loop.group(2).replace("$w", w) if loop else line
-            argvs.append(shlex.split(command, comments=True))
-    return argvs
+            inner = re.fullmatch(r"\(cd (\S+) && (.*)\)", command.strip())
+            if command.startswith("cd "):
+                folder = Path(os.path.normpath(folder / command.split()[1]))
+            elif inner:
+                steps.append((str(folder / inner.group(1)),
+                              shlex.split(inner.group(2), comments=True)))
+            else:
+                steps.append((str(folder), shlex.split(command, comments=True)))
+    return steps
 
 
 def verb_and_account(argv: list[str]) -> tuple[str, str | None]:
     account = argv[argv.index("--account") + 1] if "--account" in argv else None
-    return argv[2], account
+    return argv[2] if argv[0] == "ape" else argv[0], account
+
+
+def party_folder(account: str) -> str:
+    """Where the walkthrough runs an account's commands."""
+    return "requester" if account == "TEST::0" else f"worker{account.removeprefix('TEST::')}"
 
 
 # After the command (verb, account) of the walkthrough: mistakes, each (account, arguments,
@@ -209,15 +231,37 @@ def test_cli_walkthrough_runs_as_written_and_mistakes_send_nothing(anvil, tmp_pa
     shutil.copytree(ROOT / "jobs", project / "jobs")
     env = {**os.environ, "APE_FOUNDRY_HOST": anvil.url,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("APE_CROWDML_ALLOW_LOCAL_URIS", None)  # as between machines: only URLs
     addresses = {f"TEST::{i}": accounts[i].address for i in range(4)}
+    # The parties' folders and HTTP servers, as the README sets them up (its own session:
+    # the servers are stopped with it at the end).
+    setup = subprocess.Popen(["bash", "-c", walkthrough_setup() + "\nwait"], cwd=project,
+                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        _play_the_walkthrough(project, env, addresses, anvil)
+    finally:
+        os.killpg(setup.pid, signal.SIGTERM)
+        setup.wait(timeout=10)
 
-    def ape(argv: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True,
-                              timeout=300)
+
+def _play_the_walkthrough(project: Path, env: dict, addresses: dict, anvil) -> None:
+    deadline = time.monotonic() + 30
+    while not all((project / f"worker{w}" / "ape-config.yaml").exists() for w in (1, 2, 3)):
+        assert time.monotonic() < deadline, "the README's set-up did not run"
+        time.sleep(0.2)
+    time.sleep(1)  # the HTTP servers listening
+
+    def ape(argv: list[str], folder: str = ".") -> subprocess.CompletedProcess:
+        if argv[0] != "ape":  # a shell line of the walkthrough (cp)
+            return subprocess.run(argv, cwd=project / folder, env=env, capture_output=True,
+                                  text=True, timeout=60)
+        return subprocess.run(argv, cwd=project / folder, env=env, capture_output=True,
+                              text=True, timeout=300)
 
     def mistake(account: str, args: list[str], says: str) -> str:
         nonce = anvil.nonce(addresses[account])
-        run = ape(["ape", "crowdml", *args, "--network", NETWORK])
+        run = ape(["ape", "crowdml", *args, "--network", NETWORK], party_folder(account))
         output = run.stdout + run.stderr
         assert run.returncode == 1, (args, output)
         assert re.fullmatch(rf"ERROR: +.*{says}.*\n", output), (args, output)
@@ -231,8 +275,8 @@ def test_cli_walkthrough_runs_as_written_and_mistakes_send_nothing(anvil, tmp_pa
     assert output.count("\n") == 1 and not (project / ".crowdml").exists()
 
     refusals, said = [], {}
-    for argv in walkthrough_commands():
-        run = ape(argv)
+    for folder, argv in walkthrough_commands():
+        run = ape(argv, folder)
         output = run.stdout + run.stderr
         assert run.returncode == 0, (argv, output)
         assert "Traceback" not in output and "Warning" not in output, (argv, output)
@@ -242,7 +286,14 @@ def test_cli_walkthrough_runs_as_written_and_mistakes_send_nothing(anvil, tmp_pa
     assert len(refusals) == sum(map(len, MISTAKES.values()))
     assert "task 1 settled: agreed" in said["settle", "TEST::0"]
     assert "claimed 0.03 ETH from task 1" in said["claim", "TEST::3"]  # deposit + reward / 3
-    assert (project / "model.crowdml").exists()
+    # The model reached the requester, sealed to its key on the first worker's public folder
+    # only: the others found the same bytes there and uploaded nothing.
+    assert "verified (read at http://127.0.0.1:9001/0x" in said["fetch", None]
+    assert (project / "requester" / "model.crowdml").exists()
+    assert (project / "requester" / "report.png").read_bytes().startswith(b"\x89PNG")
+    uploads = [sorted(p.name for p in (project / f"worker{w}" / "public").iterdir())
+               for w in (1, 2, 3)]
+    assert len(uploads[0]) == 1 and uploads[1:] == [[], []], uploads
     assert anvil.failed_transactions() == []
 
     # The refusals the README shows are ones the commands print (numbers and addresses aside).

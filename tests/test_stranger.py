@@ -58,7 +58,7 @@ def play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_
                       coworker_bucket):
     # The requester: this process, with its own state and result key, its data and spec in its
     # own bucket, served to everyone over HTTP.
-    # As a requester outside this project (whose ape-config.yaml allows paths) would be.
+    # As a requester outside this test suite (which allows paths: conftest.py) would be.
     config = isolated_config(tmp_path / "requester").model_copy(
         update={"allow_local_uris": None})
     assert not config.local_uris_allowed()  # anvil: only URLs reach the chain

@@ -13,7 +13,8 @@ A job is a plain Python file (see jobs/) that defines one entry function::
 - `keys`: a `ape_crowdml.compute.keys.KeyStream` built from the coin. Every random draw must come from it
   (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
   seeds anything else is not reproducible from the coin.
-- `report`: `report.start(epochs)` once, `report.epoch(tree, **metrics)` after each epoch (adds the
+- `report`: `report.start(epochs, steps_per_epoch=…, batches_in_data=…)` once (the step counts
+  are optional: with them a worker estimates the whole job's time from its canary's), `report.epoch(tree, **metrics)` after each epoch (adds the
   digest of `encode_pytree(tree)` to the transcript, records the epoch's metrics such as its
   mean loss, and moves the progress bar),
   `report.metric(name, value)` for summary figures such as test accuracy.
@@ -77,6 +78,9 @@ class JobResult:
     transcript: list[str] = field(default_factory=list)  # 0x-hex digest after each epoch
     metrics: dict = field(default_factory=dict)  # e.g. {"test_accuracy": 0.97}
     epochs: list[dict] = field(default_factory=list)  # each epoch's metrics, e.g. {"loss": 0.3}
+    # How long it took here (seconds after start at each epoch's end) and the job's step
+    # counts: for this worker's own estimates, never delivered (it differs between workers).
+    timing: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """What the job says of its run besides the artifact: the digest, the transcript, each
@@ -88,13 +92,15 @@ class JobResult:
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / ARTIFACT_FILE).write_bytes(self.artifact)
-        (out / RESULT_FILE).write_text(json.dumps(self.summary(), indent=1, sort_keys=True))
+        (out / RESULT_FILE).write_text(json.dumps({**self.summary(), "timing": self.timing},
+                                                  indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, out: Path) -> JobResult:
         summary = json.loads((out / RESULT_FILE).read_text())
         result = cls(bytes.fromhex(summary["digest"][2:]), (out / ARTIFACT_FILE).read_bytes(),
-                     summary["transcript"], summary["metrics"], summary.get("epochs", []))
+                     summary["transcript"], summary["metrics"], summary.get("epochs", []),
+                     summary.get("timing", {}))
         if keccak_digest(result.artifact) != result.digest:
             raise CrowdmlError(f"{out / ARTIFACT_FILE} does not match the digest in {RESULT_FILE}")
         return result
@@ -108,10 +114,20 @@ class Report:
         self.transcript: list[str] = []
         self.epochs: list[dict] = []
         self.metrics: dict = {}
+        self.timing: dict = {}
+        self._started = None
         self._bar = None
         self._pending = None
 
-    def start(self, epochs: int) -> None:
+    def start(self, epochs: int, *, steps_per_epoch: int | None = None,
+              batches_in_data: int | None = None) -> None:
+        """`steps_per_epoch`: the steps each epoch runs; `batches_in_data`: the batches one pass
+        over the training data holds (what an epoch runs when not capped)."""
+        from time import monotonic
+
+        self._started = monotonic()
+        self.timing = {"epoch_ends": [], "steps_per_epoch": steps_per_epoch,
+                       "batches_in_data": batches_in_data}
         if self.progress:
             from tqdm import tqdm
 
@@ -130,6 +146,10 @@ class Report:
         tree, metrics = self._pending
         self._pending = None
         self.transcript.append("0x" + keccak_digest(encode_pytree(tree)).hex())
+        if self._started is not None:  # hashing waited for the epoch: it has ended
+            from time import monotonic
+
+            self.timing["epoch_ends"].append(round(monotonic() - self._started, 4))
         values = {}
         if metrics:
             from .parallel import host_value
@@ -255,7 +275,7 @@ def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = Fa
         if group is not None:
             stop_processes()
     return JobResult(keccak_digest(artifact), artifact, report.transcript, report.metrics,
-                     report.epochs)
+                     report.epochs, report.timing)
 
 
 def write_outcome(out: Path, *, result: JobResult | None = None,
