@@ -601,8 +601,7 @@ class Worker(Party):
             return False
         stored = self.store.result(*self._key(task_id))
         summary = self.summary(task_id)
-        if stored is None or self.board.worker_status(
-                task_id, self.account.address) != WorkerStatus.REVEALED:
+        if stored is None:
             return False
         if phase == Phase.AGREED:
             if stored.result != self.board.result(task_id):
@@ -615,6 +614,8 @@ class Worker(Party):
         upload = as_upload(artifact, summary, self.spec_of(task_id).result_key)
         announcements = self.board.announcements(task_id)
         if not already_delivered(announcements, upload, local_ok=self.local_uris):
+            if self.board.worker_status(task_id, self.account.address) != WorkerStatus.REVEALED:
+                return False  # claimed already, or revealed no valid result: no announcement
             store = self.result_store()
             uri = store.uri(store.put(upload))
             self.board.announce(self.account, task_id, uri)

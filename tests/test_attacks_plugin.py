@@ -13,6 +13,7 @@ from eth_utils import keccak
 
 from ape_crowdml.agent import Agent
 from ape_crowdml.artifacts import ArtifactStore
+from ape_crowdml.delivery import unpack
 from ape_crowdml.board import NEUTRAL_SINK, Phase
 from ape_crowdml.errors import ArtifactMissing, PolicyRefused, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
@@ -68,12 +69,18 @@ def test_requester_holding_a_seat_gets_no_result_without_paying(api_board, accou
     outcome = honest[0].settle(task)
     assert outcome == (Phase.DISAGREED if sabotage == "junk" else Phase.FAILED)
     lines = []
-    Agent(honest[1], mine_when_idle=False, log=lines.append).step()  # claims, never delivers
+    Agent(honest[1], mine_when_idle=False, log=lines.append).step()  # claims, never the result
     assert honest[0].claim(task) == DEPOSIT // 2
     assert board.claims(task)[accounts[2].address] == DEPOSIT // 2
-    assert not any("artifact" in line for line in lines)
-    assert not honest[0].deliver(task)
-    assert stored_digests(config.artifact_url()) == {spec_digest}
+    assert not any("result delivered" in line for line in lines)
+    # Of a disagreed task the honest workers deliver their runs' summaries, never the result;
+    # of a failed one, nothing.
+    uploads = stored_digests(config.artifact_url()) - {spec_digest}
+    delivered = [unpack((Path(config.artifact_url()) / name).read_bytes(), name)
+                 for name in uploads]
+    assert {d.artifact for d in delivered} <= {b""}
+    assert all(d.summary["digest"] == "0x" + result.hex() for d in delivered)
+    assert bool(delivered) == (sabotage == "junk") == honest[0].deliver(task)
     with pytest.raises(TaskRejected, match=f"task {task} ended {outcome.label}: only a task that "
                                            "settled agreed has a result"):
         requester.fetch(task)
@@ -102,7 +109,6 @@ def test_the_result_is_published_when_the_task_agrees_before_claiming(api_board,
     agent.step()
     assert lines == [f"task {task}: result delivered (its URI is on the board)",
                      f"task {task}: claimed {wei(DEPOSIT + REWARD // 2)} (agreed)"]
-    assert ArtifactStore(config.artifact_url()).get(result)
     assert [worker for worker, _ in board.announcements(task)] == [accounts[1].address]
     assert requester.fetch(task)["params"]["Dense_0"]["kernel"].shape == (64, 16)
 
@@ -234,8 +240,9 @@ def test_a_store_that_refuses_the_artifact_does_not_hold_the_workers_money(
             workers[0].claim(task)
     with pytest.raises(ArtifactMissing, match="no worker has announced the result yet"):
         requester.fetch_bytes(task)
-    with pytest.raises(TaskRejected, match="not claimed yet can announce"):
-        workers[0].deliver(task)  # the store is back, but this worker was paid out
+    assert not workers[0].deliver(task)  # the store is back, but this worker was paid out
+    with pytest.raises(TaskRejected, match="not claimed yet can announce"):  # nor may it
+        workers[0].board.announce(workers[0].account, task, "https://results.example/x")
     assert workers[1].claim(task) == DEPOSIT + REWARD // 2  # delivers first
     assert workers[0].deliver(task)  # a co-worker's URI serves the same bytes
     assert len(board.announcements(task)) == 1
