@@ -1,9 +1,10 @@
 """How long a task's job will take on this machine, and whether its commit window allows it.
 
-The canary runs the job at its real shapes for a few steps of two epochs (the shipped
-training jobs' default); its second epoch has no compilation in it, so it gives this machine's
-time per step, and the rest of the canary's time is the fixed cost (process start, jax import,
-compilation, data). The whole job is that fixed cost plus its steps at that rate: the spec's
+The canary runs the job at its real shapes for a few steps of three epochs (the shipped
+training jobs' default); its second epoch has no compilation in it (the first compiles, the
+last runs into the final evaluation, which compiles too), so it gives this machine's time per
+step, and the rest of the canary's time is the fixed cost (process start, jax import,
+compilation, data, evaluation). The whole job is that fixed cost plus its steps at that rate: the spec's
 `epochs` times its steps per epoch (the data's batches, or `steps_per_epoch` when smaller), as
 the job reported them from the canary run.
 """
@@ -38,9 +39,9 @@ def job_estimate(hparams: dict, timing: dict, canary_seconds: float) -> JobEstim
     ends = timing.get("epoch_ends") or []
     steps, batches = timing.get("steps_per_epoch"), timing.get("batches_in_data")
     epochs = hparams.get("epochs")
-    if len(ends) < 2 or not steps or not batches or not isinstance(epochs, int):
+    if len(ends) < 3 or not steps or not batches or not isinstance(epochs, int):
         return None
-    per_step = max(ends[-1] - ends[-2], 0.0) / steps
+    per_step = max(ends[1] - ends[0], 0.0) / steps  # the second epoch: compiled, not the last
     fixed = max(canary_seconds - per_step * steps * len(ends), 0.0)
     total = epochs * min(batches, hparams.get("steps_per_epoch") or batches)
     return JobEstimate(fixed + per_step * total, fixed, per_step, total)

@@ -125,7 +125,7 @@ def test_make_spec_adds_the_jobs_own_canary_by_default(state):
     assert result.exit_code == 0, result.output
     spec = load_spec(state / "made.json")
     # A few steps at the real model and batch shapes, not a smaller model.
-    assert spec.canary.hparams == {"epochs": 2, "steps_per_epoch": 3}
+    assert spec.canary.hparams == {"epochs": 3, "steps_per_epoch": 3}
     assert spec.canary.coin == "0x" + "00" * 32
     assert "running the canary here" in result.output  # a silent ~20 s otherwise
     # The result key: its public half in the spec, its secret half in the state folder.

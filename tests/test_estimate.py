@@ -12,18 +12,20 @@ from ape_crowdml.compute.spec import make_spec
 
 
 def test_the_estimate_is_the_canarys_fixed_cost_plus_its_steady_rate():
-    # Two canary epochs of 3 steps ended 5.0 s and 5.6 s after start; the process took 7 s.
-    timing = {"epoch_ends": [5.0, 5.6], "steps_per_epoch": 3, "batches_in_data": 22}
-    estimate = job_estimate({"epochs": 10}, timing, 7.0)
+    # Three canary epochs of 3 steps ended 5.0 s, 5.6 s and 7.9 s (the last with the final
+    # evaluation's compilation) after start; the process took 9 s.
+    timing = {"epoch_ends": [5.0, 5.6, 7.9], "steps_per_epoch": 3, "batches_in_data": 22}
+    estimate = job_estimate({"epochs": 10}, timing, 9.0)
     assert estimate.per_step == pytest.approx(0.2) and estimate.steps == 220
-    assert estimate.fixed == pytest.approx(7.0 - 6 * 0.2)
-    assert estimate.seconds == pytest.approx(5.8 + 44.0)
-    capped = job_estimate({"epochs": 10, "steps_per_epoch": 5}, timing, 7.0)
+    assert estimate.fixed == pytest.approx(9.0 - 9 * 0.2)
+    assert estimate.seconds == pytest.approx(7.2 + 44.0)
+    capped = job_estimate({"epochs": 10, "steps_per_epoch": 5}, timing, 9.0)
     assert capped.steps == 50
-    # Not enough to say: one canary epoch (compilation in it), no step counts, no epochs.
-    assert job_estimate({"epochs": 10}, {**timing, "epoch_ends": [5.0]}, 7.0) is None
-    assert job_estimate({"epochs": 10}, {"epoch_ends": [5.0, 5.6]}, 7.0) is None
-    assert job_estimate({"subset_size": 100}, timing, 7.0) is None
+    # Not enough to say: fewer canary epochs (compilation in the first, evaluation in the
+    # last), no step counts, no epochs.
+    assert job_estimate({"epochs": 10}, {**timing, "epoch_ends": [5.0, 5.6]}, 9.0) is None
+    assert job_estimate({"epochs": 10}, {"epoch_ends": [5.0, 5.6, 7.9]}, 9.0) is None
+    assert job_estimate({"subset_size": 100}, timing, 9.0) is None
 
 
 def test_a_commit_window_the_job_cannot_make_is_refused_before_the_deposit(
