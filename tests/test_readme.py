@@ -229,6 +229,7 @@ def test_cli_walkthrough_runs_as_written_and_mistakes_send_nothing(anvil, tmp_pa
     project.mkdir()
     shutil.copy(ROOT / "ape-config.yaml", project)
     shutil.copytree(ROOT / "jobs", project / "jobs")
+    (project / ".jobenv").symlink_to(ROOT / ".jobenv")  # the parties' configs name ../.jobenv
     env = {**os.environ, "APE_FOUNDRY_HOST": anvil.url,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("APE_CROWDML_ALLOW_LOCAL_URIS", None)  # as between machines: only URLs
