@@ -16,6 +16,7 @@ Python API with the same key as ape's `TEST::i` (anvil's mnemonic is ape's test 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -161,11 +162,16 @@ class Party:
 class Rehearsal:
     """The shared pieces: the node and the artifact store; hands out parties and accounts."""
 
-    def __init__(self, root: Path, anvil: Anvil, store: str | None = None):
+    def __init__(self, root: Path, anvil: Anvil, store: str | None = None,
+                 own_buckets: bool = False):
         """`store`: an fsspec URL every party can reach (the processes inherit this one's
-        environment, AWS_* included); default, a folder under `root`."""
+        environment, AWS_* included); default, a folder under `root`. With `own_buckets`, each
+        worker delivers into a bucket of its own (its own S3 server and key pair, read by
+        everyone over HTTP: tests/store_server.py), as between strangers."""
         self.root = root
         self.anvil = anvil
+        self.own_buckets = own_buckets
+        self._servers = contextlib.ExitStack()  # the workers' own buckets, for the session
         if store is None:
             (root / "store").mkdir(parents=True, exist_ok=True)
         self.store = store or str(root / "store")
@@ -173,9 +179,17 @@ class Rehearsal:
         self._lock = threading.Lock()  # rehearsals may run side by side, in threads
         self.observer = Observer(anvil.web3)
 
-    def party(self, name: str) -> Party:
+    def close(self) -> None:
+        self._servers.close()
+
+    def party(self, name: str, worker: bool = False) -> Party:
         folder = self.root / name
         folder.mkdir(parents=True)
+        settings = {}
+        if worker and self.own_buckets:
+            from store_server import public_bucket
+
+            settings = self._servers.enter_context(public_bucket(folder / "s3")).worker_settings()
         config = {
             "name": name,
             "default_ecosystem": "ethereum",
@@ -187,6 +201,9 @@ class Rehearsal:
                 "cache_folder": str(folder / "cache"),
                 # Jobs are found by digest among the ones the package ships.
                 "jobs_folder": [],
+                "worker": settings,
+                # A folder store (the benchmark's) is one disk the parties share.
+                "allow_local_uris": "://" not in self.store,
             },
         }
         (folder / "ape-config.yaml").write_text(yaml.safe_dump(config))
@@ -304,7 +321,7 @@ def play(rehearsal: Rehearsal, label: str, strategies: list[str], *, tasks: int 
         board = json.loads(board_file.read_text())["board"]
         workers = []
         for i, strategy in enumerate(strategies):
-            party = rehearsal.party(f"{label}-worker{i + 1}-{strategy}")
+            party = rehearsal.party(f"{label}-worker{i + 1}-{strategy}", worker=True)
             name = f"worker{i + 1} ({strategy})"
             workers.append((party, strategy))
             logs[name] = party.log("worker")

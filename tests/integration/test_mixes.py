@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from eth_utils import keccak
+
 from harness import HONEST, check_payouts, play
 
 DEFAULT = {
@@ -47,6 +49,15 @@ def test_mix_pays_by_the_clauses(rehearsal, played, mix):
     result = played[mix].result()
     [outcome] = check_payouts(rehearsal.observer, result)
     assert outcome.phase == EXPECTED_PHASE.get(mix, "FAILED")
+    [task] = result.tasks
+    model = result.requester.folder / f"model-{task}.crowdml"
+    if outcome.phase == "AGREED":
+        # The requester holds the model, from a worker's own bucket: sealed to its key there,
+        # opened and checked against the board's result here.
+        board = rehearsal.observer.board(result.board)
+        assert keccak(model.read_bytes()) == bytes(board.functions.result_of(task).call())
+    else:
+        assert not model.exists()
     if "crash" in MIXES[mix]:
         # The restarted agent revealed from the store the killed process left, without rerunning.
         restarted = next(path for name, path in result.logs.items() if "restarted" in name)

@@ -21,6 +21,7 @@ from ape_crowdml.compute.spec import make_spec, save_spec
 from ape_crowdml.config import crowdml_config
 from ape_crowdml.errors import CrowdmlError
 from ape_crowdml.parties import Requester, deploy_board
+from ape_crowdml.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import TINY_HPARAMS  # noqa: E402
@@ -33,7 +34,10 @@ def spec_file(config, folder: Path) -> Path:
     store = ArtifactStore(config.artifact_url())
     digest = store.put(local.read_bytes())
     uri = f"{config.artifact_url()}/0x{digest.hex()}"
-    spec = make_spec("train_classifier", local, TINY_HPARAMS, data_uri=uri)  # a shipped job
+    # Its result key in its own state folder: workers seal the model to it.
+    key = "0x" + Store(config.state_folder).new_result_key().hex()
+    spec = make_spec("train_classifier", local, TINY_HPARAMS, data_uri=uri,  # a shipped job
+                     result_key=key)
     return save_spec(spec, folder / "spec.json")
 
 
@@ -91,6 +95,12 @@ def act(requester: Requester, task: int) -> bool:
         elif phase == Phase.SETTLEABLE:
             print(f"task {task}: settled, {requester.settle(task).label}", flush=True)
         elif phase.ended:
+            if phase == Phase.AGREED and not (Path.cwd() / f"model-{task}.crowdml").exists():
+                # The model it paid for, from a URI a worker announced (its own bucket),
+                # opened with the result key and checked against result_of; workers deliver
+                # before they claim, so it may take a poll or two.
+                (Path.cwd() / f"model-{task}.crowdml").write_bytes(requester.fetch_bytes(task))
+                print(f"task {task}: model fetched, verified", flush=True)
             if requester.owed(task):
                 print(f"task {task}: claimed {requester.claim(task)} wei ({phase.label})",
                       flush=True)
