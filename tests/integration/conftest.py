@@ -1,8 +1,7 @@
-"""The rehearsal's shared pieces for the session: one anvil node on a free loopback port (the
-suite's own, whatever network `ape test` connects to) and the artifact store: a bucket on the
-session's S3-compatible server (tests/store_server.py), which every party process reaches through
-the AWS_* variables it inherits; and each worker's own result store, a bucket on an S3 server of
-its own, written with its own key pair and read by the requester over HTTP."""
+"""The rehearsal's shared piece for the session: one anvil node on a free loopback port (the
+suite's own, whatever network `ape test` connects to). Nothing else is shared: every party has
+a bucket of its own (its own S3 server and key pair; tests/store_server.py), read by the others
+over HTTP, and its processes inherit no credentials."""
 
 import pytest
 
@@ -10,12 +9,11 @@ from harness import Anvil, Rehearsal
 
 
 @pytest.fixture(scope="session")
-def rehearsal(tmp_path_factory, store_server):
+def rehearsal(tmp_path_factory):
     root = tmp_path_factory.mktemp("rehearsal")
     anvil = Anvil(root)
     try:
-        rehearsal = Rehearsal(root, anvil, store=store_server.bucket("rehearsal"),
-                              own_buckets=True)
+        rehearsal = Rehearsal(root, anvil, own_buckets=True)
         yield rehearsal
         rehearsal.close()
     finally:

@@ -1,8 +1,9 @@
 """A multi-process rehearsal of crowdml on one anvil node: every party is its own process, with
-its own account, state folder and working directory outside the repository, sharing only the
-chain (JSON-RPC on a loopback port) and the artifact store (an S3-compatible server on loopback
-in the tests, a folder in the benchmark; named in every party's config, it holds the published
-specs, the dataset and the agreed results by digest).
+its own account, state folder and working directory outside the repository. In the tests they
+share only the chain (JSON-RPC on a loopback port): each has a bucket of its own (its own S3
+server and key pair), the requester's holding its dataset and spec, each worker's its sealed
+deliveries, all read by the others over HTTP. The benchmark shares one folder as the artifact
+store instead.
 
 Used by tests/integration (which assert payouts) and bench/rehearsal.py (which times them).
 The observer below reads the chain with web3 alone, as any stranger could.
@@ -110,6 +111,7 @@ class Party:
     name: str
     account: int
     folder: Path
+    stranger: bool = False  # its processes get no credentials nor leniency from this one's
 
     @cached_property
     def _key(self):
@@ -126,7 +128,11 @@ class Party:
         return self.folder / f"{label}.log"
 
     def start(self, command: list[str], label: str, **env: str) -> subprocess.Popen:
-        return subprocess.Popen(command, cwd=self.folder, env={**_environment(), **env},
+        inherited = _environment()
+        if self.stranger:  # what it needs is in its own folder and config
+            inherited = {name: value for name, value in inherited.items()
+                         if not name.startswith("AWS_") and name != "APE_CROWDML_ALLOW_LOCAL_URIS"}
+        return subprocess.Popen(command, cwd=self.folder, env={**inherited, **env},
                                 stdin=subprocess.DEVNULL, stdout=self.log(label).open("w"),
                                 stderr=subprocess.STDOUT)
 
@@ -183,13 +189,21 @@ class Rehearsal:
         self._servers.close()
 
     def party(self, name: str, worker: bool = False) -> Party:
+        """A party's folder and config. With `own_buckets`, it gets a bucket of its own: a
+        worker's result store; the requester's public files (bucket.json says where)."""
         folder = self.root / name
         folder.mkdir(parents=True)
         settings = {}
-        if worker and self.own_buckets:
+        if self.own_buckets:
             from store_server import public_bucket
 
-            settings = self._servers.enter_context(public_bucket(folder / "s3")).worker_settings()
+            bucket = self._servers.enter_context(public_bucket(folder / "s3"))
+            if worker:
+                settings = bucket.worker_settings()
+            else:
+                (folder / "bucket.json").write_text(json.dumps(
+                    {"url": bucket.url, "options": bucket.options,
+                     "public_url": bucket.public_url}))
         config = {
             "name": name,
             "default_ecosystem": "ethereum",
@@ -197,18 +211,19 @@ class Rehearsal:
             "test": {"number_of_accounts": ACCOUNTS},
             "crowdml": {
                 "state_folder": str(folder / "state"),
-                "artifact_store": self.store,
+                # Its own folder, between strangers; else the store every party shares.
+                "artifact_store": None if self.own_buckets else self.store,
                 "cache_folder": str(folder / "cache"),
                 # Jobs are found by digest among the ones the package ships.
                 "jobs_folder": [],
                 "worker": settings,
                 # A folder store (the benchmark's) is one disk the parties share.
-                "allow_local_uris": "://" not in self.store,
+                "allow_local_uris": "://" not in self.store and not self.own_buckets,
             },
         }
         (folder / "ape-config.yaml").write_text(yaml.safe_dump(config))
         with self._lock:
-            return Party(name, next(self._accounts), folder)
+            return Party(name, next(self._accounts), folder, stranger=self.own_buckets)
 
 
 class Observer:

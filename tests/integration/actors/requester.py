@@ -27,18 +27,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import TINY_HPARAMS  # noqa: E402
 
 
-def spec_file(config, folder: Path) -> Path:
-    """The tiny spec, its dataset served from the artifact store (no shared path)."""
+def spec_file(config, folder: Path) -> tuple[Path, str | None]:
+    """The tiny spec, its dataset served from the requester's own bucket (bucket.json: written
+    with its own key pair, read by anyone over HTTP), else from the shared artifact store; and
+    the spec's URI when it is served there too."""
     local = folder / "digits.npz"
     export_digits(local)
-    store = ArtifactStore(config.artifact_url())
-    digest = store.put(local.read_bytes())
-    uri = f"{config.artifact_url()}/0x{digest.hex()}"
+    own = folder / "bucket.json"
+    if own.exists():
+        import fsspec
+
+        bucket = json.loads(own.read_text())
+        files = fsspec.filesystem("s3", **bucket["options"])
+        root = bucket["url"].removeprefix("s3://")
+        files.put_file(str(local), f"{root}/digits.npz")
+        uri = f"{bucket['public_url']}/digits.npz"
+    else:
+        bucket = None
+        store = ArtifactStore(config.artifact_url())
+        digest = store.put(local.read_bytes())
+        uri = f"{config.artifact_url()}/0x{digest.hex()}"
     # Its result key in its own state folder: workers seal the model to it.
     key = "0x" + Store(config.state_folder).new_result_key().hex()
     spec = make_spec("train_classifier", local, TINY_HPARAMS, data_uri=uri,  # a shipped job
                      result_key=key)
-    return save_spec(spec, folder / "spec.json")
+    if bucket is None:
+        return save_spec(spec, folder / "spec.json"), None
+    files.pipe_file(f"{root}/spec.json", spec.canonical_json())
+    return save_spec(spec, folder / "spec.json"), f"{bucket['public_url']}/spec.json"
 
 
 def main() -> None:
@@ -60,7 +76,7 @@ def main() -> None:
         account = accounts.test_accounts[args.account]
         board = deploy_board(account, config=config)
         (folder / "board.json").write_text(json.dumps({"board": board.address}))
-        spec = spec_file(config, folder)
+        spec, spec_uri = spec_file(config, folder)
         print(f"board {board.address}; waiting for the workers", flush=True)
         while not (folder / "go").exists():
             time.sleep(0.1)
@@ -71,7 +87,7 @@ def main() -> None:
                                    workers=args.workers, join_blocks=args.join_blocks,
                                    commit_blocks=args.commit_blocks,
                                    reveal_blocks=args.reveal_blocks,
-                                   requester_coin=not args.chain_coin)
+                                   requester_coin=not args.chain_coin, spec_uri=spec_uri)
                  for _ in range(args.tasks)]
         print(f"published {tasks}", flush=True)
         done: set[int] = set()
