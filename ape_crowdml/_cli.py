@@ -5,6 +5,7 @@ ape's `-v/--verbosity`; the ones that send ether ask first, unless given `-y/--y
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -13,6 +14,15 @@ from ape.exceptions import Abort
 
 from ape_crowdml._options import (ADDRESS, BYTES32, JSON, confirm, output_format_option,
                                   signer_option, yes_option)
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 class CrowdmlGroup(click.Group):
@@ -30,10 +40,21 @@ class CrowdmlGroup(click.Group):
         super().add_command(cmd, name)
 
     def invoke(self, ctx):
+        from ape.exceptions import ProviderError
+        from ape.logging import logger
+
         from ape_crowdml.errors import CrowdmlError
 
+        # ape tries public RPCs for a live network none is configured for, with a warning per
+        # try (twenty where none answers): the outcome is what the user needs, in one line.
+        quiet = _DropLines("not available, retrying")
+        logger._logger.addFilter(quiet)
         try:
             return super().invoke(ctx)
+        except ProviderError as exc:
+            raise Abort(f"cannot reach a node for this network ({exc}): name one in "
+                        "ape-config.yaml (e.g. `node: ethereum: sepolia: uri: https://…`) or "
+                        "pick another --network") from None
         except click.BadParameter as exc:
             # A malformed value: click's usage error (status 2), as one line: the usage text
             # click would print first says nothing about the value.
@@ -48,6 +69,8 @@ class CrowdmlGroup(click.Group):
                 raise
             raise Abort("interrupted: stopped here, with any job process this command "
                         "started; a transaction already sent stays sent") from None
+        finally:
+            logger._logger.removeFilter(quiet)
 
 
 class Wei(click.ParamType):

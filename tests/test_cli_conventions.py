@@ -199,3 +199,19 @@ def test_ctrl_c_during_a_job_is_one_line_and_stops_the_job(tmp_path):
         r"transaction already sent stays sent", lines[0]), (out, err)
     assert "Traceback" not in out + err
     assert not job_processes()
+
+
+def test_a_live_network_without_a_reachable_node_is_one_line(tmp_path):
+    """`--network ethereum:sepolia` with no RPC configured: ape tries public ones (a warning
+    per try); the command says the outcome in one line. (Where one answers, the line is that
+    no board is configured for sepolia: one line too.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ape = str(Path(sys.executable).parent / "ape")
+    run = subprocess.run([ape, "crowdml", "status", "1", "--network", "ethereum:sepolia"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    lines = (run.stdout + run.stderr).splitlines()
+    assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("ERROR:"), lines
+    assert "Traceback" not in run.stdout + run.stderr
