@@ -73,6 +73,8 @@ def test_tasks_in_flight_upstream_are_finished_on_the_fork(upstream, parties, ch
 
 def claimed(party, task_id, chain) -> int:
     """Claim, and check the account gained exactly what the board says it paid."""
+    if hasattr(party, "try_deliver"):
+        party.try_deliver(task_id)  # what a worker's claim does first: its own transaction
     before = party.account.balance
     paid = party.claim(task_id)
     receipt = chain.provider.get_receipt(chain.blocks.head.transactions[0].txn_hash)
