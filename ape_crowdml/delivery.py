@@ -106,32 +106,30 @@ def as_upload(artifact: bytes, summary: dict | None, result_key: str | None) -> 
     return seal(bundle, bytes.fromhex(result_key.removeprefix("0x")))
 
 
-def is_shared(uri: str) -> bool:
-    """Whether a party on another machine can read `uri`: a URL, not a path on this one."""
-    from .compute.data import is_remote
+def _open(uri: str, secret_key: bytes | None, local_ok: bool) -> Delivery:
+    """The delivery an announced URI serves, read within this party's read limits and opened
+    with `secret_key` when there is one; ArtifactMissing or DataDigestMismatch, saying why."""
+    from .compute.data import is_remote, read_limited
 
-    return is_remote(uri)
+    if not (local_ok or is_remote(uri)):
+        raise ArtifactMissing(f"{uri}: a path on the announcer's machine, not read "
+                              "(allow_local_uris is off)")
+    data, _ = read_limited(uri)
+    return unpack(data if secret_key is None else unseal(data, secret_key, uri), uri)
 
 
 def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
                    secret_key: bytes | None, local_ok: bool) -> Delivery:
-    """The agreed result, from the first announced URI that serves it: read within this
-    party's read limits, opened with `secret_key` when the spec names a result key, and its
-    artifact checked against `result` (the board's `result_of`). ArtifactMissing otherwise,
-    saying every URI looked at and what was found there."""
-    from .compute.data import read_limited
+    """The agreed result, from the first announced URI that serves it (`_open`), its artifact
+    checked against `result` (the board's `result_of`). ArtifactMissing otherwise, saying
+    every URI looked at and what was found there."""
     from .compute.digest import keccak_digest
     from .errors import DataDigestMismatch
 
     found: list[str] = []
     for uri in dict.fromkeys(uri for _, uri in announcements):
-        if not (local_ok or is_shared(uri)):
-            found.append(f"{uri}: a path on the announcer's machine, not read "
-                         "(allow_local_uris is off)")
-            continue
         try:
-            data, _ = read_limited(uri)
-            delivery = unpack(data if secret_key is None else unseal(data, secret_key, uri), uri)
+            delivery = _open(uri, secret_key, local_ok)
         except (DataDigestMismatch, ArtifactMissing) as exc:
             found.append(str(exc))
             continue
@@ -145,6 +143,23 @@ def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
                           + "; ".join(found))
 
 
+def fetch_agreed(announcements: list[tuple[str, str]], result: bytes, *,
+                 secret_key: bytes | None, local_ok: bool, shared) -> Delivery:
+    """`read_announced`, or else, for a result in the clear, the copy in `shared` (an
+    ArtifactStore this party shares with the workers, by digest); the first one's
+    ArtifactMissing when neither has it."""
+    try:
+        return read_announced(announcements, result, secret_key=secret_key, local_ok=local_ok)
+    except ArtifactMissing:
+        if secret_key is not None:
+            raise
+        try:
+            return Delivery(shared.get(result), None, shared.url)
+        except ArtifactMissing:
+            pass
+        raise
+
+
 # How long a worker spends checking that a co-worker's announced URI already serves the bytes
 # it would upload: a co-worker's URI must not hold the agent for long.
 VERIFY_SECONDS = 20.0
@@ -154,11 +169,11 @@ def already_delivered(announcements: list[tuple[str, str]], upload: bytes, *,
                       local_ok: bool) -> str | None:
     """An announced URI that serves exactly `upload` (the same sealed bytes this worker would
     upload: the seal is deterministic), if any; reads stop at its size and VERIFY_SECONDS."""
-    from .compute.data import read_limited
+    from .compute.data import is_remote, read_limited
     from .errors import DataDigestMismatch
 
     for uri in dict.fromkeys(uri for _, uri in announcements):
-        if not (local_ok or is_shared(uri)):
+        if not (local_ok or is_remote(uri)):
             continue
         try:
             data, _ = read_limited(uri, len(upload), VERIFY_SECONDS)
@@ -173,20 +188,14 @@ def read_summaries(announcements: list[tuple[str, str]], *, secret_key: bytes | 
                    local_ok: bool) -> tuple[dict[str, Delivery], list[str]]:
     """Each announcing worker's delivery (its run's summary; for an agreed task, the result
     too, unchecked here), and a line for each URI that gave nothing usable."""
-    from .compute.data import read_limited
     from .errors import DataDigestMismatch
 
     found, failed = {}, []
     for worker, uri in announcements:
         if worker in found:
             continue
-        if not (local_ok or is_shared(uri)):
-            failed.append(f"{uri}: a path on the announcer's machine, not read")
-            continue
         try:
-            data, _ = read_limited(uri)
-            found[worker] = unpack(data if secret_key is None else unseal(data, secret_key, uri),
-                                   uri)
+            found[worker] = _open(uri, secret_key, local_ok)
         except (DataDigestMismatch, ArtifactMissing) as exc:
             failed.append(str(exc))
     return found, failed

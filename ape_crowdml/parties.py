@@ -242,7 +242,7 @@ class Party:
     def fetch_delivery(self, task_id: int) -> Delivery:
         """`fetch_bytes`, with where it was read and what the worker's job said of its run
         (the worker's word, not the chain's)."""
-        from .delivery import read_announced
+        from .delivery import fetch_agreed
 
         phase = self.board.phase(task_id)
         if phase != Phase.AGREED:
@@ -252,14 +252,9 @@ class Party:
         result = self.board.result(task_id)
         secret = self._result_secret(task_id, self.spec_of(task_id))
         try:
-            return read_announced(self.board.announcements(task_id), result,
-                                  secret_key=secret, local_ok=self.local_uris)
+            return fetch_agreed(self.board.announcements(task_id), result, secret_key=secret,
+                                local_ok=self.local_uris, shared=self.artifacts)
         except ArtifactMissing as exc:
-            if secret is None:
-                try:  # a result in the clear may also sit in a store this party shares
-                    return Delivery(self.artifacts.get(result), None, self.artifacts.url)
-                except ArtifactMissing:
-                    pass
             raise ArtifactMissing(f"task {task_id}: {exc}") from None
 
     def fetch(self, task_id: int) -> dict:

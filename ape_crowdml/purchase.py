@@ -332,23 +332,19 @@ class Trader:
         """The agreed correctness bitstring, read at the URIs its workers announced (in the
         clear: an evaluation spec names no result key) or found in this party's store,
         verified against the board's result digest."""
-        from .delivery import read_announced
+        from .delivery import fetch_agreed
         from .errors import ArtifactMissing
 
         board = self.market.board
         task_id = self.market.order(order_id).task_id
-        result = board.result(task_id)
         try:
-            return decode_bits(read_announced(board.announcements(task_id), result,
-                                              secret_key=None,
-                                              local_ok=self.config.local_uris_allowed()
-                                              ).artifact)
+            delivery = fetch_agreed(board.announcements(task_id), board.result(task_id),
+                                    secret_key=None, local_ok=self.config.local_uris_allowed(),
+                                    shared=self.artifacts)
         except ArtifactMissing as exc:
-            try:
-                return decode_bits(self.artifacts.get(result))
-            except ArtifactMissing:
-                raise ArtifactMissing(f"order {order_id}'s evaluation task {task_id}: "
-                                      f"{exc}") from None
+            raise ArtifactMissing(f"order {order_id}'s evaluation task {task_id}: "
+                                  f"{exc}") from None
+        return decode_bits(delivery.artifact)
 
     def finalize(self, order_id: int, bits=None) -> Stage:
         """Hand the contract the agreed bitstring (fetched when not given); it counts the ones
