@@ -25,6 +25,21 @@ def tiny_spec_file(folder: Path, job: str | Path = "jobs/train_classifier.py", *
     return save_spec(spec, folder / "spec.json")
 
 
+def sealed_spec(bucket, folder: Path, state_folder: Path, hparams: dict = TINY_HPARAMS):
+    """A requester's training spec as between strangers: the digits served from its own
+    `bucket` (tests/store_server.py), its result key made in `state_folder`. Returns (the spec,
+    the key's public half, the spec's own URL in the bucket)."""
+    from ape_crowdml.store import Store
+
+    local = folder / "digits.npz"
+    export_digits(local)
+    key = Store(state_folder).new_result_key()
+    spec = make_spec("train_classifier", local, hparams,
+                     data_uri=bucket.serve("digits.npz", local.read_bytes()),
+                     result_key="0x" + key.hex())
+    return spec, key, bucket.serve("spec.json", spec.canonical_json())
+
+
 def isolated_config(folder: Path):
     """The project's crowdml config with state and artifacts under `folder`."""
     return crowdml_config().model_copy(update={"state_folder": folder / "state"})

@@ -85,6 +85,14 @@ class PublicBucket:
     endpoint: str
     folder: Path  # the bucket's objects on disk
 
+    def serve(self, name: str, data: bytes) -> str:
+        """Write `data` as `name` with this party's own key pair; returns where anyone reads it."""
+        import fsspec
+
+        fsspec.filesystem("s3", **self.options).pipe_file(
+            f"{self.url.removeprefix('s3://')}/{name}", data)
+        return f"{self.public_url}/{name}"
+
     def worker_settings(self) -> dict:
         """The `crowdml: worker:` fields that make a worker deliver here."""
         return {"result_store": self.url, "result_url": self.public_url,

@@ -21,7 +21,7 @@ from ape_crowdml.delivery import (Delivery, as_upload, first_divergence, new_res
 from ape_crowdml.errors import ArtifactMissing, MissingSecret, SpecError, TaskRejected
 from ape_crowdml.parties import Party, Requester, Worker, deploy_board
 from ape_crowdml.store import Store
-from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
+from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config, sealed_spec
 from store_server import public_bucket
 
 
@@ -75,17 +75,10 @@ def test_strangers_deliver_the_result_sealed_through_their_own_buckets(
     requester_config = strict(tmp_path / "requester")
     board = deploy_board(accounts[0], config=requester_config)
     # The requester makes its result key and puts its data and spec in its own bucket.
-    local = tmp_path / "requester" / "digits.npz"
-    export_digits(local)
-    requester_s3 = fsspec.filesystem("s3", **own.options)
-    requester_s3.put_file(str(local), "results/digits.npz")
-    key = Store(requester_config.state_folder).new_result_key()
-    spec = make_spec("train_classifier", local, TINY_HPARAMS,
-                     data_uri=f"{own.public_url}/digits.npz", result_key="0x" + key.hex())
-    requester_s3.pipe_file("results/spec.json", spec.canonical_json())
+    spec, key, spec_uri = sealed_spec(own, tmp_path / "requester", requester_config.state_folder)
     requester = Requester(board, accounts[0], config=requester_config)
     task = requester.publish(spec, reward=REWARD, deposit=DEPOSIT, workers=2,
-                             spec_uri=f"{own.public_url}/spec.json", requester_coin=False)
+                             spec_uri=spec_uri, requester_coin=False)
 
     alice = Worker(board, accounts[1], config=strict(tmp_path / "alice",
                                                      **alice_bucket.worker_settings()))
@@ -244,10 +237,9 @@ def test_a_model_uri_that_is_a_path_here_is_refused_before_any_read(accounts, tm
     with public_bucket(tmp_path / "s3-requester") as own:
         local = tmp_path / "digits.npz"
         export_digits(local)
-        fsspec.filesystem("s3", **own.options).put_file(str(local), "results/digits.npz")
         spec = make_spec("evaluate_classifier", local,
                          {"model_digest": "0x" + "00" * 32, "model_uri": "/etc/passwd",
-                          "subset_size": 10}, data_uri=f"{own.public_url}/digits.npz")
+                          "subset_size": 10}, data_uri=own.serve("digits.npz", local.read_bytes()))
         loose = isolated_config(tmp_path / "requester")
         board = deploy_board(accounts[0], config=loose)
         task = Requester(board, accounts[0], config=loose).publish(

@@ -22,13 +22,10 @@ import yaml
 
 from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.compute import jobenv
-from ape_crowdml.compute.data import export_digits
 from ape_crowdml.compute.digest import decode_result, keccak_digest
-from ape_crowdml.compute.spec import make_spec
 from ape_crowdml.delivery import pack, seal
 from ape_crowdml.parties import Requester, Worker, deploy_board
-from ape_crowdml.store import Store
-from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config
+from crowdml_support import DEPOSIT, REWARD, isolated_config, sealed_spec
 from store_server import public_bucket
 from test_agent_recovery import anvil  # noqa: F401 - fixture
 
@@ -62,19 +59,12 @@ def play_the_stranger(accounts, tmp_path, anvil, installed_wheel, own, stranger_
     config = isolated_config(tmp_path / "requester").model_copy(
         update={"allow_local_uris": None})
     assert not config.local_uris_allowed()  # anvil: only URLs reach the chain
-    local = tmp_path / "requester" / "digits.npz"
-    export_digits(local)
-    requester_s3 = fsspec.filesystem("s3", **own.options)
-    requester_s3.put_file(str(local), "results/digits.npz")
-    key = Store(config.state_folder).new_result_key()
-    spec = make_spec("train_classifier", local, TINY_HPARAMS,
-                     data_uri=f"{own.public_url}/digits.npz", result_key="0x" + key.hex())
-    requester_s3.pipe_file("results/spec.json", spec.canonical_json())
+    spec, key, spec_uri = sealed_spec(own, tmp_path / "requester", config.state_folder)
     board = deploy_board(accounts[0], config=config)
     requester = Requester(board, accounts[0], config=config)
     task = requester.publish(
         spec, reward=REWARD, deposit=DEPOSIT, workers=2, commit_blocks=200, reveal_blocks=400,
-        requester_coin=False, spec_uri=f"{own.public_url}/spec.json")
+        requester_coin=False, spec_uri=spec_uri)
     coworker_config = isolated_config(tmp_path / "coworker")
     coworker = Worker(board, accounts[2], config=coworker_config.model_copy(update={
         "worker": coworker_config.worker.model_copy(
