@@ -17,16 +17,30 @@
      on chain, so neither side can name a spec other than "this model on the
      buyer's test set" (the seller checks the template before offering).
 
+     The model is served only to a filled round's workers: each presents an
+     X25519 key once the roster is full (`present_key`), the seller seals the
+     model to each key and says so on chain (`serve`) within the first half of
+     the commit window. A round the seller did not serve is evaluated on no
+     model (every sample wrong), so honest workers still agree and the offer
+     is refused; its bond goes to the buyer.
+
      Sabotage: any non-AGREED evaluation (DISAGREED, FAILED, ABORTED,
      COIN_WITHHELD) is retried with a fresh task, up to `max_rounds`; after
      that the price returns to the buyer and the model stays unpaid. A seller
      gains nothing by sabotage (it is never paid without agreement); a buyer
-     keeping the model by sabotage loses at least deposit/2 per round on the
-     board, and open_order requires max_rounds * deposit / 2 >= price + reward.
+     holding seats that sabotages a filled round loses at least deposit/2 on
+     the board, and open_order requires max_rounds * deposit / 2 >= price +
+     reward. A round that never filled costs nobody a deposit, so once the
+     model was served, each round short of max_rounds filled ones forfeits
+     (price + reward) / max_rounds of the buyer's refund to the board's sink:
+     a buyer that saw the model and left the order unevaluated has lost at
+     least price + reward, whichever terms it chose.
 
-     Pull payments: an ended order's escrow is claimed by the party its stage
-     names (the seller of a BOUGHT order, else the buyer). The balance always
-     equals the sum of the orders' escrows.
+     Pull payments: an ended order's escrow is claimed by the seller of a
+     BOUGHT order, else the buyer; the offer's bond by the buyer of a REFUSED
+     order, else the seller. The balance always equals the orders' escrows
+     and bonds, declined offers' bonds not yet claimed, and the forfeits not
+     yet swept.
 """
 
 
@@ -39,6 +53,8 @@ interface TaskBoard:
     def deadline(task_id: uint256) -> uint256: view
     def owed(task_id: uint256, account: address) -> uint256: view
     def result_of(task_id: uint256) -> bytes32: view
+    def worker_status(task_id: uint256, worker: address) -> uint8: view
+    def FORFEIT_SINK() -> address: view
 
 
 # @dev An order's terms and progress, as the `order` view returns them.
@@ -68,6 +84,11 @@ struct Order:
     step_start: uint256
     agreed_at: uint256
     task_id: uint256
+    offer_bond: uint256
+    bond: uint256
+    filled: uint256
+    served: bool
+    exposed: bool
 
 
 # @dev What an order fixes at open and offer; each field read only where needed.
@@ -88,6 +109,7 @@ struct Terms:
     model: bytes32
     spec: bytes32
     step_start: uint256
+    offer_bond: uint256
 
 
 # @dev What `finalize` and `advance` need, packed by hand into one storage word
@@ -102,6 +124,9 @@ struct Progress:
     finalize_blocks: uint256
     agreed_at: uint256
     task_id: uint256
+    filled: uint256
+    served: bool
+    exposed: bool
 
 
 # @dev The evaluation task's terms, as the board's publish takes them.
@@ -135,15 +160,44 @@ event OrderOpened:
     template_tail: Bytes[MAX_TAIL]
     evaluation: Evaluation
     deadlines: Deadlines
+    offer_bond: uint256
 
 
-# @dev A seller locked its model; `spec` is the evaluation spec's digest.
+# @dev A seller locked its model and bonded its offer; `spec` is the
+#      evaluation spec's digest.
 event Offered:
     order_id: indexed(uint256)
     seller: indexed(address)
     model: bytes32
     model_uri: String[MAX_URI]
     spec: bytes32
+    bond: uint256
+
+
+# @dev The buyer declined an offer before releasing its data; the order is
+#      open again and the seller may claim its bond back.
+event Declined:
+    order_id: indexed(uint256)
+    seller: indexed(address)
+    bond: uint256
+
+
+# @dev A worker of the round's full roster named the key the model is sealed to.
+event KeyPresented:
+    order_id: indexed(uint256)
+    task_id: uint256
+    worker: indexed(address)
+    key: bytes32
+
+
+# @dev The seller uploaded the model sealed to each listed worker's key, as
+#      the file whose keccak256 is the matching `boxes` entry, under the
+#      offer's model URI.
+event ModelServed:
+    order_id: indexed(uint256)
+    task_id: uint256
+    workers: DynArray[address, MAX_EVALUATION_WORKERS]
+    boxes: DynArray[bytes32, MAX_EVALUATION_WORKERS]
 
 
 # @dev The buyer released its test data; evaluation starts.
@@ -180,11 +234,20 @@ event Finalized:
     bought: bool
 
 
-# @dev The order ended without a decision; `stage` says why.
+# @dev The order ended without a decision; `stage` says why. `forfeited`
+#      left the buyer's refund for the board's sink (a served model left
+#      unevaluated).
 event Closed:
     order_id: indexed(uint256)
     stage: uint256
     refund: uint256
+    forfeited: uint256
+
+
+# @dev The forfeits collected so far were paid to the board's sink.
+event Swept:
+    sink: indexed(address)
+    amount: uint256
 
 
 # @dev `account` claimed the ended order's escrow.
@@ -208,13 +271,20 @@ STAGE_UNEVALUATED: constant(uint256) = 8
 # TaskBoard phases this contract reads.
 BOARD_JOINING: constant(uint8) = 1
 BOARD_AWAITING_COIN: constant(uint8) = 2
+BOARD_COMMIT: constant(uint8) = 3
 BOARD_SETTLEABLE: constant(uint8) = 5
 BOARD_AGREED: constant(uint8) = 6
+BOARD_ABORTED: constant(uint8) = 9
+# TaskBoard.worker_status of an address not on the roster.
+BOARD_NOT_SEATED: constant(uint8) = 0
 
 BPS: constant(uint256) = 10000
 MAX_SAMPLES: constant(uint256) = 16384
 MAX_BITS: constant(uint256) = MAX_SAMPLES // 8
 MAX_ROUNDS: constant(uint256) = 16
+# The most workers an evaluation may ask for: a roster must be able to fill (a
+# buyer naming 1,024 seats nobody staffs kept every round unfilled, hence free).
+MAX_EVALUATION_WORKERS: constant(uint256) = 32
 MAX_HEAD: constant(uint256) = 1024
 MAX_TAIL: constant(uint256) = 2048
 MAX_URI: constant(uint256) = 256
@@ -226,7 +296,7 @@ MIN_EVALUATION_WINDOW: constant(uint256) = 5
 MIN_RELEASE_BLOCKS: constant(uint256) = 5
 MIN_FINALIZE_BLOCKS: constant(uint256) = 10
 
-# Bit layout of `_progress` (offset; widths 8, 8, 8, 16, 16, 24, 40, 64).
+# Bit layout of `_progress` (offset; widths 8, 8, 8, 16, 16, 24, 40, 64, 8, 1, 1).
 AT_ROUNDS: constant(uint256) = 8
 AT_MAX_ROUNDS: constant(uint256) = 16
 AT_THRESHOLD: constant(uint256) = 24
@@ -234,6 +304,9 @@ AT_SAMPLES: constant(uint256) = 40
 AT_FINALIZE_BLOCKS: constant(uint256) = 56
 AT_AGREED_AT: constant(uint256) = 80
 AT_TASK_ID: constant(uint256) = 120
+AT_FILLED: constant(uint256) = 184
+AT_SERVED: constant(uint256) = 192
+AT_EXPOSED: constant(uint256) = 193
 BITS_8: constant(uint256) = 2**8 - 1
 BITS_16: constant(uint256) = 2**16 - 1
 BITS_24: constant(uint256) = 2**24 - 1
@@ -278,6 +351,16 @@ _progress: HashMap[uint256, uint256]
 #      when money moves.
 _escrow: HashMap[uint256, uint256]
 
+# @dev The current offer's bond per order, until its payee claims it. Written
+#      by `offer`, `decline` and `claim`.
+_bond: HashMap[uint256, uint256]
+
+# @dev Bonds of declined offers, per order and seller, until claimed.
+_declined: HashMap[uint256, HashMap[address, uint256]]
+
+# @dev Forfeits of served models left unevaluated, not yet swept to the sink.
+forfeited: public(uint256)
+
 
 
 @deploy
@@ -304,6 +387,7 @@ def open_order(
     template_tail: Bytes[MAX_TAIL],
     evaluation: Evaluation,
     deadlines: Deadlines,
+    offer_bond: uint256,
 ) -> uint256:
     """
     @notice Open an order for a model, escrowing `price` plus one evaluation
@@ -318,6 +402,8 @@ def open_order(
     @param evaluation Workers, deposit, reward and windows of each evaluation task.
     @param deadlines Last block for an offer; blocks to release the data after
            an offer and to finalize after agreement; evaluation rounds allowed.
+    @param offer_bond Wei an offer must lock: the buyer's if the model is
+           refused (its test data is public by then), else the seller's again.
     @return The new order id.
     """
     assert price > 0, "price must be positive"
@@ -326,6 +412,7 @@ def open_order(
     assert samples > 0 and samples <= MAX_SAMPLES, "samples out of range"
     assert test_data != empty(bytes32), "empty test data digest"
     assert evaluation.workers >= 2, "need at least 2 workers"
+    assert evaluation.workers <= MAX_EVALUATION_WORKERS, "too many workers"
     assert evaluation.reward > 0 and evaluation.reward % evaluation.workers == 0, "reward must split evenly"
     assert evaluation.deposit > 0 and evaluation.deposit % 2 == 0, "deposit must be even"
     assert evaluation.join_blocks >= MIN_EVALUATION_WINDOW and evaluation.commit_blocks >= MIN_EVALUATION_WINDOW and evaluation.reveal_blocks >= MIN_EVALUATION_WINDOW, "window too short"
@@ -359,6 +446,7 @@ def open_order(
         model=empty(bytes32),
         spec=empty(bytes32),
         step_start=block.number,
+        offer_bond=offer_bond,
     )
     self._escrow[order_id] = msg.value
     p: Progress = empty(Progress)
@@ -379,6 +467,7 @@ def open_order(
         template_tail=template_tail,
         evaluation=evaluation,
         deadlines=deadlines,
+        offer_bond=offer_bond,
     )
     return order_id
 
@@ -400,10 +489,35 @@ def release_data(order_id: uint256):
     self._publish_round(order_id, p, self._escrow[order_id])
 
 
+@external
+def decline(order_id: uint256):
+    """
+    @notice Turn down the locked offer before releasing the data, so that one
+            offer cannot hold the order: it is open for offers again (until
+            its offer deadline) and the seller may claim its bond back.
+            Nothing was served, so nothing is lost.
+    @param order_id The order.
+    """
+    p: Progress = self._load_known(order_id)
+    assert p.stage == STAGE_OFFERED, "no offer to decline"
+    assert msg.sender == self._terms[order_id].buyer, "only the buyer"
+    seller: address = self._terms[order_id].seller
+    bond: uint256 = self._bond[order_id]
+    self._bond[order_id] = 0
+    self._declined[order_id][seller] += bond
+    self._terms[order_id].seller = empty(address)
+    self._terms[order_id].model = empty(bytes32)
+    self._terms[order_id].spec = empty(bytes32)
+    p.stage = STAGE_OPEN
+    self._save(order_id, p)
+    log Declined(order_id=order_id, seller=seller, bond=bond)
+
+
 # ---------------------------------------------------------------- seller
 
 
 @external
+@payable
 def offer(
     order_id: uint256,
     model: bytes32,
@@ -412,20 +526,23 @@ def offer(
     template_tail: Bytes[MAX_TAIL],
 ):
     """
-    @notice Lock a model into an open order. The evaluation spec is the
-            order's template with this model's digest and URI filled in.
-    @dev Serve the model only once the buyer released its data: a buyer that
-         saw the model could otherwise let the offer lapse and keep it.
+    @notice Lock a model into an open order, bonding the offer with exactly
+            the order's offer bond. The evaluation spec is the order's
+            template with this model's digest and URI filled in.
+    @dev Serve the model only to a filled round's keys (`serve`): a buyer that
+         saw it otherwise could let the order lapse and keep it.
     @param order_id The order.
     @param model keccak256 of the model file.
-    @param model_uri Where workers fetch it: printable ASCII without quotes
-           or backslashes, so that it sits in the JSON unescaped.
+    @param model_uri The folder where the sealed copies will be (each under its
+           keccak256): printable ASCII without quotes or backslashes, so
+           that it sits in the JSON unescaped.
     @param template_head The order's template head, as published.
     @param template_tail The order's template tail, as published.
     """
     p: Progress = self._load_known(order_id)
     assert p.stage == STAGE_OPEN, "not open for offers"
     assert block.number <= self._terms[order_id].offer_deadline, "offer deadline passed"
+    assert msg.value == self._terms[order_id].offer_bond, "send the offer bond"
     assert model != empty(bytes32), "empty model digest"
     assert keccak256(abi_encode(template_head, template_tail)) == self._terms[order_id].template, "not the order's template"
     uri: Bytes[MAX_URI] = convert(model_uri, Bytes[MAX_URI])
@@ -438,7 +555,55 @@ def offer(
     self._terms[order_id].model = model
     self._terms[order_id].spec = spec
     self._terms[order_id].step_start = block.number
-    log Offered(order_id=order_id, seller=msg.sender, model=model, model_uri=model_uri, spec=spec)
+    self._bond[order_id] = msg.value
+    log Offered(order_id=order_id, seller=msg.sender, model=model, model_uri=model_uri, spec=spec, bond=msg.value)
+
+
+@external
+def serve(order_id: uint256, workers: DynArray[address, MAX_EVALUATION_WORKERS], boxes: DynArray[bytes32, MAX_EVALUATION_WORKERS]):
+    """
+    @notice Say the model is served to the current round: sealed to each
+            listed worker's presented key, uploaded under the offer's model
+            URI as the file whose keccak256 is the matching box. Only the
+            seller, only once the round's roster is full, by `serve_deadline`;
+            a round not served by then is evaluated on no model.
+    @param order_id The order.
+    @param workers The workers served, each with a key presented this round.
+    @param boxes keccak256 of each worker's sealed copy, in the same order.
+    """
+    p: Progress = self._load_known(order_id)
+    assert p.stage == STAGE_EVALUATING, "not evaluating"
+    assert msg.sender == self._terms[order_id].seller, "only the seller"
+    assert p.served == False, "already served"
+    deadline: uint256 = self._serve_deadline(order_id, p)
+    assert deadline != 0, "roster not full"
+    assert block.number <= deadline, "serve window closed"
+    assert len(workers) == len(boxes), "one box per worker"
+    p.served = True
+    p.exposed = True
+    self._save(order_id, p)
+    log ModelServed(order_id=order_id, task_id=p.task_id, workers=workers, boxes=boxes)
+
+
+# ---------------------------------------------------------------- workers
+
+
+@external
+def present_key(order_id: uint256, key: bytes32):
+    """
+    @notice Name the X25519 public key the seller seals the model to for
+            this round. Only a worker on the round's roster, only once it is
+            full (the model is never served before), before the seller served.
+    @param order_id The order.
+    @param key The worker's X25519 public key for this round.
+    """
+    p: Progress = self._load_known(order_id)
+    assert p.stage == STAGE_EVALUATING, "not evaluating"
+    assert key != empty(bytes32), "empty key"
+    assert self._serve_deadline(order_id, p) != 0, "roster not full"
+    assert p.served == False, "already served"
+    assert staticcall BOARD.worker_status(p.task_id, msg.sender) != BOARD_NOT_SEATED, "not on the roster"
+    log KeyPresented(order_id=order_id, task_id=p.task_id, worker=msg.sender, key=key)
 
 
 # ---------------------------------------------------------------- anyone
@@ -474,7 +639,7 @@ def advance(order_id: uint256):
             log AgreementSeen(order_id=order_id, task_id=p.task_id, finalize_deadline=block.number + p.finalize_blocks)
             return
         assert block.number > p.agreed_at + p.finalize_blocks, "finalize window still open"
-        self._close(order_id, p, escrow, STAGE_UNEVALUATED)
+        self._close(order_id, p, escrow, 0, STAGE_UNEVALUATED)
         return
 
     returned: uint256 = staticcall BOARD.owed(p.task_id, self)
@@ -482,11 +647,20 @@ def advance(order_id: uint256):
         extcall BOARD.claim(p.task_id)
     escrow += returned
     self._escrow[order_id] = escrow
+    if phase != BOARD_ABORTED:
+        p.filled += 1  # the roster filled: every seat that sabotaged lost at least deposit/2
     log RoundFailed(order_id=order_id, task_id=p.task_id, outcome=phase)
-    if p.rounds < p.max_rounds and escrow >= self._terms[order_id].price + self._terms[order_id].reward:
+    price_and_reward: uint256 = self._terms[order_id].price + self._terms[order_id].reward
+    if p.rounds < p.max_rounds and escrow >= price_and_reward:
         self._publish_round(order_id, p, escrow)
-    else:
-        self._close(order_id, p, escrow, STAGE_UNEVALUATED)
+        return
+    forfeit: uint256 = 0
+    if p.exposed and p.filled < p.max_rounds:
+        # The model was served and the order ends unevaluated: each round short of
+        # max_rounds filled ones cost a saboteur no deposit, so it costs the refund
+        # (price + reward) / max_rounds; the dust stays with the buyer.
+        forfeit = min(price_and_reward * (p.max_rounds - p.filled) // p.max_rounds, escrow)
+    self._close(order_id, p, escrow, forfeit, STAGE_UNEVALUATED)
 
 
 @external
@@ -544,25 +718,48 @@ def cancel(order_id: uint256):
         stage = STAGE_LAPSED
     else:
         raise "evaluation already started"
-    self._close(order_id, p, self._escrow[order_id], stage)
+    self._close(order_id, p, self._escrow[order_id], 0, stage)
 
 
 @external
 @nonreentrant
 def claim(order_id: uint256):
     """
-    @notice Pay an ended order's escrow to its payee: the seller of a bought
-            model, else the buyer (price, and the reward if it came back).
+    @notice Pay what the order owes the caller: once it ended, its escrow to
+            the seller of a bought model, else to the buyer (price, and the
+            reward if it came back); the offer's bond to the buyer of a
+            refused model, else to the seller; at any time, a declined
+            offer's bond to its seller.
     @param order_id The order.
     """
     p: Progress = self._load_known(order_id)
-    assert p.stage >= STAGE_BOUGHT, "order not ended"
-    assert msg.sender == self._payee(order_id, p), "not the payee"
-    amount: uint256 = self._escrow[order_id]
+    amount: uint256 = self._declined[order_id][msg.sender]
+    self._declined[order_id][msg.sender] = 0
+    if p.stage >= STAGE_BOUGHT:
+        if msg.sender == self._payee(order_id, p):
+            amount += self._escrow[order_id]
+            self._escrow[order_id] = 0
+        if msg.sender == self._bond_payee(order_id, p):
+            amount += self._bond[order_id]
+            self._bond[order_id] = 0
     assert amount > 0, "nothing to claim"
-    self._escrow[order_id] = 0
     raw_call(msg.sender, b"", value=amount)
     log Claimed(order_id=order_id, account=msg.sender, amount=amount)
+
+
+@external
+@nonreentrant
+def sweep():
+    """
+    @notice Pay the forfeits collected so far to the board's forfeit sink.
+            Anyone may call.
+    """
+    amount: uint256 = self.forfeited
+    assert amount > 0, "nothing to sweep"
+    self.forfeited = 0
+    sink: address = staticcall BOARD.FORFEIT_SINK()
+    raw_call(sink, b"", value=amount)
+    log Swept(sink=sink, amount=amount)
 
 
 @external
@@ -614,6 +811,11 @@ def order(order_id: uint256) -> Order:
         step_start=t.step_start,
         agreed_at=p.agreed_at,
         task_id=p.task_id,
+        offer_bond=t.offer_bond,
+        bond=self._bond[order_id],
+        filled=p.filled,
+        served=p.served,
+        exposed=p.exposed,
     )
 
 
@@ -627,9 +829,30 @@ def owed(order_id: uint256, account: address) -> uint256:
     @return Wei owed.
     """
     p: Progress = self._load(order_id)
-    if p.stage < STAGE_BOUGHT or account != self._payee(order_id, p):
+    amount: uint256 = self._declined[order_id][account]
+    if p.stage >= STAGE_BOUGHT:
+        if account == self._payee(order_id, p):
+            amount += self._escrow[order_id]
+        if account == self._bond_payee(order_id, p):
+            amount += self._bond[order_id]
+    return amount
+
+
+@view
+@external
+def serve_deadline(order_id: uint256) -> uint256:
+    """
+    @notice The last block the seller may serve the current round in: the
+            first half of its commit window (0 unless the round's roster is
+            full and its commit window open). Workers that see no
+            ModelServed by then evaluate no model.
+    @param order_id The order.
+    @return A block number, or 0.
+    """
+    p: Progress = self._load(order_id)
+    if p.stage != STAGE_EVALUATING:
         return 0
-    return self._escrow[order_id]
+    return self._serve_deadline(order_id, p)
 
 
 @pure
@@ -673,6 +896,9 @@ def _load(order_id: uint256) -> Progress:
         finalize_blocks=(word >> AT_FINALIZE_BLOCKS) & BITS_24,
         agreed_at=(word >> AT_AGREED_AT) & BITS_40,
         task_id=(word >> AT_TASK_ID) & BITS_64,
+        filled=(word >> AT_FILLED) & BITS_8,
+        served=(word >> AT_SERVED) & 1 == 1,
+        exposed=(word >> AT_EXPOSED) & 1 == 1,
     )
 
 
@@ -697,6 +923,9 @@ def _save(order_id: uint256, p: Progress):
         | (p.finalize_blocks << AT_FINALIZE_BLOCKS)
         | (p.agreed_at << AT_AGREED_AT)
         | (p.task_id << AT_TASK_ID)
+        | (p.filled << AT_FILLED)
+        | (convert(p.served, uint256) << AT_SERVED)
+        | (convert(p.exposed, uint256) << AT_EXPOSED)
     )
 
 
@@ -713,16 +942,29 @@ def _publish_round(order_id: uint256, p: Progress, escrow: uint256):
     p.rounds += 1
     p.task_id = task_id
     p.agreed_at = 0
+    p.served = False
     self._save(order_id, p)
     log RoundPublished(order_id=order_id, round=p.rounds, task_id=task_id)
 
 
 @internal
-def _close(order_id: uint256, p: Progress, refund: uint256, stage: uint256):
-    # The escrow stays for the buyer to claim.
+def _close(order_id: uint256, p: Progress, escrow: uint256, forfeit: uint256, stage: uint256):
+    # The escrow, less the forfeit, stays for the buyer to claim.
+    if forfeit > 0:
+        self._escrow[order_id] = escrow - forfeit
+        self.forfeited += forfeit
     p.stage = stage
     self._save(order_id, p)
-    log Closed(order_id=order_id, stage=stage, refund=refund)
+    log Closed(order_id=order_id, stage=stage, refund=escrow - forfeit, forfeited=forfeit)
+
+
+@view
+@internal
+def _serve_deadline(order_id: uint256, p: Progress) -> uint256:
+    # The first half of the round's commit window, once its roster is full.
+    if staticcall BOARD.phase(p.task_id) != BOARD_COMMIT:
+        return 0
+    return staticcall BOARD.deadline(p.task_id) - self._terms[order_id].commit_blocks // 2
 
 
 @view
@@ -731,6 +973,15 @@ def _payee(order_id: uint256, p: Progress) -> address:
     if p.stage == STAGE_BOUGHT:
         return self._terms[order_id].seller
     return self._terms[order_id].buyer
+
+
+@view
+@internal
+def _bond_payee(order_id: uint256, p: Progress) -> address:
+    # A refused model's bond pays the buyer for test data that is public now.
+    if p.stage == STAGE_REFUSED:
+        return self._terms[order_id].buyer
+    return self._terms[order_id].seller
 
 
 @pure

@@ -1,6 +1,8 @@
 """ModelPurchase on chain: the precision bar, the bitstring encoding, every board outcome, each
-sabotage and deadline path, and the ether invariant (the contract's balance equals the sum of its
-orders' escrows: live ones, and ended ones not yet claimed) after every transaction."""
+sabotage and deadline path, serving the model to a full roster only, offer bonds, and the ether
+invariant (the contract's balance equals its orders' escrows and bonds, declined bonds not yet
+claimed and forfeits not yet swept) after every transaction. tests/test_purchase_fuzz.py plays
+random sequences of the same calls."""
 
 import random
 
@@ -17,6 +19,7 @@ PRICE = 3 * 10**16
 REWARD = 3 * 10**15  # splits evenly over 3 workers
 DEPOSIT = 2 * 10**16
 ROUNDS = 4  # ROUNDS * DEPOSIT / 2 = 0.04 ETH >= PRICE + REWARD = 0.033 ETH, as open_order requires
+BOND = 5 * 10**15  # what an offer locks: the buyer's if the model is refused
 WINDOW = 5
 SAMPLES = 200
 THRESHOLD = 9000
@@ -59,13 +62,17 @@ def market(project, board, buyer):
 
 
 class Ledger:
-    """Checks the ether invariant after each transaction it is handed."""
+    """Checks the ether invariant after each transaction it is handed. `declined` counts the
+    bonds of declined offers not yet claimed (the tests that decline keep it)."""
 
     def __init__(self, market):
         self.market = market
+        self.declined = 0
 
     def owed(self) -> int:
-        return sum(self.market.order(i).escrow for i in range(1, self.market.order_count() + 1))
+        orders = [self.market.order(i) for i in range(1, self.market.order_count() + 1)]
+        return (sum(o.escrow + o.bond for o in orders) + self.declined
+                + self.market.forfeited())
 
     def check(self, receipt=None):
         assert self.market.balance == self.owed()
@@ -79,22 +86,23 @@ def ledger(market):
 
 def open_order(market, buyer, template, ledger, *, price=PRICE, threshold=THRESHOLD,
                samples=SAMPLES, rounds=ROUNDS, deposit=DEPOSIT, reward=REWARD, test_data=None,
-               window=WINDOW, release=RELEASE_BLOCKS, finalize=FINALIZE_BLOCKS):
+               window=WINDOW, release=RELEASE_BLOCKS, finalize=FINALIZE_BLOCKS, workers=3,
+               bond=BOND):
     from ape import chain
 
     head, tail, template_data = template
     receipt = market.open_order(
         price, threshold, samples, test_data or template_data, head, tail,
-        (3, deposit, reward, window, window, window),
-        (chain.blocks.head.number + OFFER_BLOCKS, release, finalize, rounds),
+        (workers, deposit, reward, window, window, window),
+        (chain.blocks.head.number + OFFER_BLOCKS, release, finalize, rounds), bond,
         value=price + reward, sender=buyer)
     ledger.check()
     return receipt.decode_logs(market.OrderOpened)[0].order_id
 
 
-def offer(market, seller, order_id, template, ledger, model=MODEL, uri=MODEL_URI):
+def offer(market, seller, order_id, template, ledger, model=MODEL, uri=MODEL_URI, bond=BOND):
     head, tail, _ = template
-    ledger.check(market.offer(order_id, model, uri, head, tail, sender=seller))
+    ledger.check(market.offer(order_id, model, uri, head, tail, value=bond, sender=seller))
 
 
 def released(market, buyer, seller, template, ledger, **terms) -> int:
@@ -126,6 +134,12 @@ def play(board, task_id, crew, results, chain, *, join=True):
         chain.mine(WINDOW + 1)
 
 
+def serve(market, order_id, seller, crew, ledger):
+    """The seller says it served the round's roster (the contract sees no bytes)."""
+    boxes = [keccak(b"sealed for " + w.address.encode()) for w in crew]
+    return ledger.check(market.serve(order_id, list(crew), boxes, sender=seller))
+
+
 def agree_on(board, task_id, crew, bits, chain):
     digest = keccak(encode_bits(bits))
     play(board, task_id, crew, [digest] * len(crew), chain)
@@ -152,16 +166,16 @@ def test_a_uri_that_json_would_escape_is_refused(market, buyer, seller, template
     order_id = open_order(market, buyer, template, ledger)
     head, tail, _ = template
     with ape.reverts():
-        market.offer(order_id, MODEL, uri, head, tail, sender=seller)
+        market.offer(order_id, MODEL, uri, head, tail, value=BOND, sender=seller)
 
 
 def test_offer_needs_the_orders_template(market, buyer, seller, template, ledger):
     order_id = open_order(market, buyer, template, ledger)
     head, tail, _ = template
     with ape.reverts("not the order's template"):
-        market.offer(order_id, MODEL, MODEL_URI, head + b" ", tail, sender=seller)
+        market.offer(order_id, MODEL, MODEL_URI, head + b" ", tail, value=BOND, sender=seller)
     with ape.reverts("empty model digest"):
-        market.offer(order_id, b"\x00" * 32, MODEL_URI, head, tail, sender=seller)
+        market.offer(order_id, b"\x00" * 32, MODEL_URI, head, tail, value=BOND, sender=seller)
 
 
 # ---------------------------------------------------------------- the bar
@@ -193,16 +207,18 @@ def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, templa
     receipt = ledger.check(market.finalize(order_id, bits_body(bits), sender=seller))
     log = receipt.decode_logs(market.Finalized)[0]
     assert (log.correct, log.samples, log.bought) == (correct, samples, bought)
+    # Bought: the seller gets the price and its bond back; refused: the buyer its price and
+    # the bond (its test data is public now).
     payee = seller if bought else buyer
-    assert market.owed(order_id, payee) == PRICE
+    assert market.owed(order_id, payee) == PRICE + BOND
     assert market.order(order_id).stage == (Stage.BOUGHT if bought else Stage.REFUSED)
     other = buyer if bought else seller
     assert market.owed(order_id, other) == 0
-    with ape.reverts("not the payee"):
+    with ape.reverts("nothing to claim"):
         market.claim(order_id, sender=other)
     before = payee.balance
     receipt = ledger.check(market.claim(order_id, sender=payee))
-    assert payee.balance - before + receipt.total_fees_paid == PRICE
+    assert payee.balance - before + receipt.total_fees_paid == PRICE + BOND
     assert market.balance == 0
 
 
@@ -273,10 +289,12 @@ def test_no_offer_once_an_offer_is_locked_or_the_data_released(market, buyer, se
     offer(market, seller, order_id, template, ledger)
     head, tail, _ = template
     with ape.reverts("not open for offers"):
-        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, sender=accounts[7])
+        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, value=BOND,
+                     sender=accounts[7])
     ledger.check(market.release_data(order_id, sender=buyer))
     with ape.reverts("not open for offers"):
-        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, sender=accounts[7])
+        market.offer(order_id, keccak(b"another"), MODEL_URI, head, tail, value=BOND,
+                     sender=accounts[7])
     with ape.reverts("no offer to evaluate"):
         market.release_data(order_id, sender=buyer)
 
@@ -323,6 +341,9 @@ def test_release_publishes_a_chain_coin_task_with_the_orders_terms(market, board
     ({"release": 1}, "window too short"),
     ({"release": 2**256 - 1}, "window too long"),
     ({"finalize": 2**24}, "window too long"),
+    # A roster nobody staffs kept every round unfilled, hence free for a buyer that saw the model.
+    ({"workers": 33}, "too many workers"),
+    ({"workers": 1024}, "too many workers"),
 ])
 def test_open_order_refuses_bad_terms(market, buyer, template, ledger, change, reason):
     with ape.reverts(reason):
@@ -336,7 +357,8 @@ def test_open_order_needs_price_plus_reward(market, buyer, template):
     with ape.reverts("send price + reward"):
         market.open_order(PRICE, THRESHOLD, SAMPLES, test_data, head, tail,
                           (3, DEPOSIT, REWARD, WINDOW, WINDOW, WINDOW),
-                          (chain.blocks.head.number + 9, 5, 5, ROUNDS), value=PRICE, sender=buyer)
+                          (chain.blocks.head.number + 9, 5, 5, ROUNDS), BOND, value=PRICE,
+                          sender=buyer)
 
 
 def test_stray_ether_is_refused(market, accounts):
@@ -380,8 +402,10 @@ def test_a_task_that_does_not_agree_is_retried_then_refunds_the_buyer(
     assert len(set(tasks)) == ROUNDS  # a fresh task (fresh coin, fresh roster) each round
     order = market.order(order_id)
     assert order.stage == Stage.UNEVALUATED and order.escrow == PRICE + REWARD
-    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    # Never served, so nothing forfeited: the buyer its escrow, the seller its bond.
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == BOND
     ledger.check(market.claim(order_id, sender=buyer))
+    ledger.check(market.claim(order_id, sender=seller))
     assert market.balance == 0
 
 
@@ -403,13 +427,17 @@ def test_sabotage_never_pays(market, board, buyer, seller, accounts, template, l
     lost = 0
     for _ in range(ROUNDS):
         task_id = market.order(order_id).task_id
-        play(board, task_id, crew, [truth, truth, sabotage], chain)
+        for w in crew:
+            board.join(task_id, value=DEPOSIT, sender=w)
+        serve(market, order_id, seller, crew, ledger)  # the buyer's seat sees the model
+        play(board, task_id, crew, [truth, truth, sabotage], chain, join=False)
         ledger.check(market.advance(order_id, sender=accounts[1]))
         assert board.phase(task_id) == (FAILED if how == "hide" else DISAGREED)
         lost += DEPOSIT - board.owed(task_id, sabotaging)
     order = market.order(order_id)
-    assert order.stage == Stage.UNEVALUATED and order.rounds == ROUNDS
-    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    assert order.stage == Stage.UNEVALUATED and order.rounds == ROUNDS and order.filled == ROUNDS
+    # Every round filled, so nothing is forfeited beyond the saboteur's deposits.
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == BOND
     assert lost == ROUNDS * lost_per_round
     if saboteur == "buyer":
         # Refunded in full, it kept the model for `lost`; honest, it would have paid
@@ -429,7 +457,8 @@ def test_a_retry_that_agrees_decides_as_usual(market, board, buyer, seller, crew
     agree_on(board, market.order(order_id).task_id, crew, bits, chain)
     ledger.check(market.advance(order_id, sender=seller))
     ledger.check(market.finalize(order_id, bits_body(bits), sender=buyer))
-    assert market.order(order_id).stage == Stage.BOUGHT and market.owed(order_id, seller) == PRICE
+    assert market.order(order_id).stage == Stage.BOUGHT
+    assert market.owed(order_id, seller) == PRICE + BOND
     assert market.order(order_id).rounds == 2
 
 
@@ -447,7 +476,7 @@ def test_buyer_cancels_before_any_offer_anyone_after_the_offer_deadline(
     chain.mine(OFFER_BLOCKS + 1)
     head, tail, _ = template
     with ape.reverts("offer deadline passed"):
-        market.offer(second, MODEL, MODEL_URI, head, tail, sender=seller)
+        market.offer(second, MODEL, MODEL_URI, head, tail, value=BOND, sender=seller)
     ledger.check(market.cancel(second, sender=seller))
     assert market.owed(second, buyer) == PRICE + REWARD
     with ape.reverts("evaluation already started"):
@@ -464,7 +493,7 @@ def test_an_offer_whose_data_is_never_released_lapses(market, buyer, seller, tem
         market.release_data(order_id, sender=buyer)
     ledger.check(market.cancel(order_id, sender=seller))
     assert market.order(order_id).stage == Stage.LAPSED
-    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == BOND
 
 
 def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, buyer, seller, crew,
@@ -484,8 +513,9 @@ def test_an_agreed_evaluation_nobody_finalizes_refunds_the_buyer(market, board, 
         market.finalize(order_id, bits_body(bits), sender=seller)
     ledger.check(market.advance(order_id, sender=buyer))
     assert market.order(order_id).stage == Stage.UNEVALUATED
-    # The price goes back; the reward paid the workers.
-    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0
+    # The price goes back; the reward paid the workers. The seller chose not to finalize:
+    # nothing is forfeited, its bond comes back.
+    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == BOND
 
 
 def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template, ledger, chain):
@@ -507,12 +537,162 @@ def test_advance_waits_for_the_task(market, board, buyer, seller, crew, template
 
 def test_claim_pays_once_and_only_after_the_end(market, buyer, seller, template, ledger):
     order_id = open_order(market, buyer, template, ledger)
-    with ape.reverts("order not ended"):
+    with ape.reverts("nothing to claim"):
         market.claim(order_id, sender=buyer)
     ledger.check(market.cancel(order_id, sender=buyer))
-    with ape.reverts("not the payee"):
+    with ape.reverts("nothing to claim"):
         market.claim(order_id, sender=seller)
     ledger.check(market.claim(order_id, sender=buyer))
     with ape.reverts("nothing to claim"):
         market.claim(order_id, sender=buyer)
     assert market.owed(order_id, buyer) == 0
+
+
+# ---------------------------------------------------------------- the model, to a full roster only
+
+
+def test_the_model_is_served_to_a_full_roster_only(market, board, buyer, seller, crew, accounts,
+                                                   template, ledger, chain):
+    order_id = released(market, buyer, seller, template, ledger, window=20)
+    task_id = market.order(order_id).task_id
+    board.join(task_id, value=DEPOSIT, sender=crew[0])
+    # Before the roster is full nobody may present a key, and nothing may be served.
+    with ape.reverts("roster not full"):
+        market.present_key(order_id, keccak(b"key"), sender=crew[0])
+    with ape.reverts("roster not full"):
+        serve(market, order_id, seller, crew[:1], ledger)
+    assert market.serve_deadline(order_id) == 0
+    for w in crew[1:]:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    with ape.reverts("not on the roster"):
+        market.present_key(order_id, keccak(b"key"), sender=buyer)
+    with ape.reverts("empty key"):
+        market.present_key(order_id, b"\x00" * 32, sender=crew[0])
+    receipt = market.present_key(order_id, keccak(b"key"), sender=crew[0])
+    log = receipt.decode_logs(market.KeyPresented)[0]
+    assert (log.task_id, log.worker, log.key) == (task_id, crew[0].address, keccak(b"key"))
+    with ape.reverts("only the seller"):
+        serve(market, order_id, buyer, crew, ledger)
+    with ape.reverts("one box per worker"):
+        market.serve(order_id, list(crew), [keccak(b"box")], sender=seller)
+    deadline = market.serve_deadline(order_id)
+    # The first half of the commit window.
+    assert deadline == board.task(task_id).deadline - 20 // 2
+    assert not market.order(order_id).exposed
+    receipt = serve(market, order_id, seller, crew, ledger)
+    served = receipt.decode_logs(market.ModelServed)[0]
+    assert (served.task_id, list(served.workers)) == (task_id, [w.address for w in crew])
+    order = market.order(order_id)
+    assert order.served and order.exposed
+    with ape.reverts("already served"):
+        serve(market, order_id, seller, crew, ledger)
+    with ape.reverts("already served"):
+        market.present_key(order_id, keccak(b"late"), sender=crew[1])
+
+
+def test_the_serve_window_closes_half_way_through_the_commit_window(
+        market, board, buyer, seller, crew, template, ledger, chain):
+    order_id = released(market, buyer, seller, template, ledger, window=20)
+    task_id = market.order(order_id).task_id
+    for w in crew:
+        board.join(task_id, value=DEPOSIT, sender=w)
+    chain.mine(market.serve_deadline(order_id) - chain.blocks.head.number)
+    with ape.reverts("serve window closed"):
+        serve(market, order_id, seller, crew, ledger)
+    # The round is scored on no model: honest workers agree on all zeros, the model is refused
+    # and the bond pays the buyer for its test data, public now.
+    zeros = [0] * SAMPLES
+    play(board, task_id, crew, [keccak(encode_bits(zeros))] * 3, chain, join=False)
+    chain.mine(20)  # the reveal window, kept whole
+    ledger.check(market.advance(order_id, sender=buyer))
+    ledger.check(market.finalize(order_id, bits_body(zeros), sender=buyer))
+    order = market.order(order_id)
+    assert order.stage == Stage.REFUSED and not order.exposed
+    assert market.owed(order_id, buyer) == PRICE + BOND and market.owed(order_id, seller) == 0
+
+
+def rounds_until_closed(market, board, buyer, seller, order_id, plays, ledger, chain):
+    """Play each round as `plays` says (a callable of task id, or None: nobody joins)."""
+    for how in plays:
+        task_id = market.order(order_id).task_id
+        if how is None:
+            chain.mine(WINDOW + 1)
+        else:
+            how(task_id)
+        ledger.check(market.advance(order_id, sender=buyer))
+    return market.order(order_id)
+
+
+def test_a_buyer_that_saw_the_model_and_let_rounds_go_unfilled_forfeits(
+        market, board, buyer, seller, accounts, sink, template, ledger, chain):
+    # Issue 19's attack: the buyer holds a seat of a full round, sees the model, sabotages the
+    # round, then lets every later round go unstaffed (ABORTED rounds cost no deposit).
+    crew = [accounts[1], accounts[2], buyer]
+    truth = keccak(encode_bits(bits_with(195)))  # a good model: the buyer wants it unpaid
+    order_id = released(market, buyer, seller, template, ledger)
+
+    def sabotaged(task_id):
+        for w in crew:
+            board.join(task_id, value=DEPOSIT, sender=w)
+        serve(market, order_id, seller, crew, ledger)
+        play(board, task_id, crew, [truth, truth, keccak(b"junk")], chain, join=False)
+
+    order = rounds_until_closed(market, board, buyer, seller, order_id,
+                                [sabotaged] + [None] * (ROUNDS - 1), ledger, chain)
+    assert order.stage == Stage.UNEVALUATED and order.filled == 1 and order.exposed
+    forfeit = (PRICE + REWARD) * (ROUNDS - 1) // ROUNDS
+    assert market.forfeited() == forfeit
+    assert market.owed(order_id, buyer) == PRICE + REWARD - forfeit
+    first_task = order.task_id - ROUNDS + 1
+    seat_lost = DEPOSIT - board.owed(first_task, buyer)
+    assert seat_lost == DEPOSIT // 2
+    # What the buyer lost for the model: its seat's half deposit and the forfeit, at least
+    # what buying it would have cost.
+    assert seat_lost + forfeit >= PRICE + REWARD
+    # Anyone sweeps the forfeit to the board's sink, never to the seller (whose sabotage
+    # must not pay either).
+    sink_before = sink.balance
+    ledger.check(market.sweep(sender=accounts[4]))
+    assert sink.balance == sink_before + forfeit and market.forfeited() == 0
+    with ape.reverts("nothing to sweep"):
+        market.sweep(sender=accounts[4])
+
+
+def test_unfilled_rounds_cost_nothing_while_the_model_was_never_served(
+        market, board, buyer, seller, crew, template, ledger, chain):
+    # The control: the same unfilled rounds without a served round refund the buyer in full.
+    order_id = released(market, buyer, seller, template, ledger)
+    order = rounds_until_closed(market, board, buyer, seller, order_id, [None] * ROUNDS,
+                                ledger, chain)
+    assert order.stage == Stage.UNEVALUATED and not order.exposed
+    assert market.forfeited() == 0 and market.owed(order_id, buyer) == PRICE + REWARD
+
+
+# ---------------------------------------------------------------- offers: bonded, declinable
+
+
+def test_the_buyer_declines_a_junk_offer_and_takes_the_next(market, buyer, seller, accounts,
+                                                            template, ledger):
+    order_id = open_order(market, buyer, template, ledger)
+    junk_seller = accounts[7]
+    head, tail, _ = template
+    with ape.reverts("send the offer bond"):
+        market.offer(order_id, MODEL, MODEL_URI, head, tail, value=BOND - 1, sender=junk_seller)
+    offer(market, junk_seller, order_id, template, ledger, model=keccak(b"junk"))
+    with ape.reverts("only the buyer"):
+        market.decline(order_id, sender=junk_seller)
+    receipt = market.decline(order_id, sender=buyer)
+    ledger.declined += BOND
+    ledger.check(receipt)
+    assert receipt.decode_logs(market.Declined)[0].bond == BOND
+    order = market.order(order_id)
+    assert order.stage == Stage.OPEN and order.bond == 0 and order.model == b"\x00" * 32
+    # The order is open again: a real offer is taken, and the junk seller has its bond back.
+    offer(market, seller, order_id, template, ledger)
+    assert market.order(order_id).seller == seller.address
+    assert market.owed(order_id, junk_seller) == BOND
+    ledger.declined -= BOND
+    ledger.check(market.claim(order_id, sender=junk_seller))
+    ledger.check(market.release_data(order_id, sender=buyer))
+    with ape.reverts("no offer to decline"):
+        market.decline(order_id, sender=buyer)
