@@ -94,10 +94,12 @@ def deploy_market(account, board_address):
 @click.option("--join-blocks", default=20, show_default=True)
 @click.option("--commit-blocks", default=20, show_default=True)
 @click.option("--reveal-blocks", default=20, show_default=True)
+@click.option("--offer-bond", type=WEI, default=None,
+              help="What an offer locks, yours if its model is refused (default: the reward).")
 @yes_option()
 def open_order(account, market_address, test_data, samples, threshold, price, reward, deposit,
                workers, rounds, data_uri, offer_blocks, release_blocks, finalize_blocks,
-               join_blocks, commit_blocks, reveal_blocks, skip_confirmation):
+               join_blocks, commit_blocks, reveal_blocks, offer_bond, skip_confirmation):
     """Order a model: escrow PRICE + REWARD; the test data stays here until an offer."""
     from ape_crowdml.purchase import Buyer
     from ape_crowdml.render import wei
@@ -110,16 +112,18 @@ def open_order(account, market_address, test_data, samples, threshold, price, re
                           deposit=deposit, workers=workers, max_rounds=rounds,
                           offer_blocks=offer_blocks, release_blocks=release_blocks,
                           finalize_blocks=finalize_blocks, join_blocks=join_blocks,
-                          commit_blocks=commit_blocks, reveal_blocks=reveal_blocks)
+                          commit_blocks=commit_blocks, reveal_blocks=reveal_blocks,
+                          offer_bond=offer_bond)
     click.echo(f"order {order_id} opened on market {buyer.market.address}")
 
 
 @market_command()
 @order_argument
 @click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--uri", metavar="URL", help="Where workers fetch the model (default: the file).")
+@click.option("--uri", metavar="URL",
+              help="The folder workers read sealed copies from (default: your result store's).")
 def offer(account, market_address, order_id, model_file, uri):
-    """Lock MODEL_FILE into ORDER (serve it once the buyer released its data)."""
+    """Lock MODEL_FILE into ORDER with the order's offer bond; nothing is served yet."""
     from ape_crowdml.errors import SpecError
     from ape_crowdml.purchase import Seller
 
@@ -127,6 +131,31 @@ def offer(account, market_address, order_id, model_file, uri):
         raise SpecError(f"model file {model_file} does not exist")
     spec = Seller(_market(market_address), account).offer(order_id, model_file, uri)
     click.echo(f"offered to order {order_id}; evaluation spec 0x{spec.hex()}")
+
+
+@market_command()
+@order_argument
+@click.argument("model_file", type=click.Path(dir_okay=False, path_type=Path))
+def serve(account, market_address, order_id, model_file):
+    """Seal MODEL_FILE to each key the current round's full roster presented, and say so."""
+    from ape_crowdml.errors import SpecError
+    from ape_crowdml.purchase import Seller
+
+    if not model_file.is_file():
+        raise SpecError(f"model file {model_file} does not exist")
+    served = Seller(_market(market_address), account).serve(order_id, model_file)
+    click.echo(f"order {order_id}: model served to {len(served)} worker"
+               f"{'' if len(served) == 1 else 's'}")
+
+
+@market_command()
+@order_argument
+def decline(account, market_address, order_id):
+    """Turn down ORDER's offer before releasing the data: the order is open again."""
+    from ape_crowdml.purchase import Buyer
+
+    stage = Buyer(_market(market_address), account).decline(order_id)
+    click.echo(f"order {order_id}: offer declined, {stage.label} for offers again")
 
 
 @market_command(name="release-data")
@@ -187,7 +216,7 @@ def cancel(account, market_address, order_id):
 @market_command()
 @order_argument
 def claim(account, market_address, order_id):
-    """Collect an ended order's escrow: the seller's price, or the buyer's refund."""
+    """Collect what ORDER owes you: the price or the refund, an offer's bond."""
     from ape_crowdml.purchase import Trader
     from ape_crowdml.render import wei
 

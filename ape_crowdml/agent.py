@@ -228,7 +228,10 @@ class Agent:
                 acted |= bool(outcome)
         for task_id in list(self._jobs):
             acted |= bool(self._guarded(self._poll_job, task_id))
-        ready_to_work = [t for t in ready_to_work if t not in self._jobs]
+        # A model purchase's evaluation waits for its model: the key is presented (a
+        # transaction bound to the serve deadline) and the sealed copy opened here.
+        ready_to_work = [t for t in ready_to_work if t not in self._jobs
+                         and self._guarded(self.worker.receive_model, t)]
         if ready_to_work and not self._jobs:
             task_id = min(ready_to_work, key=lambda t: self.board.task(t).deadline)
             acted |= bool(self._guarded(self._start_job, task_id))

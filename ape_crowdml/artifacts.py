@@ -45,6 +45,10 @@ class ArtifactStore:
             return f"{self.url.rstrip('/')}/{_name(digest)}"
         return str(Path(self.url).expanduser().resolve() / _name(digest))
 
+    def folder_uri(self) -> str:
+        """The folder `uri` names files in, as others read it."""
+        return self.uri(b"\0" * 32).rsplit("/", 1)[0]
+
     def put(self, data: bytes) -> bytes:
         """Store `data` under its keccak256; returns the digest."""
         digest = keccak_digest(data)

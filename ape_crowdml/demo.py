@@ -140,6 +140,11 @@ def _buy(console: Console, market: Market, buyer: Buyer, seller: Seller, workers
     for name, worker in workers.items():
         worker.join(task)
     timeline.add("workers", f"{len(workers)} join task {task} (chain coin fixed by the last join)")
+    for worker in workers.values():
+        worker.receive_model(task)  # presents its key: the roster is full
+    timeline.add("workers", "present a key each, now that the roster is full")
+    seller.serve(order, model_file)
+    timeline.add("seller", "seals the model to each key and serves it (nobody saw it before)")
     for name, worker in workers.items():
         console.print(f"[bold]{name}[/] evaluates the model with coin {short(market.board.coin(task))}")
         digest = worker.work(task)

@@ -47,3 +47,7 @@ class ArtifactMissing(CrowdmlError):
 class StateNotWritable(CrowdmlError):
     """The state folder cannot be written: the secrets that must be stored before a
     transaction cannot be, so the transaction is not sent."""
+
+
+class ModelNotServedYet(CrowdmlError):
+    """A model purchase's seller may still serve the evaluation's model: the job waits."""

@@ -28,12 +28,13 @@ from .artifacts import ArtifactStore
 from .delivery import Delivery
 from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus,
-                    coin_hash, commitment, hex32)
+                    coin_hash, commitment, hex32, send)
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
 from .compute.data import is_remote, read_verified
 from .compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
-                     MissingSecret, PolicyRefused, SpecError, TaskRejected, first_line)
+                     MissingSecret, ModelNotServedYet, PolicyRefused, SpecError, TaskRejected,
+                     first_line)
 from .policy import check_policy
 from .compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
@@ -523,7 +524,84 @@ class Worker(Party):
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
+        if not self.receive_model(task_id):
+            raise ModelNotServedYet(f"task {task_id}: the seller may serve the model until block "
+                                    f"{self._serve_deadline(task_id)}; work once it did or then")
         return Work(task, coin, store_url, job=self._start_job(spec, coin, progress))
+
+    def _order_round(self, task_id: int):
+        """(market, order) of a model purchase's evaluation task, or None for any other task."""
+        uri = self.board.spec_uri(task_id)
+        if not uri.startswith(ORDER_URI_SCHEME):
+            return None
+        from .purchase import Market
+
+        market = Market(self.board.task(task_id).requester)
+        order = market.order(int(uri.removeprefix(ORDER_URI_SCHEME)))
+        if order.task_id != task_id:
+            raise TaskRejected(f"task {task_id} is not order {order.order_id}'s current round "
+                               f"(task {order.task_id})")
+        return market, order
+
+    def _serve_deadline(self, task_id: int) -> int:
+        market, order = self._order_round(task_id)
+        return market.serve_deadline(order.order_id)
+
+    def receive_model(self, task_id: int) -> bool:
+        """A model purchase's evaluation: once the roster is full, present this worker's key
+        (a fresh X25519 key, kept in the state folder); once the seller served the round, open
+        this worker's sealed copy into the data cache. If the serve deadline passed unserved, or
+        the seller served others only, record that this round's model was not served: the job
+        then scores no model, as every honest worker of the round does. True once the job may
+        start, False while the seller may still serve; True at once for any other task."""
+        from ape.logging import logger
+
+        from .compute.data import keep_verified, mark_unserved
+        from .delivery import unseal
+        from .purchase import market_transaction
+
+        found = self._order_round(task_id)
+        if found is None:
+            return True
+        market, order = found
+        me, coin = self.account.address, self.board.coin(task_id)
+        public = market.presented_keys(order.order_id, task_id).get(me)
+        secret = self.store.result_key(public) if public else None
+        boxes = market.served_boxes(order.order_id, task_id)
+        if boxes is None:
+            deadline = market.serve_deadline(order.order_id)
+            if deadline and self.board.head < deadline:
+                if secret is None:  # never presented, or from another state folder
+                    public = self.store.new_result_key()
+                    with market_transaction(f"present a key for task {task_id}"):
+                        send(market.contract, f"present a key for task {task_id}",
+                             "present_key", order.order_id, public, sender=self.account,
+                             refuser="the market")
+                    logger.info(f"task {task_id}: key presented; the seller may serve the "
+                                f"model until block {deadline}")
+                return False
+            logger.info(f"task {task_id}: the seller did not serve the model by its deadline: "
+                        "the round scores no model")
+            mark_unserved(order.model, coin)
+            return True
+        if me not in boxes or secret is None:
+            logger.info(f"task {task_id}: the seller served the model to others only: this "
+                        "worker scores no model")
+            mark_unserved(order.model, coin)
+            return True
+        where = f"{market.model_uri(order.order_id).rstrip('/')}/0x{boxes[me].hex()}"
+        try:
+            keep_verified(unseal(read_verified(where, boxes[me], cached=False), secret, where),
+                          order.model)
+        except (CrowdmlError, OSError) as exc:
+            task = self.board.task(task_id)
+            if task.deadline - self.board.head > max(2, task.commit_blocks // 4):
+                raise ArtifactMissing(f"task {task_id}: the model served at {where}: "
+                                      f"{first_line(exc)}; trying again") from None
+            logger.info(f"task {task_id}: the model served at {where} never opened "
+                        f"({first_line(exc)}): this worker scores no model")
+            mark_unserved(order.model, coin)
+        return True
 
     def finish_work(self, work: Work) -> bytes:
         """`work`'s second half: wait for the job if it still runs, store its result with a

@@ -6,9 +6,11 @@ contracts/ModelPurchase.vy, with the evaluation run by a TaskBoard's workers.
     order = alice.open(alice.template("data/test.npz", samples=200), price=3 * 10**16,
                        threshold_bps=9000, reward=3 * 10**15, deposit=2 * 10**16, workers=3)
     bob = Seller(market, accounts.test_accounts[5])
-    bob.offer(order, "model.crowdml")           # locks the model's digest; serves nothing yet
+    bob.offer(order, "model.crowdml")           # locks the model's digest and a bond; serves nothing
     alice.release_data(order)                   # the evaluation task goes on the board
-    ...                                         # workers join, work, reveal (Worker / Agent)
+    ...                                         # workers join; once the roster is full each
+    bob.serve(order, "model.crowdml")           #   presents a key, the model is sealed to each,
+    ...                                         #   then they work and reveal (Worker / Agent)
     bob.advance(order); bob.finalize(order)     # anyone; the contract counts the bitstring
     bob.claim(order)
 
@@ -39,6 +41,9 @@ from .compute.spec import JobSpec, check_arithmetic, make_spec, parse_spec
 
 PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
 EVALUATION_JOB = "evaluate_classifier.py"
+# A seller's policy: a roster larger than this may never fill, so an offer would only expose
+# the seller's bond to an order that can never be evaluated (the contract allows up to 32).
+MAX_STAFFABLE_WORKERS = 16
 BPS = 10_000
 
 MODEL_DIGEST_KEY = b'"model_digest":"0x'
@@ -99,6 +104,11 @@ class OrderInfo:
     step_start: int
     agreed_at: int
     task_id: int
+    offer_bond: int
+    bond: int
+    filled: int
+    served: bool
+    exposed: bool
 
 
 # ---------------------------------------------------------------- the spec template
@@ -275,6 +285,27 @@ class Market:
     def model_uri(self, order_id: int) -> str:
         return self._event("Offered", order_id).model_uri
 
+    def _round_logs(self, name: str, order_id: int, task_id: int) -> list:
+        return [log for log in getattr(self.contract, name).range(
+                    self.start_block, self.board.head + 1, search_topics={"order_id": order_id})
+                if log.task_id == task_id]
+
+    def presented_keys(self, order_id: int, task_id: int) -> dict[str, bytes]:
+        """The X25519 keys the round's workers presented (the last one of each), by worker."""
+        return {to_checksum_address(log.worker): bytes(log.key)
+                for log in self._round_logs("KeyPresented", order_id, task_id)}
+
+    def served_boxes(self, order_id: int, task_id: int) -> dict[str, bytes] | None:
+        """The sealed copies the seller said it served in the round (worker → the box's
+        keccak256), or None while it has said nothing."""
+        logs = self._round_logs("ModelServed", order_id, task_id)
+        if not logs:
+            return None
+        return {to_checksum_address(w): bytes(b) for w, b in zip(logs[-1].workers, logs[-1].boxes)}
+
+    def serve_deadline(self, order_id: int) -> int:
+        return self.contract.serve_deadline(order_id)
+
     def evaluation_spec(self, order_id: int) -> JobSpec:
         """The spec the order's evaluation tasks run, checked against the digest on chain."""
         order = self.order(order_id)
@@ -379,8 +410,9 @@ class Buyer(Trader):
     def open(self, template: JobSpec, *, price: int, threshold_bps: int, reward: int,
              deposit: int, workers: int, join_blocks: int = 20, commit_blocks: int = 20,
              reveal_blocks: int = 20, offer_blocks: int = 200, release_blocks: int = 20,
-             finalize_blocks: int = 20, max_rounds: int = 3) -> int:
-        """Open an order escrowing price + reward; returns its id."""
+             finalize_blocks: int = 20, max_rounds: int = 3, offer_bond: int | None = None) -> int:
+        """Open an order escrowing price + reward; returns its id. `offer_bond` (default one
+        evaluation reward) is what an offer locks, the buyer's if the model is refused."""
         head, tail = split_template(template)
         samples = template.hparams.get("subset_size")
         if not isinstance(samples, int):
@@ -390,7 +422,8 @@ class Buyer(Trader):
                      max_rounds)
         receipt = self._send("open an order", "open_order", price, threshold_bps, samples,
                              bytes.fromhex(template.data_digest[2:]), head, tail, evaluation,
-                             deadlines, value=price + reward)
+                             deadlines, reward if offer_bond is None else offer_bond,
+                             value=price + reward)
         return receipt.decode_logs(self.market.contract.OrderOpened)[0].order_id
 
     def release_data(self, order_id: int) -> int:
@@ -402,6 +435,13 @@ class Buyer(Trader):
         self._send(f"release the data of order {order_id}", "release_data", order_id)
         return self.market.order(order_id).task_id
 
+    def decline(self, order_id: int) -> Stage:
+        """Turn down the locked offer before releasing the data: the order is open for offers
+        again and the seller's bond goes back to it. Nothing was served."""
+        self.market.order(order_id)
+        self._send(f"decline the offer on order {order_id}", "decline", order_id)
+        return self.market.order(order_id).stage
+
     def cancel(self, order_id: int) -> Stage:
         """End an order that never started evaluating (refund)."""
         self.market.order(order_id)
@@ -410,23 +450,65 @@ class Buyer(Trader):
 
 
 class Seller(Trader):
-    def offer(self, order_id: int, model_file: str | Path, model_uri: str | None = None) -> bytes:
-        """Check the order's template, then lock `model_file` (served at `model_uri`, default
-        the file itself) into the order. Returns the evaluation spec's digest.
+    def model_store(self) -> ArtifactStore:
+        """Where this seller uploads sealed copies of its model: its own public store
+        (`crowdml: worker: result_store:`, read at `result_url`), else its state folder's
+        artifact store (ape's test chain only)."""
+        policy = self.config.worker
+        if policy.result_store is None:
+            return self.artifacts
+        return ArtifactStore(policy.result_store, policy.result_store_options, policy.result_url)
 
-        Serve the model only after the buyer released its data: until then the offer can
-        lapse, and a buyer that saw the model would keep it."""
+    def offer(self, order_id: int, model_file: str | Path, model_uri: str | None = None) -> bytes:
+        """Check the order's template, then lock `model_file` into the order with the order's
+        offer bond. `model_uri` is the folder its sealed copies will be read from (default this
+        seller's model store). Returns the evaluation spec's digest.
+
+        Nothing is served here: `serve` seals the model to each worker of a full roster."""
         order = self.market.order(order_id)
         if order.stage != Stage.OPEN:
             raise TaskRejected(f"order {order_id} is {order.stage.label}, not open for offers")
+        if order.workers > MAX_STAFFABLE_WORKERS:
+            raise PolicyRefused(f"order {order_id} asks for {order.workers} evaluation workers; "
+                                f"a roster over {MAX_STAFFABLE_WORKERS} may never fill")
         head, tail = self.market.template(order_id)
         check_template(order, head, tail)
         model = keccak_digest(Path(model_file).read_bytes())
-        uri = model_uri or str(Path(model_file).resolve())
+        uri = model_uri or self.model_store().folder_uri()
         spec = fill_template(head, tail, model, uri)
         self._publish_spec(spec)
-        self._send(f"offer a model to order {order_id}", "offer", order_id, model, uri, head, tail)
+        self._send(f"offer a model to order {order_id}", "offer", order_id, model, uri, head, tail,
+                   value=order.offer_bond)
         return spec.digest()
+
+    def serve(self, order_id: int, model_file: str | Path) -> dict[str, bytes]:
+        """Serve the model to the current round: seal it to each key its full roster presented,
+        upload the sealed copies to this seller's model store (under their keccak256, in the
+        folder the offer named), and say so on chain. Returns worker → sealed copy's digest.
+
+        A worker that presents its key after this is not served; a round not served by its
+        serve deadline (`Market.serve_deadline`) is evaluated on no model, and refused."""
+        from .delivery import seal
+
+        order = self.market.order(order_id)
+        if order.seller != self.account.address:
+            raise TaskRejected(f"order {order_id}'s seller is {order.seller}, not "
+                               f"{self.account.address}: serve nothing")
+        model = Path(model_file).read_bytes()
+        if keccak_digest(model) != order.model:
+            raise TaskRejected(f"{model_file} is not order {order_id}'s model {hex32(order.model)}")
+        if order.stage != Stage.EVALUATING or order.served:
+            raise TaskRejected(f"order {order_id} is {order.stage.label}"
+                               + (", its round already served" if order.served else ""))
+        if not self.market.serve_deadline(order_id):
+            raise TaskRejected(f"order {order_id}'s round {order.rounds} (task {order.task_id}) "
+                               "has no full roster: nothing is served before")
+        store = self.model_store()
+        keys = self.market.presented_keys(order_id, order.task_id)
+        boxes = {worker: store.put(seal(model, key)) for worker, key in keys.items()}
+        self._send(f"serve order {order_id}'s model", "serve", order_id, list(boxes),
+                   list(boxes.values()))
+        return boxes
 
 
 def order_table(market: Market, order_id: int):
@@ -454,12 +536,15 @@ def order_table(market: Market, order_id: int):
         ("evaluation", f"{order.workers} workers, reward {wei(order.reward)}, deposit "
                        f"{wei(order.deposit)}, round {order.rounds} of {order.max_rounds}"),
         ("escrow", wei(order.escrow)),
+        ("offer bond", wei(order.offer_bond)),
     ]
     if order.stage >= Stage.OFFERED and order.seller != "0x" + "0" * 40:
         rows += [("seller", order.seller), ("model", hex32(order.model)),
                  ("spec", hex32(order.spec))]
     if order.task_id:
         rows.append(("task", f"{order.task_id} ({market.board.phase(order.task_id).label})"))
+        rows.append(("model served", "this round" if order.served
+                     else "in an earlier round" if order.exposed else "not yet"))
     for name, value in rows:
         table.add_row(name, value)
     return table

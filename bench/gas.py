@@ -116,16 +116,21 @@ def purchase_round(market, board, buyer, seller, crew, samples):
     gas = {}
     receipt = market.open_order(
         PRICE, 9000, samples, keccak(b"test data"), head, tail, (len(crew), DEPOSIT, REWARD, WINDOW, WINDOW, WINDOW),
-        (chain.blocks.head.number + WINDOW, WINDOW, WINDOW, 4), value=PRICE + REWARD, sender=buyer)
+        (chain.blocks.head.number + WINDOW, WINDOW, WINDOW, 4), REWARD, value=PRICE + REWARD, sender=buyer)
     gas["open"] = receipt.gas_used
     order_id = receipt.decode_logs(market.OrderOpened)[0].order_id
     gas["offer"] = market.offer(order_id, keccak(b"model"), "https://models.example/m.crowdml", head, tail,
-                                sender=seller).gas_used
+                                value=REWARD, sender=seller).gas_used
     gas["release"] = market.release_data(order_id, sender=buyer).gas_used
     task_id = market.order(order_id).task_id
     bits = [1] * samples
     result = keccak(encode_bits(bits))
     workers = [board.join(task_id, value=DEPOSIT, sender=w) for w in crew]
+    keys = [market.present_key(order_id, keccak(w.address.encode()), sender=w) for w in crew]
+    gas["present_key"] = keys[0].gas_used
+    workers += keys
+    gas["serve"] = market.serve(order_id, list(crew), [keccak(b"box" + w.address.encode()) for w in crew],
+                                sender=seller).gas_used
     workers += [board.commit(task_id, board.commitment_of(result, keccak(w.address.encode()), w, task_id),
                              sender=w) for w in crew]
     workers += [board.reveal(task_id, result, keccak(w.address.encode()), sender=w) for w in crew]
@@ -148,18 +153,19 @@ def purchase_figures():
         board = project.TaskBoard.deploy(NEUTRAL_SINK, sender=buyer)
         market = project.ModelPurchase.deploy(board, sender=buyer)
         purchase_round(market, board, buyer, seller, crew, 8)  # first-use storage out of the way
-        print(f"{'samples':>7} {'open':>7} {'offer':>7} {'release':>8} {'advance':>8} {'finalize':>9} "
+        print(f"{'samples':>7} {'open':>7} {'offer':>7} {'release':>8} {'serve':>7} {'advance':>8} {'finalize':>9} "
               f"{'calldata':>9} {'beyond':>7} {'claim':>7} {'purchase':>9} {'+ workers':>10}")
         for samples in PURCHASE_SAMPLES:
             gas = purchase_round(market, board, buyer, seller, crew, samples)
             beyond = gas["finalize"] - gas["finalize calldata"]
-            whole = sum(gas[step] for step in ("open", "offer", "release", "advance", "finalize"))
-            print(f"{samples:>7} {gas['open']:>7} {gas['offer']:>7} {gas['release']:>8} {gas['advance']:>8} "
+            whole = sum(gas[step] for step in ("open", "offer", "release", "serve", "advance", "finalize"))
+            print(f"{samples:>7} {gas['open']:>7} {gas['offer']:>7} {gas['release']:>8} {gas['serve']:>7} {gas['advance']:>8} "
                   f"{gas['finalize']:>9} {gas['finalize calldata']:>9} {beyond:>7} {gas['claim']:>7} {whole:>9} {whole + gas['workers']:>10}")
             if samples == 4096 and beyond > TARGET_FINALIZE_4096:
                 print(f"    finalize over the {TARGET_FINALIZE_4096} target")
-        print("purchase = open + offer + release + advance (settles the board task) + finalize, n = 3; "
-              "+ workers adds the three workers' join, commit, reveal and claim on the board")
+        print(f"purchase = open + offer + release + serve + advance (settles the board task) + finalize, n = 3; "
+              f"+ workers adds the three workers' present_key ({gas['present_key']} each), join, commit, "
+              "reveal and claim on the board")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ the correctness bitstring.
 
 crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`: the model is an artifact of a training job (its
-`encode_pytree({"params": …})` bytes), named by URI and keccak256 and verified like the data.
+`encode_pytree({"params": …})` bytes), named by keccak256 and verified like the data. In a model
+purchase the worker opens its sealed copy into the data cache before the job starts; a round the
+seller did not serve (the chain says so) is scored as no model: every bit 0.
 Counter 0 draws the subset: the first `subset_size` entries of a permutation of the test set. Bit
 i of the result is 1 when subset sample i is classified right; the result is `encode_bits(bits)`,
 so the contract can count the ones.
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field
 
-from ape_crowdml.compute.data import read_verified
+from ape_crowdml.compute.data import read_verified, unserved_model
 from ape_crowdml.compute.digest import decode_pytree, encode_bits
 from ape_crowdml.compute.errors import SpecError
 from ape_crowdml.compute.exact import EVALUATION_SLICES, MAX_SLICES, Arithmetic
@@ -72,11 +74,16 @@ def eval_step(convs, denses, x, y, *, numerics: Arithmetic):
 def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     config = Config(**hparams)
     numerics = Arithmetic(config.arithmetic, config.exact_slices)
-    params = decode_pytree(read_verified(config.model_uri, config.model_digest))["params"]
-    check_model(params)
     n = len(data["y_test"])
     if config.subset_size > n:
         raise SpecError(f"subset_size {config.subset_size} exceeds the {n} test samples")
+    if unserved_model(config.model_digest, keys.coin):
+        # The chain says the seller did not serve this round: no model classifies nothing
+        # right, which every honest worker of the round agrees on.
+        report.metric("accuracy", 0.0)
+        return encode_bits(np.zeros(config.subset_size, bool))
+    params = decode_pytree(read_verified(config.model_uri, config.model_digest))["params"]
+    check_model(params)
     subset = np.asarray(jax.random.permutation(keys.next(), n)[: config.subset_size])
     numerics.check_inputs(x_test=data["x_test"][subset])
     bits = eval_step(layers(params, "Conv"), layers(params, "Dense"),

@@ -7,7 +7,8 @@ import pytest
 from eth_utils import keccak
 
 from ape_crowdml.compute.exact import EVALUATION_SLICES
-from ape_crowdml.errors import DataDigestMismatch, PolicyRefused, SpecError, TaskRejected
+from ape_crowdml.errors import (DataDigestMismatch, ModelNotServedYet, PolicyRefused, SpecError,
+                                TaskRejected)
 from ape_crowdml.purchase import (
     Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
 )
@@ -113,7 +114,10 @@ def test_buyer_and_seller_objects(market, accounts, test_data, tmp_path, project
         model.write_bytes(b"weights")
         spec = seller.offer(order, model)
         assert market.order(order).spec == spec == market.evaluation_spec(order).digest()
-        assert market.evaluation_spec(order).hparams["model_uri"] == str(model.resolve())
+        # The offer names the folder of the sealed copies (this seller's store), never the file.
+        assert market.evaluation_spec(order).hparams["model_uri"] == \
+            seller.model_store().folder_uri()
+        assert market.order(order).bond == market.order(order).offer_bond == 3 * 10**15
         with pytest.raises(TaskRejected, match="not open for offers"):
             Seller(market, accounts[7]).offer(order, model)
         test_data.unlink()  # the buyer does not serve its data: released, workers could not run
@@ -137,3 +141,50 @@ def _render(table):
     console = Console(width=200, record=True)
     console.print(table)
     return console.export_text()
+
+
+def test_a_round_the_seller_never_serves_scores_no_model_and_refuses_it(
+        market, accounts, tmp_path, project, chain):
+    """Real workers and jobs: the roster presents its keys, the seller serves nothing by the
+    serve deadline; each worker records that from the chain, its job scores no model (every
+    bit 0), they agree, and the model is refused: the offer's bond goes to the buyer. Nobody,
+    the buyer included, was ever handed the model."""
+    import ape
+
+    from ape_crowdml.compute.data import export_digits
+    from crowdml_support import isolated_config
+
+    data = tmp_path / "test.npz"
+    export_digits(data)
+    with project.temp_config(crowdml={"state_folder": str(tmp_path / "state")}):
+        buyer, seller = Buyer(market, accounts[0]), Seller(market, accounts[8])
+        order = buyer.open(buyer.template(data, samples=SAMPLES), price=3 * 10**16,
+                           threshold_bps=9000, reward=2 * 10**15, deposit=2 * 10**16, workers=2,
+                           max_rounds=4, commit_blocks=30)
+        model = tmp_path / "model.crowdml"
+        model.write_bytes(b"weights nobody will see")
+        seller.offer(order, model)
+        task = buyer.release_data(order)
+    crew = [Worker(market.board, accounts[i], config=isolated_config(tmp_path / f"w{i}"))
+            for i in (1, 2)]
+    for worker in crew:
+        worker.join(task)
+    with pytest.raises(ModelNotServedYet, match="may serve the model until block"):
+        crew[0].work(task)  # presents its key, then waits for the seller
+    assert not crew[1].receive_model(task)  # presents its key
+    assert set(market.presented_keys(order, task)) == {w.account.address for w in crew}
+    with ape.reverts("not on the roster"):
+        market.contract.present_key(order, keccak(b"buyer's key"), sender=accounts[0])
+    chain.mine(market.serve_deadline(order) - chain.blocks.head.number + 1)
+    with pytest.raises(TaskRejected, match="serve window closed"):
+        seller.serve(order, model)
+    digests = {worker.work(task) for worker in crew}
+    for worker in crew:
+        worker.reveal(task)
+    buyer.advance(order)
+    for worker in crew:
+        worker.claim(task)  # publishes the agreed bitstring
+    bits = buyer.agreed_bits(order)
+    assert len(digests) == 1 and not bits.any() and len(bits) == SAMPLES
+    assert buyer.finalize(order, bits) == Stage.REFUSED
+    assert market.owed(order, accounts[0].address) == 3 * 10**16 + 2 * 10**15  # price + bond

@@ -49,8 +49,17 @@ def test_an_order_from_open_to_claim(ape, deployed, accounts, state):
               "--price", "0.03 ether", "--reward", "0.003 ether", "--deposit", "0.02 ether",
               "--workers", 3, "--rounds", 4, account=0)
     assert "order 1 opened" in out
+    (state / "junk.crowdml").write_bytes(b"junk")
+    assert "offered to order 1" in ape("order", "offer", 1, state / "junk.crowdml", account=7)
+    out = ape("order", "decline", 1, account=7, expect=1)
+    assert "ERROR: decline the offer on order 1 refused by the market: only the buyer" in out
+    assert "order 1: offer declined, open for offers again" in ape("order", "decline", 1,
+                                                                    account=0)
+    assert "claimed 0.003 ETH from order 1" in ape("order", "claim", 1, account=7)  # its bond
     out = ape("order", "offer", 1, state / "model.crowdml", account=8)
     assert "offered to order 1; evaluation spec 0x" in out
+    out = ape("order", "serve", 1, state / "model.crowdml", account=8, expect=1)
+    assert out.startswith("ERROR: order 1 is offered")  # nothing is served before a full roster
     out = ape("order", "offer", 1, state / "model.crowdml", account=7, expect=1)
     assert out.startswith("ERROR: order 1 is offered, not open for offers")
     out = ape("order", "release-data", 1, account=8, expect=1)
@@ -74,7 +83,7 @@ def test_an_order_from_open_to_claim(ape, deployed, accounts, state):
 
     out = ape("order", "claim", 1, account=0, expect=1)
     assert out.startswith("ERROR: order 1 (bought) owes")
-    assert "claimed 0.03 ETH from order 1" in ape("order", "claim", 1, account=8)
+    assert "claimed 0.033 ETH from order 1" in ape("order", "claim", 1, account=8)  # + bond
     status = ape("order", "status", 1)
     assert "bought" in status and "90 % of 10 samples" in status and "task" in status
 

@@ -14,7 +14,7 @@ from time import monotonic
 import numpy as np
 from eth_hash.auto import keccak
 
-from .digest import file_digest
+from .digest import file_digest, keccak_digest
 from .errors import DataDigestMismatch, first_line
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -179,6 +179,39 @@ def fetch_verified(uri: str, expected_digest: str | bytes, *, cached: bool = Tru
     return copy
 
 
+def _unserved_marker(model_digest: str | bytes, coin: bytes) -> Path:
+    return cache_folder() / f"{_as_digest(model_digest).hex()}.unserved-{coin.hex()}"
+
+
+def mark_unserved(model_digest: str | bytes, coin: bytes) -> None:
+    """Record, for the job run with `coin`, that the chain says the model was not served to
+    this worker (a model purchase's seller did not serve the round in time): the evaluation
+    job then scores no model, as every honest worker of the round does."""
+    marker = _unserved_marker(model_digest, coin)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+
+
+def unserved_model(model_digest: str | bytes, coin: bytes) -> bool:
+    """Whether `mark_unserved` recorded the model as not served for the run with `coin`."""
+    return _unserved_marker(model_digest, coin).exists()
+
+
+def keep_verified(data: bytes, expected_digest: str | bytes) -> Path:
+    """Put bytes obtained another way (a sealed copy opened here) into the content-addressed
+    cache, where `read_verified` of any URI with that digest finds them."""
+    expected = _as_digest(expected_digest)
+    if keccak_digest(data) != expected:
+        raise DataDigestMismatch(f"the bytes have keccak256 0x{keccak_digest(data).hex()}, "
+                                 f"not 0x{expected.hex()}")
+    copy = cache_folder() / expected.hex()
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+    partial.write_bytes(data)
+    partial.replace(copy)
+    return copy
+
+
 def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True,
                   max_bytes: int | None = None) -> bytes:
     """The file's bytes, after checking their keccak256 against `expected_digest`.
@@ -194,6 +227,11 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
         return fetch_verified(uri, expected_digest, cached=cached,
                               max_bytes=max_bytes).read_bytes()
     expected = _as_digest(expected_digest)
+    copy = cache_folder() / expected.hex()
+    if cached and copy.is_file() and (max_bytes is None or copy.stat().st_size <= max_bytes):
+        data = copy.read_bytes()  # kept by keep_verified (a model opened from its sealed copy)
+        if keccak_digest(data) == expected:
+            return data
     data, actual = read_limited(uri, max_bytes)
     if actual != expected:
         raise _mismatch(uri, actual, expected)
