@@ -144,16 +144,20 @@ def _render(table):
 
 
 def test_a_round_the_seller_never_serves_scores_no_model_and_refuses_it(
-        market, accounts, tmp_path, project, chain):
+        accounts, tmp_path, project, chain):
     """Real workers and jobs: the roster presents its keys, the seller serves nothing by the
     serve deadline; each worker records that from the chain, its job scores no model (every
     bit 0), they agree, and the model is refused: the offer's bond goes to the buyer. Nobody,
     the buyer included, was ever handed the model."""
     import ape
 
+    from ape_crowdml.parties import deploy_board
     from ape_crowdml.compute.data import export_digits
     from crowdml_support import isolated_config
 
+    # A board whose forfeits are burned, which workers accept.
+    market = Market.deploy(accounts[0], deploy_board(accounts[0],
+                                                     config=isolated_config(tmp_path / "deployer")))
     data = tmp_path / "test.npz"
     export_digits(data)
     with project.temp_config(crowdml={"state_folder": str(tmp_path / "state")}):
