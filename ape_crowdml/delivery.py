@@ -19,6 +19,7 @@ result digest already says; nobody without the result can derive the ephemeral k
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 from nacl.bindings import crypto_box_SEALBYTES
@@ -160,23 +161,30 @@ def fetch_agreed(announcements: list[tuple[str, str]], result: bytes, *,
         raise
 
 
-# How long a worker spends checking that a co-worker's announced URI already serves the bytes
-# it would upload: a co-worker's URI must not hold the agent for long.
-VERIFY_SECONDS = 20.0
+# How long a worker spends, in all, checking whether co-workers' announced URIs already serve
+# the bytes it would upload: announcements are a co-worker's words, and however many it makes,
+# or however slowly they answer, they must not hold the agent's loop for long. Past it the
+# worker uploads its own copy (a duplicate costs storage and one announcement's gas).
+VERIFY_SECONDS = 10.0
 
 
 def already_delivered(announcements: list[tuple[str, str]], upload: bytes, *,
                       local_ok: bool) -> str | None:
     """An announced URI that serves exactly `upload` (the same sealed bytes this worker would
-    upload: the seal is deterministic), if any; reads stop at its size and VERIFY_SECONDS."""
+    upload: the seal is deterministic), if any; each read stops at `upload`'s size, and all of
+    them together within VERIFY_SECONDS."""
     from .compute.data import is_remote, read_limited
     from .errors import DataDigestMismatch
 
+    ends = time.monotonic() + VERIFY_SECONDS
     for uri in dict.fromkeys(uri for _, uri in announcements):
+        left = ends - time.monotonic()
+        if left <= 0:
+            return None
         if not (local_ok or is_remote(uri)):
             continue
         try:
-            data, _ = read_limited(uri, len(upload), VERIFY_SECONDS)
+            data, _ = read_limited(uri, len(upload), left)
         except DataDigestMismatch:
             continue
         if data == upload:

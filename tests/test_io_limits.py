@@ -116,3 +116,24 @@ def test_a_job_process_is_handed_the_limits(limits, digits, tmp_path):
                       "subset_size": 10})
     with pytest.raises(DataDigestMismatch, match="holds more than 1,048,576 bytes"):
         run_job(spec, b"\x01" * 32)
+
+
+def test_co_workers_trickling_announcements_hold_a_worker_for_one_budget_in_all(monkeypatch):
+    """A hostile co-worker announces URIs that trickle forever: checking whether any of them
+    already serves this worker's upload stops after VERIFY_SECONDS in all, not per URI, so the
+    agent's loop is held once, briefly, however many it announces."""
+    from ape_crowdml import delivery
+
+    monkeypatch.setattr(delivery, "VERIFY_SECONDS", 1.0)
+    servers = [serve(b"", trickle=True) for _ in range(4)]
+    announcements = [(f"0x{i:040x}", url.replace("data.npz", f"{i}.box"))
+                     for i, (_, url) in enumerate(servers)]
+    started = time.monotonic()
+    assert delivery.already_delivered(announcements, b"y" * 1000, local_ok=False) is None
+    assert time.monotonic() - started < 1.8  # one budget, not four
+    for server, _ in servers:
+        server.shutdown()
+    # The control: a URI that serves the very bytes is found.
+    server, url = serve(b"y" * 1000, trickle=False)
+    assert delivery.already_delivered([("0x1", url)], b"y" * 1000, local_ok=False) == url
+    server.shutdown()
