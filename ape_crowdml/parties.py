@@ -567,10 +567,12 @@ class Worker(Party):
         me, coin = self.account.address, self.board.coin(task_id)
         public = market.presented_keys(order.order_id, task_id).get(me)
         secret = self.store.result_key(public) if public else None
+        deadline, head = market.serve_deadline(order.order_id), self.board.head
+        # Read after the head: once it reached the deadline no serve can come, so what the
+        # logs say then is final (a serve mined between two reads is not missed).
         boxes = market.served_boxes(order.order_id, task_id)
         if boxes is None:
-            deadline = market.serve_deadline(order.order_id)
-            if deadline and self.board.head < deadline:
+            if deadline and head < deadline:
                 if secret is None:  # never presented, or from another state folder
                     public = self.store.new_result_key()
                     with market_transaction(f"present a key for task {task_id}"):
