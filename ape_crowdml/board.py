@@ -9,90 +9,15 @@ node before its reveal.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import IntEnum
 from functools import cached_property
 from pathlib import Path
 
 from eth_abi import encode
 
 from .compute.digest import keccak_digest
+from .states import Phase, TaskInfo, WorkerStatus  # noqa: F401 - importers name them here too
 from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
                      UnknownTask, first_line)
-
-
-class Phase(IntEnum):
-    """TaskBoard.phase(); the names are the ones `status` prints."""
-
-    NONE = 0
-    JOINING = 1
-    AWAITING_COIN = 2
-    COMMIT = 3
-    REVEAL = 4
-    SETTLEABLE = 5
-    AGREED = 6
-    DISAGREED = 7
-    FAILED = 8
-    ABORTED = 9
-    COIN_WITHHELD = 10
-
-    def __str__(self) -> str:
-        # An IntEnum prints as its number since Python 3.11; a phase reads better by name.
-        return self.name
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", " ")
-
-    @property
-    def ended(self) -> bool:
-        return self >= Phase.AGREED
-
-
-class WorkerStatus(IntEnum):
-    """TaskBoard.worker_status(). A worker that has been paid out reads NONE again."""
-
-    NONE = 0
-    JOINED = 1
-    COMMITTED = 2
-    REVEALED = 3
-    TRIVIAL = 4
-
-    def __str__(self) -> str:
-        return self.name
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-
-@dataclass(frozen=True)
-class TaskInfo:
-    """TaskBoard.task(), with the phase decoded."""
-
-    task_id: int
-    requester: str
-    spec: bytes
-    data: bytes
-    reward: int
-    deposit: int
-    workers: int
-    join_blocks: int
-    commit_blocks: int
-    reveal_blocks: int
-    coin_hash: bytes
-    phase: Phase
-    deadline: int
-    joined: int
-    committed: int
-    revealed: int
-    valid: int
 
 
 def commitment(result: bytes, salt: bytes, worker: str, task_id: int) -> bytes:

@@ -14,7 +14,7 @@ the chain's head + 1.
 
 from __future__ import annotations
 
-from .board import Phase, TaskInfo, WorkerStatus
+from .states import Phase, TaskInfo, WorkerStatus
 from .errors import InsufficientFunds, TaskRejected
 
 MIN_WORKERS = 2  # TaskBoard.MIN_WORKERS

@@ -228,9 +228,11 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
                               max_bytes=max_bytes).read_bytes()
     expected = _as_digest(expected_digest)
     copy = cache_folder() / expected.hex()
-    if cached and copy.is_file() and (max_bytes is None or copy.stat().st_size <= max_bytes):
-        data = copy.read_bytes()  # kept by keep_verified (a model opened from its sealed copy)
-        if keccak_digest(data) == expected:
+    if cached and Path(uri).expanduser().is_dir() and copy.is_file():
+        # A folder names sealed copies (a model purchase's, on a chain where paths are
+        # allowed): the model is the one `keep_verified` opened into the cache.
+        data = copy.read_bytes()
+        if keccak_digest(data) == expected and (max_bytes is None or len(data) <= max_bytes):
             return data
     data, actual = read_limited(uri, max_bytes)
     if actual != expected:

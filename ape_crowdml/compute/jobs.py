@@ -9,7 +9,9 @@ wrote: the spec is then valid wherever it is read, and nothing outside these fol
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
+import sys
+import types
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from .digest import keccak_digest
@@ -94,3 +96,61 @@ def resolve_job(job: str | Path, folders: Iterable[str | Path] = ()) -> Path:
     if len(path.parts) > 1 or path.suffix not in ("", ".py"):
         raise SpecError(f"job file {job} does not exist")
     return JobRegistry(folders).named(str(job))
+
+
+# ---------------------------------------------------------------- loading a job
+
+
+def load_job_file(path: str | Path,
+                  expected_digest: str | None = None) -> tuple[types.ModuleType, str]:
+    """Import a job file by path; returns the module and the 0x-keccak256 of its bytes.
+
+    With `expected_digest`, a file with another digest is refused before any of it runs; the
+    checked bytes are the ones executed, so the file cannot change in between.
+    """
+    path = Path(path)
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read job file {path}: {exc.strerror}") from None
+    digest = "0x" + keccak_digest(source).hex()
+    if expected_digest is not None and digest != expected_digest:
+        raise SpecError(f"job file {path} has keccak256 {digest}, the spec expects "
+                        f"{expected_digest}; get the requester's job file")
+    name = f"crowdml_job_{path.stem}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module  # pydantic resolves a job's annotations through sys.modules
+    exec(compile(source, str(path), "exec"), module.__dict__)
+    if not callable(getattr(module, "run", None)):
+        raise SpecError(f"job file {path} defines no run(hparams, data, keys, report)")
+    return module, digest
+
+
+def load_job(spec: JobSpec, job_folders: Sequence[str | Path] = ()) -> types.ModuleType:
+    """Import the spec's job: the file with the spec's keccak256 among the shipped jobs and
+    `job_folders` (never the path the requester wrote, which is a label)."""
+    path = JobRegistry(job_folders).find(spec.job_digest, spec.job)
+    return load_job_file(path, spec.job_digest)[0]
+
+
+def _hparams_error(job: str | Path, exc) -> SpecError:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    return SpecError(f"hparams for {job}: {where + ': ' if where else ''}{message}")
+
+
+def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
+    """The hyperparameters as the job's `Config` reads them, in JSON form: types coerced,
+    defaults filled, None values dropped. SpecError names the first bad field."""
+    from pydantic import ValidationError
+
+    config_model = getattr(job, "Config", None)
+    if config_model is None:
+        return dict(hparams)
+    try:
+        config = config_model.model_validate(hparams)
+    except ValidationError as exc:
+        raise _hparams_error(job.__file__, exc) from None
+    return config.model_dump(mode="json", exclude_none=True)

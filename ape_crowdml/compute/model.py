@@ -45,7 +45,7 @@ def load_model(path: str | Path, spec: JobSpec | str | Path,
     and `job_folders`, and must define `make_trainer(config, classes)` (the shipped training
     jobs do). SpecError when it does not, or when the file is not a model."""
     from .digest import decode_result
-    from .runner import load_job
+    from .jobs import load_job
 
     spec = spec if isinstance(spec, JobSpec) else load_spec(spec)
     tree = decode_result(Path(path).read_bytes())

@@ -54,7 +54,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,8 @@ from . import errors
 from .digest import encode_pytree, keccak_digest
 from .errors import CanaryMismatch, CrowdmlError, SpecError
 from .jobenv import job_command
-from .jobs import JobRegistry, configured_job_folders
+from .jobs import (configured_job_folders, load_job,  # noqa: F401 - load_job_file: named here too
+                   load_job_file, normalise_hparams)
 from .profile import environment_for
 from .spec import Canary, JobSpec, check_arithmetic, load_spec, save_spec
 
@@ -167,61 +167,6 @@ class Report:
         self._flush()
         if self._bar is not None:
             self._bar.close()
-
-
-def load_job_file(path: str | Path,
-                  expected_digest: str | None = None) -> tuple[types.ModuleType, str]:
-    """Import a job file by path; returns the module and the 0x-keccak256 of its bytes.
-
-    With `expected_digest`, a file with another digest is refused before any of it runs; the
-    checked bytes are the ones executed, so the file cannot change in between.
-    """
-    path = Path(path)
-    try:
-        source = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"cannot read job file {path}: {exc.strerror}") from None
-    digest = "0x" + keccak_digest(source).hex()
-    if expected_digest is not None and digest != expected_digest:
-        raise SpecError(f"job file {path} has keccak256 {digest}, the spec expects "
-                        f"{expected_digest}; get the requester's job file")
-    name = f"crowdml_job_{path.stem}"
-    module = types.ModuleType(name)
-    module.__file__ = str(path)
-    sys.modules[name] = module  # pydantic resolves a job's annotations through sys.modules
-    exec(compile(source, str(path), "exec"), module.__dict__)
-    if not callable(getattr(module, "run", None)):
-        raise SpecError(f"job file {path} defines no run(hparams, data, keys, report)")
-    return module, digest
-
-
-def load_job(spec: JobSpec, job_folders: Sequence[str | Path] = ()) -> types.ModuleType:
-    """Import the spec's job: the file with the spec's keccak256 among the shipped jobs and
-    `job_folders` (never the path the requester wrote, which is a label)."""
-    path = JobRegistry(job_folders).find(spec.job_digest, spec.job)
-    return load_job_file(path, spec.job_digest)[0]
-
-
-def _hparams_error(job: str | Path, exc) -> SpecError:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    message = error["msg"].removeprefix("Value error, ")
-    return SpecError(f"hparams for {job}: {where + ': ' if where else ''}{message}")
-
-
-def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
-    """The hyperparameters as the job's `Config` reads them, in JSON form: types coerced,
-    defaults filled, None values dropped. SpecError names the first bad field."""
-    from pydantic import ValidationError
-
-    config_model = getattr(job, "Config", None)
-    if config_model is None:
-        return dict(hparams)
-    try:
-        config = config_model.model_validate(hparams)
-    except ValidationError as exc:
-        raise _hparams_error(job.__file__, exc) from None
-    return config.model_dump(mode="json", exclude_none=True)
 
 
 def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = False,

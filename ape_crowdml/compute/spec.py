@@ -171,8 +171,7 @@ def make_spec(
     defaults to being that location too. `result_key` (0x + 64 hex digits) is the X25519
     public key workers seal the agreed result to.
     """
-    from .jobs import resolve_job
-    from .runner import load_job_file, normalise_hparams
+    from .jobs import load_job_file, normalise_hparams, resolve_job
 
     job = resolve_job(job, job_folders)
     if not Path(data_path).is_file():

@@ -1,6 +1,6 @@
 """`ape crowdml deploy-market` and `ape crowdml order …`: buying a model only if it is good
-enough (ModelPurchase), a thin skin over ape_crowdml.purchase. Attached to the `cli` group by
-ape_crowdml/_cli.py; every user mistake is one `ERROR: …` line (exit status 1)."""
+enough (ModelPurchase), a thin skin over ape_crowdml.purchase. Added to the `cli` group by
+ape_crowdml/_cli/__init__.py; every user mistake is one `ERROR: …` line (exit status 1)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from ape.cli import ConnectedProviderCommand, network_option
 
-from ape_crowdml._cli import WEI, CrowdmlGroup, _board, _echo_table, board_option, cli
-from ape_crowdml._options import confirm, signer_option, yes_option
+from ape_crowdml._cli.common import WEI, CrowdmlGroup, _board, _echo_table, board_option
+from ape_crowdml._cli.options import confirm, signer_option, yes_option
 
 order_argument = click.argument("order_id", metavar="ORDER", type=click.IntRange(min=1))
 
@@ -44,7 +44,7 @@ def _market(market_address):
     return find_market(market_address)
 
 
-@cli.group(cls=CrowdmlGroup)
+@click.group(cls=CrowdmlGroup)
 def order():
     """Buy a model only if its precision on your test data reaches a bar (ModelPurchase)."""
 
@@ -62,7 +62,7 @@ def market_command(*, account: bool = True, name: str | None = None):
     return decorate
 
 
-@cli.command("deploy-market", cls=ConnectedProviderCommand)
+@click.command("deploy-market", cls=ConnectedProviderCommand)
 @network_option()
 @signer_option()
 @board_option()
