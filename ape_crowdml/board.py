@@ -15,6 +15,7 @@ from pathlib import Path
 from eth_abi import encode
 
 from .compute.digest import keccak_digest
+from . import preflight
 from .states import Phase, TaskInfo, WorkerStatus  # noqa: F401 - importers name them here too
 from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
                      UnknownTask, first_line)
@@ -262,9 +263,10 @@ class Board:
     def worker_status(self, task_id: int, worker: str) -> WorkerStatus:
         return WorkerStatus(self.contract.worker_status(task_id, worker))
 
-    def coin(self, task_id: int) -> bytes:
-        """The task's coin; TaskRejected while it is not fixed (or if it never was)."""
-        phase = self.task(task_id).phase
+    def coin(self, task_id: int, *, checked: TaskInfo | None = None) -> bytes:
+        """The task's coin; TaskRejected while it is not fixed (or if it never was).
+        `checked`: the task as the caller just read it, not read again."""
+        phase = (checked or self.task(task_id)).phase
         if phase in (Phase.JOINING, Phase.AWAITING_COIN, Phase.ABORTED, Phase.COIN_WITHHELD):
             raise TaskRejected(f"task {task_id}'s coin is not fixed: it is {phase.label}")
         return bytes(self.contract.coin_of(task_id))
@@ -360,11 +362,15 @@ class Board:
                              sender=sender, value=reward)
         return receipt.decode_logs(self.contract.Published)[0].task_id
 
-    def join(self, sender, task_id: int):
-        task = self.task(task_id)
-        preflight.check_join(task, self._next_block(), self.worker_status(task_id, sender.address),
-                             is_sink=sender.address == self.sink,
-                             balance=sender.balance)
+    def join(self, sender, task_id: int, *, checked: TaskInfo | None = None):
+        """Lock the deposit. `checked`: the task as the caller read it and checked its join
+        against (`Worker.check_terms`), not read or checked again; the simulation still is."""
+        task = checked
+        if task is None:
+            task = self.task(task_id)
+            preflight.check_join(task, self._next_block(),
+                                 self.worker_status(task_id, sender.address),
+                                 is_sink=sender.address == self.sink, balance=sender.balance)
         return self._send(f"join task {task_id}", "join", task_id, sender=sender,
                           value=task.deposit)
 
@@ -463,6 +469,3 @@ def revert_reason(exc: BaseException) -> str | None:
     text = str(exc.args[0]) if exc.args else ""
     return text.removeprefix("execution reverted").lstrip(": ") or "reverted without a reason"
 
-
-# The checks take the types defined above, so the module is imported after them.
-from . import preflight  # noqa: E402

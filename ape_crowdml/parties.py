@@ -343,6 +343,9 @@ class Worker(Party):
         super().__init__(board, account, **kwargs)
         self._delivered: set[int] = set()  # tasks whose artifact this worker has published
         self._warm = None  # the WarmPool of `worker.warm_jobs`, started on the first job
+        # task id → the spec `admit` passed for it: the join and the work step use that one
+        # admission, so a task's checks (its canary above all) run once.
+        self._admitted: dict[int, JobSpec] = {}
 
     def _start_job(self, spec: JobSpec, coin: bytes, progress: bool):
         from .compute.runner import start_job
@@ -370,7 +373,10 @@ class Worker(Party):
     def admission_facts(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple:
         """What `admit` needs from the chain, read here (in the caller's thread): the task, its
         spec or the URI to fetch it from, and the board's sink."""
-        task = self.board.task(task_id)
+        return self._facts(self.board.task(task_id), spec)
+
+    def _facts(self, task: TaskInfo, spec: JobSpec | str | Path | None) -> tuple:
+        task_id = task.task_id
         if spec is not None:
             source = as_spec(spec)
         else:
@@ -446,7 +452,16 @@ class Worker(Party):
         logger.info(f"task {task_id}: the job runs on {devices} {spec.profile.platform} "
                     f"device{'s' if devices > 1 else ''} of the {self.config.worker.devices} "
                     "offered; its digest does not depend on the device count")
+        self._admitted[task_id] = spec
         return task, spec
+
+    def _admission(self, task: TaskInfo, spec: JobSpec | str | Path | None) -> JobSpec:
+        """The spec this worker's one admission of `task` passed (admitting it now if none
+        did): the join and the work step share it."""
+        admitted = self._admitted.get(task.task_id)
+        if admitted is not None and admitted.digest() == task.spec:
+            return admitted
+        return self.admit(*self._facts(task, spec))[1]
 
     def result_store(self) -> ArtifactStore:
         """This worker's own store for agreed results (`worker.result_store`, else the state
@@ -478,12 +493,12 @@ class Worker(Party):
         `confirm(deposit)`, if given, runs between the checks and the deposit (raising stops
         the join). `admitted`: `admit` already passed for this task (the agent runs it off its
         loop), so only the board's own terms are checked again."""
-        task = self.check_terms(task_id)
+        task = self.check_terms(task_id)  # the one read of the task (and the board's terms)
         if not admitted:
-            self.check(task_id, spec)
+            self._admission(task, spec)
         if confirm is not None:
             confirm(task.deposit)
-        self.board.join(self.account, task_id)
+        self.board.join(self.account, task_id, checked=task)
 
     def check_terms(self, task_id: int) -> TaskInfo:
         """The board's own terms of joining (open seat, window, funds for the deposit and the
@@ -517,9 +532,9 @@ class Worker(Party):
         """`work`'s first half: the checks, then the job started in its own process (unless a
         result is stored for this spec and coin); returns at once. `finish_work` commits."""
         # Before any training: the coin is fixed, this seat can commit, and the window is open.
-        self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
-        task, spec = self.check(task_id, spec)
-        coin = self.board.coin(task_id)
+        task = self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
+        spec = self._admission(task, spec)  # the join's, when this worker joined it here
+        coin = self.board.coin(task_id, checked=task)
         store_url = self.result_store().url
         stored = self.store.result(*self._key(task_id))
         if stored and stored.spec == task.spec and stored.coin == coin:
