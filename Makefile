@@ -4,11 +4,11 @@ PYTHON ?= python3
 ANVIL_VERSION := 1.7.1
 VENV := .venv
 TOOLS := .tools
-# The job stack of cpu-portable and cpu-exact (ape_crowdml/compute/jobenv.py): its own Python 3.12
+# The job stack of cpu-portable and cpu-exact (crowdml_compute/jobenv.py): its own Python 3.12
 # environment with current jax and numpy 2, under `crowdml: job_env_folder:` (.jobenv here).
 JOB_STACK := jax0.11.2-py3.12
 JOB_ENV := .jobenv/$(JOB_STACK)
-STACKS := ape_crowdml/compute/stacks
+STACKS := crowdml_compute/stacks
 # The job stack's Python: found by `job-env create` (python3.12 on PATH, or pyenv's) unless
 # named here, e.g. `make PYTHON_JOBS=/usr/bin/python3.12`.
 PYTHON_JOBS ?=

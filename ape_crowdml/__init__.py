@@ -25,9 +25,9 @@ _API = {
     "Worker": "parties",
     "deploy_board": "parties",
     "find_board": "parties",
-    "load_spec": "compute.spec",
-    "make_spec": "compute.spec",
-    "load_model": "compute.model",
+    "load_spec": "crowdml_compute.spec",
+    "make_spec": "crowdml_compute.spec",
+    "load_model": "crowdml_compute.model",
     "CrowdmlConfig": "config",
     "CrowdmlError": "errors",
     "Buyer": "purchase",
@@ -46,7 +46,7 @@ def __getattr__(name: str):
         module = _API[name]
     except KeyError:
         raise AttributeError(f"module 'ape_crowdml' has no attribute {name!r}") from None
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = getattr(import_module(module if "." in module else f".{module}", __name__), name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
@@ -56,8 +56,8 @@ def __dir__() -> list[str]:
 
 
 def _host_settings():
-    """The compute side's settings (compute/host.py), from the active project's config."""
-    from ape_crowdml.compute.host import HostSettings
+    """The compute side's settings (crowdml_compute/host.py), from the active project's config."""
+    from crowdml_compute.host import HostSettings
     from ape_crowdml.config import crowdml_config
 
     config = crowdml_config()
@@ -67,12 +67,12 @@ def _host_settings():
                         fetch_seconds=config.worker.fetch_seconds)
 
 
-# A job's own environment (compute/jobenv.py) holds the compute side alone, without ape: there
+# A job's own environment (crowdml_compute/jobenv.py) holds the compute side alone, without ape: there
 # this package registers nothing and hosts nothing.
 if find_spec("ape") is not None:
     from ape import plugins
 
-    from ape_crowdml.compute import host as _host
+    from crowdml_compute import host as _host
 
     _host.install(_host_settings)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .compute.digest import keccak_digest
+from crowdml_compute.digest import keccak_digest
 from .errors import ArtifactMissing
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from eth_abi import encode
 
-from .compute.digest import keccak_digest
+from crowdml_compute.digest import keccak_digest
 from . import preflight
 from .states import Phase, TaskInfo, WorkerStatus  # noqa: F401 - importers name them here too
 from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,

@@ -40,7 +40,7 @@ from ape.api.config import PluginConfig
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from .compute.profile import Profile
+from crowdml_compute.profile import Profile
 from .board import NEUTRAL_SINK
 
 # Ape's name for a local fork of a network: mainnet-fork forks mainnet.
@@ -108,7 +108,7 @@ class CrowdmlConfig(PluginConfig):
     # embedded test chain only (one machine by construction); True: every party shares one disk.
     allow_local_uris: bool | None = None
     cache_folder: Path = Path("~/.cache/crowdml")
-    # Job environments (compute/jobenv.py): one interpreter per job stack a profile names.
+    # Job environments (crowdml_compute/jobenv.py): one interpreter per job stack a profile names.
     job_env_folder: Path = Path("~/.cache/crowdml/job-envs")
     job_envs: dict[str, Path] = Field(default_factory=dict)
     worker: WorkerPolicy = Field(default_factory=WorkerPolicy)

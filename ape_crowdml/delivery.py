@@ -110,7 +110,7 @@ def as_upload(artifact: bytes, summary: dict | None, result_key: str | None) -> 
 def _open(uri: str, secret_key: bytes | None, local_ok: bool) -> Delivery:
     """The delivery an announced URI serves, read within this party's read limits and opened
     with `secret_key` when there is one; ArtifactMissing or DataDigestMismatch, saying why."""
-    from .compute.data import is_remote, read_limited
+    from crowdml_compute.data import is_remote, read_limited
 
     if not (local_ok or is_remote(uri)):
         raise ArtifactMissing(f"{uri}: a path on the announcer's machine, not read "
@@ -124,7 +124,7 @@ def read_announced(announcements: list[tuple[str, str]], result: bytes, *,
     """The agreed result, from the first announced URI that serves it (`_open`), its artifact
     checked against `result` (the board's `result_of`). ArtifactMissing otherwise, saying
     every URI looked at and what was found there."""
-    from .compute.digest import keccak_digest
+    from crowdml_compute.digest import keccak_digest
     from .errors import DataDigestMismatch
 
     found: list[str] = []
@@ -173,7 +173,7 @@ def already_delivered(announcements: list[tuple[str, str]], upload: bytes, *,
     """An announced URI that serves exactly `upload` (the same sealed bytes this worker would
     upload: the seal is deterministic), if any; each read stops at `upload`'s size, and all of
     them together within VERIFY_SECONDS."""
-    from .compute.data import is_remote, read_limited
+    from crowdml_compute.data import is_remote, read_limited
     from .errors import DataDigestMismatch
 
     ends = time.monotonic() + VERIFY_SECONDS

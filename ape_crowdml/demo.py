@@ -177,7 +177,7 @@ def _zeroed_output(model_bytes: bytes) -> bytes:
     """A broken model: the trained one with its output layer zeroed (predicts one class)."""
     import numpy as np
 
-    from .compute.digest import decode_pytree, encode_pytree
+    from crowdml_compute.digest import decode_pytree, encode_pytree
 
     tree = decode_pytree(model_bytes)
     layers = tree["params"]
@@ -187,7 +187,7 @@ def _zeroed_output(model_bytes: bytes) -> bytes:
 
 
 def keccak_of_junk() -> bytes:
-    from .compute.digest import keccak_digest
+    from crowdml_compute.digest import keccak_digest
 
     return keccak_digest(JUNK)
 
@@ -197,8 +197,8 @@ def run_demo(console: Console | None = None) -> None:
     from ape import accounts, networks
     from ape.logging import LogLevel, logger
 
-    from .compute.data import export_digits
-    from .compute.spec import make_spec, save_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.spec import make_spec, save_spec
 
     console = console or Console()
     if not networks.provider.network.is_dev:  # a local chain, or a local fork

@@ -2,12 +2,12 @@
 
 `ape crowdml …` prints any of them as a single `ERROR:` line, as ape's own commands print an
 `Abort`, and exits with status 1 (status 2 stays click's, for a malformed command line). They are
-plain exceptions, not ape's: the compute side's (compute/errors.py) are raised in job
+plain exceptions, not ape's: the compute side's (crowdml_compute/errors.py) are raised in job
 environments that have no ape.
 """
 
 # The base and the compute side's errors live with the compute code, which runs without ape.
-from .compute.errors import (CanaryMismatch, CrowdmlError, DataDigestMismatch,  # noqa: F401
+from crowdml_compute.errors import (CanaryMismatch, CrowdmlError, DataDigestMismatch,  # noqa: F401
                              EnvironmentMismatch, EnvironmentMissing, SpecError, first_line)
 
 

@@ -30,17 +30,17 @@ from . import preflight
 from .board import (NEUTRAL_SINK, NO_DIGEST, Board, Phase, TaskInfo, WorkerStatus,
                     coin_hash, commitment, hex32, send)
 from .config import FORK_SUFFIX, CrowdmlConfig, crowdml_config
-from .compute.data import is_remote, read_verified
-from .compute.jobs import JobRegistry
+from crowdml_compute.data import is_remote, read_verified
+from crowdml_compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
                      MissingSecret, ModelNotServedYet, PolicyRefused, SpecError, TaskRejected,
                      first_line)
 from .policy import check_policy
-from .compute.spec import JobSpec, load_spec, parse_spec
+from crowdml_compute.spec import JobSpec, load_spec, parse_spec
 from .store import CoinOpening, Store, StoredResult
 
 if TYPE_CHECKING:
-    from .compute.runner import JobProcess
+    from crowdml_compute.runner import JobProcess
 
 def network_key() -> str:
     """The connected network as ecosystem:network."""
@@ -260,7 +260,7 @@ class Party:
 
     def fetch(self, task_id: int) -> dict:
         """The agreed result decoded: for a training task, the Flax `{"params": …}` tree."""
-        from .compute.digest import decode_result
+        from crowdml_compute.digest import decode_result
 
         return decode_result(self.fetch_bytes(task_id))
 
@@ -348,14 +348,14 @@ class Worker(Party):
         self._admitted: dict[int, JobSpec] = {}
 
     def _start_job(self, spec: JobSpec, coin: bytes, progress: bool):
-        from .compute.runner import start_job
+        from crowdml_compute.runner import start_job
 
         devices, folders = self.devices_for(spec), self.config.jobs_folder
         if not self.config.worker.warm_jobs or progress:
             return start_job(spec, coin, progress=progress, devices=devices, job_folders=folders)
         if self._warm is None:
-            from .compute.data import cache_root
-            from .compute.warm import WarmPool
+            from crowdml_compute.data import cache_root
+            from crowdml_compute.warm import WarmPool
 
             self._warm = WarmPool(cache_root())
         return self._warm.start(spec, coin, devices=devices, job_folders=folders)
@@ -417,8 +417,8 @@ class Worker(Party):
         """`check` without chain reads (`admission_facts` made them), so that it can run off the
         agent's loop: the spec fetched from its URI, the policy, the data fetched within the
         read limits, this machine's environment and the canary."""
-        from .compute.jobenv import check_environment
-        from .compute.runner import check_canary
+        from crowdml_compute.jobenv import check_environment
+        from crowdml_compute.runner import check_canary
 
         task_id = task.task_id
         if not isinstance(source, JobSpec):  # a URI a stranger named: not a path here
@@ -482,7 +482,7 @@ class Worker(Party):
         """The devices this worker runs `spec`'s job on: the largest divisor of its
         micro_batches (1 for a job without them) within `worker.devices` and the profile's
         limit."""
-        from .compute.parallel import devices_for
+        from crowdml_compute.parallel import devices_for
 
         micro_batches = int(spec.hparams.get("micro_batches", 1))
         return devices_for(spec.profile, micro_batches, self.config.worker.devices)
@@ -571,7 +571,7 @@ class Worker(Party):
         start, False while the seller may still serve; True at once for any other task."""
         from ape.logging import logger
 
-        from .compute.data import keep_verified, mark_unserved
+        from crowdml_compute.data import keep_verified, mark_unserved
         from .delivery import unseal
         from .purchase import market_transaction
 

@@ -10,11 +10,11 @@ from eth_utils import to_checksum_address
 
 from .board import TaskInfo
 from .config import WorkerPolicy
-from .compute.digest import file_digest
-from .compute.jobs import JobRegistry
+from crowdml_compute.digest import file_digest
+from crowdml_compute.jobs import JobRegistry
 from .errors import PolicyRefused, SpecError
-from .compute.profile import check_profile
-from .compute.spec import JobSpec, check_arithmetic
+from crowdml_compute.profile import check_profile
+from crowdml_compute.spec import JobSpec, check_arithmetic
 
 
 def allowed_job_digests(policy: WorkerPolicy, jobs: JobRegistry) -> dict[str, str]:

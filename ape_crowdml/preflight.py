@@ -88,7 +88,7 @@ def check_spec_uri(uri: str) -> None:
 def check_shared_uri(uri: str, what: str, local_ok: bool, hint: str = "") -> None:
     """A URI a party on another machine must read: a URL, unless local paths are allowed
     (`allow_local_uris`: by default on ape's embedded test chain only)."""
-    from .compute.data import is_remote
+    from crowdml_compute.data import is_remote
 
     if not (local_ok or is_remote(uri)):
         raise TaskRejected(f"{what} {uri} is a path on one machine, which a party on another "

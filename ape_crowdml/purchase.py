@@ -33,11 +33,11 @@ from eth_utils import to_checksum_address
 from .artifacts import ArtifactStore
 from .board import Board, hex32, mined, send, transaction
 from .config import CrowdmlConfig, crowdml_config
-from .compute.data import read_verified
-from .compute.digest import bits_body, decode_bits, file_digest, keccak_digest
-from .compute.jobs import shipped_folder
+from crowdml_compute.data import read_verified
+from crowdml_compute.digest import bits_body, decode_bits, file_digest, keccak_digest
+from crowdml_compute.jobs import shipped_folder
 from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
-from .compute.spec import JobSpec, check_arithmetic, make_spec, parse_spec
+from crowdml_compute.spec import JobSpec, check_arithmetic, make_spec, parse_spec
 
 PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
 EVALUATION_JOB = "evaluate_classifier.py"

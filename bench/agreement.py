@@ -69,7 +69,7 @@ def _has(command: str) -> bool:
 
 def run(spec_file: Path) -> str:
     """A job's digest from a fresh runner process of this interpreter, or its refusal."""
-    child = subprocess.run([sys.executable, "-s", "-P", "-m", "ape_crowdml.compute.runner", "--spec",
+    child = subprocess.run([sys.executable, "-s", "-P", "-m", "crowdml_compute.runner", "--spec",
                             str(spec_file), "--coin", COIN, "--no-progress"],
                            capture_output=True, text=True, env=os.environ)
     if child.returncode:
@@ -81,11 +81,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--profiles", nargs="+", default=["cpu-portable", "cpu-exact"])
     args = parser.parse_args()
-    from ape_crowdml.compute.data import export_digits
-    from ape_crowdml.compute.errors import CrowdmlError
-    from ape_crowdml.compute.jobs import resolve_job
-    from ape_crowdml.compute.profile import get_profile
-    from ape_crowdml.compute.spec import make_spec, save_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.errors import CrowdmlError
+    from crowdml_compute.jobs import resolve_job
+    from crowdml_compute.profile import get_profile
+    from crowdml_compute.spec import make_spec, save_spec
 
     folder = Path(tempfile.mkdtemp(prefix="crowdml-agreement-"))
     data = folder / "digits.npz"

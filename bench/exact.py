@@ -7,7 +7,7 @@ the 512 test images), and trains both models on scikit-learn's digits for their 
 
 - `float`: float arithmetic, JAX's default flags, every core (what a plain JAX user gets);
 - `cpu-exact`: float arithmetic under today's pinned profile (1 CPU, an 8-thread pool, AVX2);
-- `exact-1`, `exact-2`, `exact-3`: exact arithmetic (compute/exact.py) with 1, 2, 3 slices,
+- `exact-1`, `exact-2`, `exact-3`: exact arithmetic (crowdml_compute/exact.py) with 1, 2, 3 slices,
   default flags, every core (the cpu-portable profile).
 
 Modes alternate over ROUNDS rounds of child processes and each figure is the best warm run, so
@@ -50,14 +50,14 @@ def best(fn, repeats: int = REPEATS) -> float:
 def measure(mode: str, folder: Path, accuracy: bool) -> dict:
     arithmetic, slices, pinned = MODES[mode]
     if pinned:
-        from ape_crowdml.compute.profile import apply_environment, get_profile
+        from crowdml_compute.profile import apply_environment, get_profile
 
         apply_environment(get_profile(pinned))
     import numpy as np
 
-    from ape_crowdml.compute.digest import keccak_digest
-    from ape_crowdml.compute.keys import KeyStream, configure_jax
-    from ape_crowdml.compute.runner import Report, load_job_file
+    from crowdml_compute.digest import keccak_digest
+    from crowdml_compute.keys import KeyStream, configure_jax
+    from crowdml_compute.runner import Report, load_job_file
 
     if pinned:
         configure_jax(get_profile(pinned).jax_config)
@@ -90,8 +90,8 @@ def measure(mode: str, folder: Path, accuracy: bool) -> dict:
 
 
 def run_child(mode: str, folder: Path, accuracy: bool) -> dict:
-    from ape_crowdml.compute.jobenv import python_command
-    from ape_crowdml.compute.profile import get_profile
+    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile("cpu-portable"), STAGE)
     import os
@@ -116,7 +116,7 @@ def main() -> None:
         return
     import numpy as np
 
-    from ape_crowdml.compute.data import export_digits
+    from crowdml_compute.data import export_digits
 
     folder = Path(tempfile.mkdtemp(prefix="crowdml-bench-exact-"))
     export_digits(folder / "digits.npz")

@@ -110,7 +110,7 @@ def purchase_round(market, board, buyer, seller, crew, samples):
     """One whole purchase of a model right on every sample; returns gas per step."""
     from ape import chain
 
-    from ape_crowdml.compute.digest import bits_body, encode_bits
+    from crowdml_compute.digest import bits_body, encode_bits
 
     head, tail = b'{"hparams":{"model_digest":"0x', b'","subset_size":' + str(samples).encode() + b"}}"
     gas = {}

@@ -55,17 +55,17 @@ def timings(**fns) -> dict[str, float]:
 
 
 def measure(flags: str, devices: int, profile_name: str) -> dict:
-    from ape_crowdml.compute.profile import apply_environment, get_profile
+    from crowdml_compute.profile import apply_environment, get_profile
 
     profile = get_profile(profile_name)
     if flags == "exact":
         apply_environment(profile, devices)
     import jax
 
-    from ape_crowdml.compute import parallel
-    from ape_crowdml.compute.digest import keccak_digest
-    from ape_crowdml.compute.keys import KeyStream, configure_jax
-    from ape_crowdml.compute.runner import Report, load_job_file
+    from crowdml_compute import parallel
+    from crowdml_compute.digest import keccak_digest
+    from crowdml_compute.keys import KeyStream, configure_jax
+    from crowdml_compute.runner import Report, load_job_file
 
     configure_jax(profile.jax_config if flags == "exact" else None)
     parallel.configure_devices(profile, devices)
@@ -104,8 +104,8 @@ def measure(flags: str, devices: int, profile_name: str) -> dict:
 
 def run_child(flags: str, devices: int, profile: str = "cpu-exact") -> dict:
     """Measure in a child running the profile's job stack (its own interpreter)."""
-    from ape_crowdml.compute.jobenv import python_command
-    from ape_crowdml.compute.profile import get_profile
+    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile(profile), STAGE)
     env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}

@@ -71,10 +71,10 @@ def one_task(rehearsal) -> None:
 
 def job_costs(folder: Path) -> None:
     """Cold run_job vs the job twice in one process under the same profile."""
-    from ape_crowdml.compute.data import export_digits
-    from ape_crowdml.compute.profile import environment_for
-    from ape_crowdml.compute.runner import run_job
-    from ape_crowdml.compute.spec import make_spec, save_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.profile import environment_for
+    from crowdml_compute.runner import run_job
+    from crowdml_compute.spec import make_spec, save_spec
 
     data = folder / "digits.npz"
     export_digits(data)
@@ -85,7 +85,7 @@ def job_costs(folder: Path) -> None:
         start = time.perf_counter()
         result = run_job(spec, COIN)
         cold.append(time.perf_counter() - start)
-    from ape_crowdml.compute.jobenv import python_command
+    from crowdml_compute.jobenv import python_command
 
     python, extra = python_command(spec.profile, folder)  # the profile's job stack
     child = subprocess.run(
@@ -110,8 +110,8 @@ def warm_child(spec_file: str) -> None:
     """In a sealed process (the profile's environment): import, run the job once as `execute`
     does, then time the second run's pieces: the environment checks (which hash jaxlib's native
     files), loading the data, and the job's own `run`."""
-    from ape_crowdml.compute.profile import apply_environment
-    from ape_crowdml.compute.spec import load_spec
+    from crowdml_compute.profile import apply_environment
+    from crowdml_compute.spec import load_spec
 
     spec = load_spec(spec_file)
     apply_environment(spec.profile)
@@ -120,11 +120,11 @@ def warm_child(spec_file: str) -> None:
     import jax  # noqa: F401
     import optax  # noqa: F401
     imported = time.perf_counter() - start
-    from ape_crowdml.compute.data import load_dataset
-    from ape_crowdml.compute.digest import keccak_digest
-    from ape_crowdml.compute.keys import KeyStream
-    from ape_crowdml.compute.profile import check_environment, check_process
-    from ape_crowdml.compute.runner import Report, execute, load_job
+    from crowdml_compute.data import load_dataset
+    from crowdml_compute.digest import keccak_digest
+    from crowdml_compute.keys import KeyStream
+    from crowdml_compute.profile import check_environment, check_process
+    from crowdml_compute.runner import Report, execute, load_job
 
     start = time.perf_counter()
     first = execute(spec, COIN).digest

@@ -58,7 +58,7 @@ def plain_trainers(job, data):
     model = job.MLP(hidden=config.hidden, classes=classes, dropout=config.dropout)
     optimizer = optax.adam(config.learning_rate)
     steps = len(data["y_train"]) // config.batch_size
-    from ape_crowdml.compute.parallel import device_mesh
+    from crowdml_compute.parallel import device_mesh
 
     mesh = device_mesh(config.micro_batches)
     split = {"mesh": mesh, "micro_batches": config.micro_batches}
@@ -92,11 +92,11 @@ def plain_trainers(job, data):
 
 
 def measure(flagset: str) -> dict:
-    from ape_crowdml.compute.data import export_digits
-    from ape_crowdml.compute.keys import KeyStream, configure_jax
-    from ape_crowdml.compute.profile import apply_environment, get_profile
-    from ape_crowdml.compute.runner import Report, load_job
-    from ape_crowdml.compute.spec import make_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.keys import KeyStream, configure_jax
+    from crowdml_compute.profile import apply_environment, get_profile
+    from crowdml_compute.runner import Report, load_job
+    from crowdml_compute.spec import make_spec
 
     profile = get_profile("cpu-exact")
     if flagset == "cpu-exact":
@@ -109,7 +109,7 @@ def measure(flagset: str) -> dict:
     export_digits(tmp / "digits.npz")
     spec = make_spec(REPO / "jobs" / "train_classifier.py", tmp / "digits.npz", HPARAMS,
                      profile="cpu-exact")
-    from ape_crowdml.compute.data import load_dataset
+    from crowdml_compute.data import load_dataset
 
     data = load_dataset(spec.data_uri, spec.data_digest)
     train = load_job(spec)
@@ -127,7 +127,7 @@ def measure(flagset: str) -> dict:
 
     model_path = tmp / "model.bin"
     model_path.write_bytes(artifact["model"])
-    from ape_crowdml.compute.digest import decode_pytree, file_digest
+    from crowdml_compute.digest import decode_pytree, file_digest
 
     n_test = len(data["y_test"])
     eval_hparams = {"model_uri": str(model_path), "arithmetic": "float",
@@ -141,7 +141,7 @@ def measure(flagset: str) -> dict:
     layers = evaluate.layers(decode_pytree(artifact["model"])["params"], "Dense")
     x = jnp.tile(jnp.asarray(data["x_test"]), (EVAL_TILES, 1, 1))
     y = jnp.tile(jnp.asarray(data["y_test"], jnp.int32), EVAL_TILES)
-    from ape_crowdml.compute.exact import Arithmetic
+    from crowdml_compute.exact import Arithmetic
 
     step_s = timings(step=lambda: evaluate.eval_step(
         [], layers, x, y, numerics=Arithmetic("float")).block_until_ready())["step"][1]
@@ -167,12 +167,12 @@ def mnist_shaped(path: Path) -> None:
 
 def measure_mnist(pinning: str) -> dict:
     """Warm time of the job on the MNIST-shaped set, and its digest, in this process."""
-    from ape_crowdml.compute.data import load_dataset
-    from ape_crowdml.compute.digest import keccak_digest
-    from ape_crowdml.compute.keys import KeyStream, configure_jax
-    from ape_crowdml.compute.profile import apply_environment, get_profile
-    from ape_crowdml.compute.runner import Report, load_job
-    from ape_crowdml.compute.spec import make_spec
+    from crowdml_compute.data import load_dataset
+    from crowdml_compute.digest import keccak_digest
+    from crowdml_compute.keys import KeyStream, configure_jax
+    from crowdml_compute.profile import apply_environment, get_profile
+    from crowdml_compute.runner import Report, load_job
+    from crowdml_compute.spec import make_spec
 
     profile = get_profile("cpu-exact")
     if pinning == "unpinned":
@@ -201,8 +201,8 @@ def measure_mnist(pinning: str) -> dict:
 
 def run_child(flagset: str, cpus: str | None = None) -> dict:
     """Measure in a child running cpu-exact's job stack (its own interpreter)."""
-    from ape_crowdml.compute.jobenv import python_command
-    from ape_crowdml.compute.profile import get_profile
+    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile("cpu-exact"), STAGE)
     env = {k: v for k, v in {**os.environ, **extra}.items() if k != "XLA_FLAGS"}
@@ -214,9 +214,9 @@ def run_child(flagset: str, cpus: str | None = None) -> dict:
 
 
 def end_to_end_seconds() -> float:
-    from ape_crowdml.compute.data import export_digits
-    from ape_crowdml.compute.runner import run_job
-    from ape_crowdml.compute.spec import make_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.runner import run_job
+    from crowdml_compute.spec import make_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         export_digits(Path(tmp) / "digits.npz")

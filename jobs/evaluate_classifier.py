@@ -2,7 +2,7 @@
 on a coin-chosen subset of the test set (the paper's model-evaluation instance); the result is
 the correctness bitstring.
 
-crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
+crowdml job (contract in crowdml_compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`: the model is an artifact of a training job (its
 `encode_pytree({"params": …})` bytes), named by keccak256 and verified like the data. In a model
 purchase the worker opens its sealed copy into the data cache before the job starts; a round the
@@ -16,7 +16,7 @@ jobs (a job's behaviour must be fixed by its own source, whose keccak256 the spe
 Conv_i (3×3, SAME) → relu → 2×2 average pool, then flatten, then Dense_0 … Dense_k with relu
 between, as train_conv's ConvNet and (without Conv_i layers) train_classifier's MLP build
 them. With `arithmetic: exact` (the default) every product and sum is exact
-(compute/exact.py), so a correctness bit cannot flip between machines.
+(crowdml_compute/exact.py), so a correctness bit cannot flip between machines.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from pydantic import Field
 
-from ape_crowdml.compute.data import read_verified, unserved_model
-from ape_crowdml.compute.digest import decode_pytree, encode_bits
-from ape_crowdml.compute.errors import SpecError
-from ape_crowdml.compute.exact import EVALUATION_SLICES, MAX_SLICES, Arithmetic
-from ape_crowdml.compute.spec import Bytes32Hex, HParams
+from crowdml_compute.data import read_verified, unserved_model
+from crowdml_compute.digest import decode_pytree, encode_bits
+from crowdml_compute.errors import SpecError
+from crowdml_compute.exact import EVALUATION_SLICES, MAX_SLICES, Arithmetic
+from crowdml_compute.spec import Bytes32Hex, HParams
 
 
 class Config(HParams):

@@ -1,6 +1,6 @@
 """Train an MLP classifier with optax on a labelled dataset; the result is its parameters.
 
-crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
+crowdml job (contract in crowdml_compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`. The result is `encode_pytree({"params": params})`;
 `jobs/evaluate_classifier.py` evaluates it.
 
@@ -10,7 +10,7 @@ dropout (micro-batch k of a step drops out with `draw(step key, k)`). Steps per 
 `steps_per_epoch` when smaller: the canary's few steps at the real model and batch shapes.
 
 Each step's batch is cut into `micro_batches` micro-batches whose gradients are summed in a fixed
-order (ape_crowdml/compute/parallel.py): the worker may run it on any number of devices dividing
+order (crowdml_compute/parallel.py): the worker may run it on any number of devices dividing
 `micro_batches`, with one digest.
 """
 
@@ -27,12 +27,12 @@ from flax import linen as nn
 from flax.training import train_state
 from pydantic import Field, model_validator
 
-from ape_crowdml.compute.digest import encode_pytree
-from ape_crowdml.compute.errors import SpecError
-from ape_crowdml.compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
-from ape_crowdml.compute.keys import draw
-from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
-from ape_crowdml.compute.spec import HParams
+from crowdml_compute.digest import encode_pytree
+from crowdml_compute.errors import SpecError
+from crowdml_compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
+from crowdml_compute.keys import draw
+from crowdml_compute.parallel import device_mesh, host_value, mean_gradient, replicate
+from crowdml_compute.spec import HParams
 
 SGD_MOMENTUM = 0.9
 CANARY_STEPS = 3
@@ -48,7 +48,7 @@ class Config(HParams):
     epochs: int = Field(20, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
     micro_batches: int = Field(1, gt=0)  # K: a batch's fixed split; workers use devices dividing K
-    # exact: products and sums in integers, the same bits on any machine (compute/exact.py);
+    # exact: products and sums in integers, the same bits on any machine (crowdml_compute/exact.py);
     # float: plain float32, which agrees only on identical, pinned machines (cpu-exact).
     arithmetic: Literal["float", "exact"] = "exact"
     exact_slices: int = Field(EXACT_SLICES, ge=1, le=MAX_SLICES)  # 7-bit slices per operand

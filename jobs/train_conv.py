@@ -1,6 +1,6 @@
 """Train a small convolutional classifier; the result is its parameters.
 
-crowdml job (contract in ape_crowdml/compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
+crowdml job (contract in crowdml_compute/runner.py): `run(hparams, data, keys, report) -> bytes`.
 Hyperparameters are the fields of `Config`; the result is `encode_pytree({"params": params})`.
 
 Data: the spec's dataset (images of shape (H, W) or (H, W, C), e.g. scikit-learn's 8×8 digits),
@@ -8,7 +8,7 @@ or, when `synthetic` is set, a CIFAR-shaped set (32×32×3, 10 classes) generate
 from `synthetic.seed` and refused unless the keccak256 of its canonical encoding is
 `synthetic.digest` (for throughput figures without shipping 150 MB of images).
 
-Training goes through ape_crowdml/compute/parallel.py: each batch is cut into `micro_batches`
+Training goes through crowdml_compute/parallel.py: each batch is cut into `micro_batches`
 micro-batches whose gradients are summed in a fixed order, so a worker may use any number of
 devices dividing `micro_batches` and gets the same digest.
 
@@ -31,12 +31,12 @@ from flax import linen as nn
 from flax.training import train_state
 from pydantic import Field, model_validator
 
-from ape_crowdml.compute.digest import encode_pytree, keccak_digest
-from ape_crowdml.compute.keys import draw
-from ape_crowdml.compute.parallel import device_mesh, host_value, mean_gradient, replicate
-from ape_crowdml.compute.spec import Bytes32Hex, HParams
-from ape_crowdml.compute.errors import DataDigestMismatch, SpecError
-from ape_crowdml.compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
+from crowdml_compute.digest import encode_pytree, keccak_digest
+from crowdml_compute.keys import draw
+from crowdml_compute.parallel import device_mesh, host_value, mean_gradient, replicate
+from crowdml_compute.spec import Bytes32Hex, HParams
+from crowdml_compute.errors import DataDigestMismatch, SpecError
+from crowdml_compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
 
 CANARY_STEPS = 3
 CIFAR_SHAPE = (32, 32, 3)
@@ -63,7 +63,7 @@ class Config(HParams):
     steps_per_epoch: int | None = Field(None, gt=0)  # None: all n_train // batch_size
     micro_batches: int = Field(4, gt=0)  # K: a batch's fixed split; workers use devices dividing K
     synthetic: Synthetic | None = None  # train on generated CIFAR-shaped data instead
-    # exact: products and sums in integers, the same bits on any machine (compute/exact.py);
+    # exact: products and sums in integers, the same bits on any machine (crowdml_compute/exact.py);
     # float: plain float32, which agrees only on identical, pinned machines (cpu-exact).
     arithmetic: Literal["float", "exact"] = "exact"
     exact_slices: int = Field(EXACT_SLICES, ge=1, le=MAX_SLICES)  # 7-bit slices per operand

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from ape_crowdml.config import crowdml_config
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.parties import deploy_board
 
 TINY_HPARAMS = {"hidden": [16], "epochs": 1, "batch_size": 128}

@@ -29,11 +29,11 @@ def main() -> None:
     group = tuple(int(a) for a in sys.argv[4:7]) or None
     import jax
 
-    from ape_crowdml.compute import parallel
-    from ape_crowdml.compute.digest import keccak_digest
-    from ape_crowdml.compute.keys import KeyStream
-    from ape_crowdml.compute.profile import PROFILES
-    from ape_crowdml.compute.runner import Report, load_job_file
+    from crowdml_compute import parallel
+    from crowdml_compute.digest import keccak_digest
+    from crowdml_compute.keys import KeyStream
+    from crowdml_compute.profile import PROFILES
+    from crowdml_compute.runner import Report, load_job_file
 
     profile = PROFILES["cpu-portable"]
     parallel.configure_devices(profile, devices)

@@ -1,5 +1,5 @@
 """Running a job's own process by hand, as the runner does: the interpreter of the profile's
-job stack (compute/jobenv.py) with crowdml's packages staged on its PYTHONPATH."""
+job stack (crowdml_compute/jobenv.py) with crowdml's packages staged on its PYTHONPATH."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ape_crowdml.compute.jobenv import job_command, python_command
-from ape_crowdml.compute.profile import get_profile
+from crowdml_compute.jobenv import job_command, python_command
+from crowdml_compute.profile import get_profile
 
 
 # One folder of staged links for every command of the session (the links do not change).
@@ -18,7 +18,7 @@ _FOLDER = Path(tempfile.mkdtemp(prefix="crowdml-test-"))
 atexit.register(shutil.rmtree, _FOLDER, True)
 
 
-def job_process(module: str = "ape_crowdml.compute.runner", profile: str = "cpu-exact",
+def job_process(module: str = "crowdml_compute.runner", profile: str = "cpu-exact",
                 env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """(command's first words, environment) to start `python -m module` where `profile`'s
     jobs run; the command's own arguments follow."""

@@ -11,7 +11,7 @@ from ape.logging import logger
 from click.testing import CliRunner
 
 from ape_crowdml.agent import Agent
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.parties import Requester, Worker
 from ape_crowdml.render import wei
@@ -329,7 +329,7 @@ def test_a_task_refused_for_a_reason_the_worker_can_fix_is_checked_again(
     """No job environment yet: the agent says so once and keeps the task (in memory and in
     its store), checks it again later, and an agent restarted once the environment is built
     joins it. (A refusal the worker cannot fix drops the task for good: the hostile test.)"""
-    from ape_crowdml.compute import jobenv
+    from crowdml_compute import jobenv
 
     task = Requester(board, accounts[0], config=config).publish(
         tiny_spec_file(tmp_path), reward=REWARD, deposit=DEPOSIT, workers=2, requester_coin=False)

@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from ape_crowdml.board import Board, Phase
-from ape_crowdml.compute import runner
-from ape_crowdml.compute.spec import load_spec, save_spec
+from crowdml_compute import runner
+from crowdml_compute.spec import load_spec, save_spec
 from ape_crowdml.parties import Requester, Worker
 from crowdml_support import DEPOSIT, REWARD, board, config, tiny_spec_file  # noqa: F401 - fixtures
 

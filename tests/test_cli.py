@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from ape_crowdml.delivery import MAGIC, pack
 from ape_crowdml.render import wei
 from ape_crowdml.store import Store
-from ape_crowdml.compute.spec import load_spec
+from crowdml_compute.spec import load_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
 
@@ -138,7 +138,7 @@ def test_make_spec_adds_the_jobs_own_canary_by_default(state):
 
 
 def test_make_spec_with_a_canary_that_workers_reproduce(state):
-    from ape_crowdml.compute.runner import check_canary
+    from crowdml_compute.runner import check_canary
 
     result = CliRunner().invoke(ape_cli, [
         "crowdml", "make-spec", "jobs/train_classifier.py", str(state / "data" / "digits.npz"),

@@ -163,7 +163,7 @@ def test_ctrl_c_during_a_job_is_one_line_and_stops_the_job(tmp_path):
 
     import psutil
 
-    from ape_crowdml.compute.spec import make_spec, save_spec
+    from crowdml_compute.spec import make_spec, save_spec
 
     root = Path(__file__).resolve().parents[1]
     tiny_spec_file(tmp_path)  # the digits data set
@@ -180,7 +180,7 @@ def test_ctrl_c_during_a_job_is_one_line_and_stops_the_job(tmp_path):
 
     def job_processes():
         return [p for p in psutil.process_iter(["cmdline"])
-                if "ape_crowdml.compute.runner" in " ".join(p.info["cmdline"] or [])
+                if "crowdml_compute.runner" in " ".join(p.info["cmdline"] or [])
                 and str(tmp_path) not in " ".join(p.info["cmdline"] or []) and
                 p.pid != command.pid and command.pid in [a.pid for a in p.parents()]]
 

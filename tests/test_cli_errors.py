@@ -7,9 +7,9 @@ from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 
 from ape_crowdml.board import commitment
-from ape_crowdml.compute.digest import file_digest
+from crowdml_compute.digest import file_digest
 from ape_crowdml.parties import find_board
-from ape_crowdml.compute.spec import load_spec, save_spec
+from crowdml_compute.spec import load_spec, save_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
 

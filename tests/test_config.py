@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from ape_crowdml.config import CrowdmlConfig, crowdml_config
-from ape_crowdml.compute.data import cache_folder
+from crowdml_compute.data import cache_folder
 
 BURN = "0x000000000000000000000000000000000000dEaD"
 

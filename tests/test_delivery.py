@@ -13,9 +13,9 @@ import pytest
 from nacl.public import PrivateKey, SealedBox
 
 from ape_crowdml.board import Phase
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import decode_result, keccak_digest
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.digest import decode_result, keccak_digest
+from crowdml_compute.spec import make_spec
 from ape_crowdml.delivery import (Delivery, as_upload, first_divergence, new_result_key, pack,
                                   seal, unpack, unseal)
 from ape_crowdml.errors import ArtifactMissing, MissingSecret, SpecError, TaskRejected

@@ -6,9 +6,9 @@ from ape_crowdml.errors import PolicyRefused
 from ape_crowdml.estimate import block_seconds, job_estimate
 from ape_crowdml.parties import Requester, Worker
 from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, board, config  # noqa: F401
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.runner import with_canary
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.runner import with_canary
+from crowdml_compute.spec import make_spec
 
 
 def test_the_estimate_is_the_canarys_fixed_cost_plus_its_steady_rate():

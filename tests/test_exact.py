@@ -1,4 +1,4 @@
-"""Exact arithmetic's parts (compute/exact.py), in this process: accuracy per slice count, the
+"""Exact arithmetic's parts (crowdml_compute/exact.py), in this process: accuracy per slice count, the
 two slice paths' agreement, no int32 overflow on long sums, the fixed tree staying a tree after
 XLA, layers with flax's parameter trees, and the guard rails that refuse bad input in one line."""
 
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from ape_crowdml.compute import exact
-from ape_crowdml.compute.errors import SpecError
-from ape_crowdml.compute.profile import PROFILES
-from ape_crowdml.compute.spec import check_arithmetic, make_spec
-from ape_crowdml.compute.parallel import devices_for
+from crowdml_compute import exact
+from crowdml_compute.errors import SpecError
+from crowdml_compute.profile import PROFILES
+from crowdml_compute.spec import check_arithmetic, make_spec
+from crowdml_compute.parallel import devices_for
 
 RNG = np.random.default_rng(0)
 A = RNG.standard_normal((64, 300)).astype(np.float32)
@@ -178,7 +178,7 @@ def test_slice_counts_outside_one_to_four_are_refused():
 
 
 def test_portable_profiles_take_exact_specs_only(tmp_path):
-    from ape_crowdml.compute.data import export_digits
+    from crowdml_compute.data import export_digits
 
     export_digits(tmp_path / "digits.npz")
     spec = make_spec("train_classifier", tmp_path / "digits.npz", {"epochs": 1})

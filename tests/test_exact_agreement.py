@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ape_crowdml.compute.digest import encode_pytree
+from crowdml_compute.digest import encode_pytree
 from job_support import job_python
 
 REPO = Path(__file__).resolve().parents[1]

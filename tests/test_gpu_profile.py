@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ape_crowdml.compute import profile as profiles
-from ape_crowdml.compute.profile import (CUDA12_LIBRARIES, GPU_DEVICE_KIND, PLUGIN_PACKAGES,
+from crowdml_compute import profile as profiles
+from crowdml_compute.profile import (CUDA12_LIBRARIES, GPU_DEVICE_KIND, PLUGIN_PACKAGES,
                                          PROFILES, check_environment)
 from ape_crowdml.errors import EnvironmentMismatch
 
@@ -73,15 +73,15 @@ def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("profile", ["gpu-exact", "gpu-exact-cuda12"])
 def test_a_job_on_the_gpu_gives_one_digest(tmp_path, profile):
-    from ape_crowdml.compute import jobenv
+    from crowdml_compute import jobenv
 
     try:
         jobenv.check_environment(PROFILES[profile])
     except EnvironmentMismatch as exc:
         pytest.skip(f"this machine cannot run {profile}: {exc}")
-    from ape_crowdml.compute.data import export_digits
-    from ape_crowdml.compute.runner import run_job
-    from ape_crowdml.compute.spec import make_spec
+    from crowdml_compute.data import export_digits
+    from crowdml_compute.runner import run_job
+    from crowdml_compute.spec import make_spec
 
     export_digits(tmp_path / "digits.npz")
     job = Path(__file__).resolve().parents[1] / "jobs" / "train_conv.py"

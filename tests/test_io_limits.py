@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from ape_crowdml.compute import data
-from ape_crowdml.compute.data import (MAX_BYTES_VARIABLE, SECONDS_VARIABLE, export_digits,
+from crowdml_compute import data
+from crowdml_compute.data import (MAX_BYTES_VARIABLE, SECONDS_VARIABLE, export_digits,
                                       fetch_verified, limit_variables, load_dataset,
                                       read_verified)
-from ape_crowdml.compute.digest import file_digest
-from ape_crowdml.compute.runner import run_job
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.digest import file_digest
+from crowdml_compute.runner import run_job
+from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import DataDigestMismatch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Job environments (compute/jobenv.py): a profile's jobs run in the interpreter of its job
+"""Job environments (crowdml_compute/jobenv.py): a profile's jobs run in the interpreter of its job
 stack, not the plugin's; the compute side imports nothing from ape; a missing or wrong job
 environment is refused with one line before anything is spent."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ape_crowdml.compute import host, jobenv
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.profile import PINNED_PACKAGES, PLUGIN_PACKAGES, PROFILES
-from ape_crowdml.compute.runner import run_job
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute import host, jobenv
+from crowdml_compute.data import export_digits
+from crowdml_compute.profile import PINNED_PACKAGES, PLUGIN_PACKAGES, PROFILES
+from crowdml_compute.runner import run_job
+from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import CrowdmlError, EnvironmentMismatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +26,7 @@ COIN = bytes.fromhex("ab" * 32)
 WHERE_JOB = '''
 import importlib.util, sys
 import jax, numpy as np
-from ape_crowdml.compute.digest import encode_pytree
+from crowdml_compute.digest import encode_pytree
 
 def run(hparams, data, keys, report):
     report.metric("python", "%d.%d" % sys.version_info[:2])
@@ -70,7 +70,7 @@ def test_the_plugin_stack_still_runs_in_the_plugins_interpreter(where_job):
 
 
 def test_the_compute_side_imports_nothing_from_ape():
-    """Every import in compute/ is of the standard library, the job stack or compute/ itself:
+    """Every import in crowdml_compute/ is of the standard library, the job stack or crowdml_compute/ itself:
     no `ape`, no `ape_*` plugin, no module of the chain side (`from ..`)."""
     offending = []
     for path in sorted(COMPUTE.glob("*.py")):
@@ -86,7 +86,7 @@ def test_the_compute_side_imports_nothing_from_ape():
             for name in names:
                 top = name.split(".")[0]
                 if top == "ape" or (top.startswith("ape_") and
-                                    not name.startswith("ape_crowdml.compute")):
+                                    not name.startswith("crowdml_compute")):
                     offending.append(f"{path.name}: import {name}")
     assert offending == []
 

@@ -1,5 +1,5 @@
 """End-to-end job tests: real runs in child processes under the cpu-exact profile, in its job
-environment (Python 3.12, current jax; compute/jobenv.py).
+environment (Python 3.12, current jax; crowdml_compute/jobenv.py).
 
 Plain pytest (no ape fixtures). The trained artifact is session-scoped; each other run is one
 fresh process (~4 s: jax import, compile, train).
@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import decode_bits, decode_pytree, file_digest
+from crowdml_compute.data import export_digits
+from crowdml_compute.digest import decode_bits, decode_pytree, file_digest
 from ape_crowdml.errors import CanaryMismatch, DataDigestMismatch, SpecError
-from ape_crowdml.compute.runner import check_canary, run_job, with_canary
-from ape_crowdml.compute.spec import Canary, make_spec, save_spec
+from crowdml_compute.runner import check_canary, run_job, with_canary
+from crowdml_compute.spec import Canary, make_spec, save_spec
 from job_support import job_process, job_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,9 +104,9 @@ def test_fresh_jit_compile_in_one_process_gives_the_same_digest(train_spec, trai
     result, _ = trained
     spec_path = save_spec(train_spec, tmp_path / "spec.json")
     script = textwrap.dedent(f"""
-        from ape_crowdml.compute.profile import apply_environment
-        from ape_crowdml.compute.runner import execute
-        from ape_crowdml.compute.spec import load_spec
+        from crowdml_compute.profile import apply_environment
+        from crowdml_compute.runner import execute
+        from crowdml_compute.spec import load_spec
         spec = load_spec({str(spec_path)!r})
         apply_environment(spec.profile)
         import jax
@@ -140,7 +140,7 @@ def test_trained_classifier_is_well_above_chance(trained, digits):
 def test_evaluation_bitstring_matches_the_model(trained, digits):
     import jax
 
-    from ape_crowdml.compute.keys import base_key, draw
+    from crowdml_compute.keys import base_key, draw
 
     _, artifact_path = trained
     subset_size = 200
@@ -285,8 +285,8 @@ def test_load_model_predicts_as_the_job_evaluated_without_ape(train_spec, traine
 
 
 def test_load_model_refuses_what_is_not_a_model(train_spec, tmp_path):
-    from ape_crowdml.compute.digest import encode_bits
-    from ape_crowdml.compute.model import load_model
+    from crowdml_compute.digest import encode_bits
+    from crowdml_compute.model import load_model
 
     bits = tmp_path / "bits.crowdml"
     bits.write_bytes(encode_bits(np.array([True, False])))

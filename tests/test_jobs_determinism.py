@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.spec import make_spec, save_spec
 from job_support import job_process, job_python
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ needs_two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 or
 # process applies the profile as a job's process does.
 OPS_SCRIPT = """
 import hashlib, sys
-from ape_crowdml.compute.profile import PROFILES, apply_environment
+from crowdml_compute.profile import PROFILES, apply_environment
 if sys.argv[1] == "pin":
     apply_environment(PROFILES[sys.argv[2]])
 import jax, numpy as np
@@ -85,7 +85,7 @@ def test_control_the_same_ops_unpinned_differ_between_one_and_two_cpus_on_jax_0_
 
 
 def run_cli(spec_path: Path, cpus: str | None = None, env: dict | None = None) -> str:
-    """The job's digest from `python -m ape_crowdml.compute.runner`, under `taskset -c cpus`."""
+    """The job's digest from `python -m crowdml_compute.runner`, under `taskset -c cpus`."""
     command, environment = job_process(env={**os.environ, **(env or {})})
     command += ["--spec", str(spec_path), "--coin", COIN, "--no-progress"]
     if cpus is not None:

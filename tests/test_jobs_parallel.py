@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from job_support import job_process, job_python
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.parallel import devices_for
-from ape_crowdml.compute.profile import MAX_CPU_DEVICES, PROFILES
-from ape_crowdml.compute.runner import load_job_file, run_job
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.parallel import devices_for
+from crowdml_compute.profile import MAX_CPU_DEVICES, PROFILES
+from crowdml_compute.runner import load_job_file, run_job
+from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.errors import EnvironmentMismatch, SpecError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +45,12 @@ CONV = {"features": [8], "dense": 16, "batch_size": 32, "micro_batches": MICRO_B
 # dropout, SGD) next to the same loop through the fixed-order path, for the control.
 CHILD = """
 import json, sys
-from ape_crowdml.compute.profile import apply_environment
-from ape_crowdml.compute.spec import load_spec
+from crowdml_compute.profile import apply_environment
+from crowdml_compute.spec import load_spec
 
 devices, coin, specs = int(sys.argv[1]), bytes.fromhex(sys.argv[2]), sys.argv[3:]
 apply_environment(load_spec(specs[0]).profile, devices)
-from ape_crowdml.compute.runner import execute
+from crowdml_compute.runner import execute
 digests = {}
 for path in specs:
     spec = load_spec(path)
@@ -58,9 +58,9 @@ for path in specs:
         digests[path] = "0x" + execute(spec, coin, devices=devices).digest.hex()
 
 import hashlib, jax, numpy as np, optax
-from ape_crowdml.compute import parallel
-from ape_crowdml.compute.data import load_dataset
-from ape_crowdml.compute.runner import load_job
+from crowdml_compute import parallel
+from crowdml_compute.data import load_dataset
+from crowdml_compute.runner import load_job
 spec = load_spec(specs[0])
 job, data = load_job(spec), load_dataset(spec.data_uri, spec.data_digest)
 model = job.MLP(hidden=(32,), classes=10, dropout=0.0)
@@ -218,12 +218,12 @@ def test_synthetic_set_is_refused_unless_its_digest_matches(digits):
 MULTI_PROCESS_CHILD = """
 import hashlib, sys
 process, processes, local, port = map(int, sys.argv[1:5])
-from ape_crowdml.compute.profile import PROFILES, apply_environment
+from crowdml_compute.profile import PROFILES, apply_environment
 apply_environment(PROFILES["cpu-exact"], local)
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
-from ape_crowdml.compute import parallel
-from ape_crowdml.compute.keys import configure_jax
+from crowdml_compute import parallel
+from crowdml_compute.keys import configure_jax
 configure_jax(PROFILES["cpu-exact"].jax_config)
 parallel.configure_devices(PROFILES["cpu-exact"], local)
 if processes > 1:
@@ -298,7 +298,7 @@ def run_group(tmp_path: Path, specs: list[Path], coins: list[bytes]):
 @pytest.mark.parametrize("job", [MLP_JOB] + ([CONV_JOB] if FULL else []),
                          ids=["mlp", "conv"][:1 + FULL])
 def test_the_runner_runs_one_job_over_two_processes_with_one_process_bits(digits, tmp_path, job):
-    """`python -m ape_crowdml.compute.runner --coordinator … --processes 2 --process-id i`:
+    """`python -m crowdml_compute.runner --coordinator … --processes 2 --process-id i`:
     2 processes × 2 devices (jax.distributed on 127.0.0.1) each give the digest of the same
     spec run in one process on one device."""
     hparams = {**(MLP if job == MLP_JOB else CONV), "epochs": 1, "steps_per_epoch": 2}

@@ -14,10 +14,10 @@ import pytest
 
 from job_support import job_process
 from ape_crowdml.board import NEUTRAL_SINK
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import file_digest
-from ape_crowdml.compute.jobs import JobRegistry, resolve_job, shipped_folder
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.digest import file_digest
+from crowdml_compute.jobs import JobRegistry, resolve_job, shipped_folder
+from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.config import CrowdmlConfig, WorkerPolicy
 from ape_crowdml.errors import PolicyRefused, SpecError
 from ape_crowdml.policy import allowed_job_digests, check_policy
@@ -151,7 +151,7 @@ def test_after_installing_the_wheel_alone_a_stranger_runs_a_shipped_job(
     make = subprocess.run(
         [sys.executable, "-c",
          "import sys, ape_crowdml, crowdml_jobs\n"
-         "from ape_crowdml.compute.spec import make_spec, save_spec\n"
+         "from crowdml_compute.spec import make_spec, save_spec\n"
          "print(ape_crowdml.__file__, crowdml_jobs.__file__)\n"
          f"save_spec(make_spec('train_classifier', {str(digits)!r}, {TINY_HPARAMS!r}), "
          "'spec.json')"], capture_output=True, text=True, cwd=empty, env=env)

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from ape_crowdml.compute.data import cache_folder, export_digits, read_verified
+from crowdml_compute.data import cache_folder, export_digits, read_verified
 from ape_crowdml.errors import DataDigestMismatch
-from ape_crowdml.compute.runner import run_job
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.runner import run_job
+from crowdml_compute.spec import make_spec
 
 TINY = {"hidden": [16], "epochs": 1, "batch_size": 128}
 COIN = bytes(range(32))

@@ -13,12 +13,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ape_crowdml.compute import digest
-from ape_crowdml.compute.data import export_digits, load_dataset
+from crowdml_compute import digest
+from crowdml_compute.data import export_digits, load_dataset
 from ape_crowdml.errors import DataDigestMismatch, EnvironmentMismatch, SpecError
-from ape_crowdml.compute.profile import (PROFILES, Profile, check_environment, check_profile,
+from crowdml_compute.profile import (PROFILES, Profile, check_environment, check_profile,
                                  environment_for)
-from ape_crowdml.compute.spec import load_spec, make_spec, parse_spec
+from crowdml_compute.spec import load_spec, make_spec, parse_spec
 
 KECCAK_EMPTY = "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
 
@@ -96,7 +96,7 @@ def test_bits_decoding_refuses_padding_and_trailing_bytes():
 def test_every_bit_of_the_coin_changes_the_base_key():
     import jax
 
-    from ape_crowdml.compute.keys import base_key
+    from crowdml_compute.keys import base_key
 
     coin = bytes(range(32))
     keys = {jax.random.key_data(base_key(coin)).tobytes()}
@@ -110,7 +110,7 @@ def test_every_bit_of_the_coin_changes_the_base_key():
 def test_key_stream_hands_out_counters_in_order():
     import jax
 
-    from ape_crowdml.compute.keys import KeyStream, draw
+    from crowdml_compute.keys import KeyStream, draw
 
     stream = KeyStream(bytes(32))
     first = stream.next()
@@ -128,7 +128,7 @@ def digits(tmp_path):
 
 
 def test_exported_digits_are_byte_identical_across_processes(digits, tmp_path):
-    script = ("from ape_crowdml.compute.data import export_digits; "
+    script = ("from crowdml_compute.data import export_digits; "
               f"print(export_digits({str(tmp_path / 'b.npz')!r}).hex())")
     from job_support import job_python
 
@@ -180,7 +180,7 @@ def test_make_spec_refuses_missing_files(digits):
 
 
 def test_this_machine_matches_cpu_exact_and_a_changed_pin_is_named():
-    from ape_crowdml.compute import jobenv
+    from crowdml_compute import jobenv
 
     # cpu-exact is checked in its job environment's interpreter, as a worker does.
     jobenv.check_environment(PROFILES["cpu-exact"])
@@ -277,7 +277,7 @@ def test_a_weakened_or_foreign_profile_is_refused_unless_accepted():
 def test_worker_policy_refuses_a_weakened_profile_before_any_deposit(digits, tmp_path):
     from ape_crowdml.config import WorkerPolicy
     from ape_crowdml.board import NEUTRAL_SINK
-    from ape_crowdml.compute.jobs import JobRegistry
+    from crowdml_compute.jobs import JobRegistry
     from ape_crowdml.policy import check_policy
 
     spec = make_spec(TRAIN, digits, {})
@@ -296,7 +296,7 @@ def test_worker_policy_refuses_a_weakened_profile_before_any_deposit(digits, tmp
 def test_native_build_code_and_cpu_count_are_checked():
     import jax  # noqa: F401 - maps libjax_common.so into this process
 
-    from ape_crowdml.compute.profile import _loaded_native
+    from crowdml_compute.profile import _loaded_native
 
     profile = PROFILES["cpu-exact-jax0.7"]  # the plugin's stack: this process's jax
     check_environment(profile)

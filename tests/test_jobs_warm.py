@@ -1,12 +1,12 @@
-"""A warm job process (compute/warm.py) gives every job the digest a cold, fresh process gives:
+"""A warm job process (crowdml_compute/warm.py) gives every job the digest a cold, fresh process gives:
 specs of two jobs, and one spec with two coins, run one after another in one warm process."""
 
 import pytest
 
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.runner import run_job
-from ape_crowdml.compute.spec import make_spec
-from ape_crowdml.compute.warm import WarmPool
+from crowdml_compute.data import export_digits
+from crowdml_compute.runner import run_job
+from crowdml_compute.spec import make_spec
+from crowdml_compute.warm import WarmPool
 from ape_crowdml.errors import CrowdmlError
 from crowdml_support import TINY_HPARAMS
 

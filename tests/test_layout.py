@@ -79,3 +79,30 @@ def test_a_circle_is_found():
     graph = import_graph()
     graph["ape_crowdml.states"] = graph["ape_crowdml.states"] | {"ape_crowdml.preflight"}
     assert ["ape_crowdml.preflight", "ape_crowdml.states"] in circles(graph)
+
+
+COMPUTE = PACKAGE.parent / "crowdml_compute"
+
+
+def test_the_compute_package_imports_nothing_of_ape_or_the_plugin():
+    """It runs in job environments that hold no ape: by construction, not by a guard."""
+    for path in COMPUTE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level
+                     else [])
+            for name in names:
+                assert name.split(".")[0] not in ("ape", "ape_crowdml"), f"{path}: {name}"
+
+
+def test_the_plugin_imports_no_jax_when_loaded():
+    """Registering the plugin, and importing its API modules, loads no jax (ape starts fast; a
+    plugin install need not carry a numeric stack to run the chain side)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ape_crowdml, ape_crowdml.parties, ape_crowdml.purchase, "
+            "ape_crowdml.agent, ape_crowdml._cli, ape_crowdml.delivery, ape_crowdml.report; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from ape_crowdml.compute.profile import PLUGIN_PACKAGES, PROFILES
+from crowdml_compute.profile import PLUGIN_PACKAGES, PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
@@ -91,7 +91,7 @@ def test_the_plugin_stack_is_the_jobs_extra():
 @pytest.mark.parametrize("profile", [p for p in PROFILES.values() if p.stack != "plugin"],
                          ids=lambda p: p.name)
 def test_each_job_stack_lock_holds_its_profiles_pins_with_hashes(profile):
-    from ape_crowdml.compute.jobenv import get_stack
+    from crowdml_compute.jobenv import get_stack
 
     stack = get_stack(profile.stack)
     locked = parse_lock(stack.lock.read_text())

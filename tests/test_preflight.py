@@ -137,7 +137,7 @@ def test_release_coin_refusals(requester, workers, board, spec, accounts, refuse
 def test_commit_and_work_refusals(requester, workers, board, spec, refused, monkeypatch, chain,
                                   accounts):
     trained = []
-    monkeypatch.setattr("ape_crowdml.compute.runner.start_job", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr("crowdml_compute.runner.start_job", lambda *a, **k: trained.append(a))
     first, second = workers
     task = publish(requester, spec, join_blocks=20, commit_blocks=4, reveal_blocks=3)
     first.join(task)

@@ -10,10 +10,10 @@ import ape
 import pytest
 from eth_utils import keccak
 
-from ape_crowdml.compute.digest import bits_body, encode_bits
-from ape_crowdml.compute.exact import EVALUATION_SLICES
+from crowdml_compute.digest import bits_body, encode_bits
+from crowdml_compute.exact import EVALUATION_SLICES
 from ape_crowdml.purchase import Stage, fill_template, split_template
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.spec import make_spec
 
 PRICE = 3 * 10**16
 REWARD = 3 * 10**15  # splits evenly over 3 workers

@@ -8,8 +8,8 @@ import numpy as np
 
 from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import encode_pytree
+from crowdml_compute.data import export_digits
+from crowdml_compute.digest import encode_pytree
 from ape_crowdml.parties import Worker, deploy_board
 from ape_crowdml.purchase import Buyer, Market, Seller, Stage
 from crowdml_support import isolated_config

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 from eth_utils import keccak
 
-from ape_crowdml.compute.exact import EVALUATION_SLICES
+from crowdml_compute.exact import EVALUATION_SLICES
 from ape_crowdml.errors import (DataDigestMismatch, ModelNotServedYet, PolicyRefused, SpecError,
                                 TaskRejected)
 from ape_crowdml.purchase import (
     Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
 )
-from ape_crowdml.compute.spec import Canary, make_spec
+from crowdml_compute.spec import Canary, make_spec
 from ape_crowdml.config import crowdml_config
 from ape_crowdml.parties import Worker
 
@@ -152,7 +152,7 @@ def test_a_round_the_seller_never_serves_scores_no_model_and_refuses_it(
     import ape
 
     from ape_crowdml.parties import deploy_board
-    from ape_crowdml.compute.data import export_digits
+    from crowdml_compute.data import export_digits
     from crowdml_support import isolated_config
 
     # A board whose forfeits are burned, which workers accept.

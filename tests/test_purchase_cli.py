@@ -6,7 +6,7 @@ import re
 import pytest
 from eth_utils import keccak
 
-from ape_crowdml.compute.digest import encode_bits
+from crowdml_compute.digest import encode_bits
 
 DEPOSIT = 2 * 10**16
 SAMPLES = 10

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 
 from ape_crowdml.board import NEUTRAL_SINK
-from ape_crowdml.compute.digest import bits_body, encode_bits
+from crowdml_compute.digest import bits_body, encode_bits
 from ape_crowdml.purchase import Stage
 
 EXAMPLES = int(os.environ.get("CROWDML_FUZZ_EXAMPLES", "4"))

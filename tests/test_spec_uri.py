@@ -8,9 +8,9 @@ import fsspec
 import pytest
 
 from ape_crowdml.board import Phase
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.digest import keccak_digest
-from ape_crowdml.compute.spec import make_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.digest import keccak_digest
+from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import SpecError, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from crowdml_support import DEPOSIT, REWARD, TINY_HPARAMS, isolated_config, tiny_spec_file

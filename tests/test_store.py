@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ape_crowdml.artifacts import ArtifactStore
-from ape_crowdml.compute.digest import keccak_digest
+from crowdml_compute.digest import keccak_digest
 from ape_crowdml.errors import ArtifactMissing
 from ape_crowdml.store import CoinOpening, Store, StoredResult
 

@@ -1,7 +1,7 @@
 """The stranger: a worker that shares nothing with the requester but the chain and the stores
 the chain names. In an empty folder outside the repository, with the package installed alone
 from its wheel (no jobs/ folder, no repository on the path) and an ape-config.yaml holding only
-the board's address and its job environment (compute/jobenv.py), an `ape crowdml agent` process finds the task on the board, fetches its
+the board's address and its job environment (crowdml_compute/jobenv.py), an `ape crowdml agent` process finds the task on the board, fetches its
 spec at the URI of the Published event, the data and the shipped job by digest, works, reveals,
 uploads the result sealed to the requester's key into its own bucket (its own S3 server and key
 pair), announces the URI and claims. The requester, holding no credentials of anyone's, fetches
@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from ape_crowdml.board import Phase, WorkerStatus
-from ape_crowdml.compute import jobenv
-from ape_crowdml.compute.digest import decode_result, keccak_digest
+from crowdml_compute import jobenv
+from crowdml_compute.digest import decode_result, keccak_digest
 from ape_crowdml.delivery import pack, seal
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from crowdml_support import DEPOSIT, REWARD, isolated_config, sealed_spec

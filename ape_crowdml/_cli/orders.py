@@ -186,7 +186,7 @@ def advance(account, market_address, order_id):
               help="The agreed bitstring's encoding (default: fetched from the artifact store).")
 def finalize(account, market_address, order_id, bits_file):
     """Hand the contract the agreed bitstring; it counts the ones and decides."""
-    from ape_crowdml.compute.digest import decode_bits
+    from crowdml_compute.digest import decode_bits
     from ape_crowdml.errors import SpecError
     from ape_crowdml.purchase import Trader
 

@@ -219,7 +219,7 @@ def fetch(board_address, task_id, out):
     """Download the agreed result, verify it against result_of, print its parameters."""
     from ape.utils.basemodel import ManagerAccessMixin
 
-    from ape_crowdml.compute.digest import decode_result
+    from crowdml_compute.digest import decode_result
     from ape_crowdml.parties import Party
 
     from ape_crowdml.render import run_lines
@@ -294,21 +294,21 @@ def make_spec(job, data, hparams, profile, store, seal, data_uri, canary_hparams
     runs a canary here whose digest workers must reproduce before committing); prints its digest.
     JOB is a job file or the name of a shipped one (train_classifier, evaluate_classifier)."""
     from ape_crowdml.config import crowdml_config
-    from ape_crowdml.compute.jobs import resolve_job
+    from crowdml_compute.jobs import resolve_job
     from ape_crowdml.errors import SpecError
-    from ape_crowdml.compute.spec import make_spec as build, save_spec
+    from crowdml_compute.spec import make_spec as build, save_spec
 
     if no_canary and canary_hparams is not None:
         raise SpecError("--canary and --no-canary exclude each other")
     if digits:
-        from ape_crowdml.compute.data import export_digits
+        from crowdml_compute.data import export_digits
 
         export_digits(data)
     folders = crowdml_config().jobs_folder
     job = resolve_job(job, folders)
     spec = build(job, data, hparams, profile=profile, store=store)
     if not no_canary:
-        from ape_crowdml.compute.runner import with_canary
+        from crowdml_compute.runner import with_canary
 
         click.echo("running the canary here (a short run of the job at its real shapes, whose "
                    "digest workers must reproduce before depositing)…", err=True)
@@ -333,8 +333,8 @@ def make_spec(job, data, hparams, profile, store, seal, data_uri, canary_hparams
               help="Folder for result.bin and result.json.")
 def run_job(spec_file, coin, out):
     """Run a spec with a coin, off chain; prints the result digest."""
-    from ape_crowdml.compute.runner import run_job as run
-    from ape_crowdml.compute.spec import load_spec
+    from crowdml_compute.runner import run_job as run
+    from crowdml_compute.spec import load_spec
 
     from ape_crowdml.render import run_lines
 
@@ -432,8 +432,8 @@ def job_env():
 def job_env_create(stack, profile_name, path, python, system_site_packages, install):
     """Build the environment of a job stack (a venv with its pinned packages), then check it
     against the profile's pins as a worker does before a deposit."""
-    from ape_crowdml.compute import jobenv
-    from ape_crowdml.compute.profile import PROFILES, get_profile
+    from crowdml_compute import jobenv
+    from crowdml_compute.profile import PROFILES, get_profile
     from ape_crowdml.config import crowdml_config
     from ape_crowdml.errors import CrowdmlError
 
@@ -457,8 +457,8 @@ def job_env_create(stack, profile_name, path, python, system_site_packages, inst
 @job_env.command(name="list")
 def job_env_list():
     """The job stacks, the profiles on each, and the interpreter found for each here."""
-    from ape_crowdml.compute import jobenv
-    from ape_crowdml.compute.profile import PROFILES
+    from crowdml_compute import jobenv
+    from crowdml_compute.profile import PROFILES
     from ape_crowdml.errors import CrowdmlError
 
     for stack in jobenv.STACKS.values():

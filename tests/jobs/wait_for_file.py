@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ape_crowdml.compute.digest import encode_bits
-from ape_crowdml.compute.spec import HParams
+from crowdml_compute.digest import encode_bits
+from crowdml_compute.spec import HParams
 
 
 class Config(HParams):

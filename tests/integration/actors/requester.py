@@ -16,8 +16,8 @@ from ape import accounts, networks
 
 from ape_crowdml.artifacts import ArtifactStore
 from ape_crowdml.board import Phase
-from ape_crowdml.compute.data import export_digits
-from ape_crowdml.compute.spec import make_spec, save_spec
+from crowdml_compute.data import export_digits
+from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.config import crowdml_config
 from ape_crowdml.errors import CrowdmlError
 from ape_crowdml.parties import Requester, deploy_board

@@ -90,7 +90,7 @@ class KeyStream:
     """
 
     def __init__(self, coin: bytes):
-        self.coin = coin  # what a job may key a chain fact by (compute/data.py unserved_model)
+        self.coin = coin  # what a job may key a chain fact by (crowdml_compute/data.py unserved_model)
         self.base = base_key(coin)
         self.ctr = 0
 

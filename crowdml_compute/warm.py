@@ -95,7 +95,7 @@ class WarmPool:
         profile_file = folder / "profile.json"
         profile_file.write_text(spec.profile.model_dump_json())
         try:
-            command, extra = job_command(spec.profile, "ape_crowdml.compute.warm", folder)
+            command, extra = job_command(spec.profile, "crowdml_compute.warm", folder)
         except CrowdmlError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -161,7 +161,7 @@ def serve(profile_file: Path, devices: int, job_folders: Sequence[Path]) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.compute.warm")
+    parser = argparse.ArgumentParser(prog="python -m crowdml_compute.warm")
     parser.add_argument("--profile", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--jobs-folder", type=Path, action="append", default=[])

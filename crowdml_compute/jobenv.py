@@ -35,7 +35,7 @@ PLUGIN_STACK = "plugin"  # the plugin's own interpreter (jax 0.7.1, numpy 1.26, 
 # Written last into an environment `create` built: a folder without it is a broken build.
 COMPLETE_MARKER = ".crowdml-complete"
 # The two packages a job's process imports from crowdml, linked into its PYTHONPATH.
-CROWDML_PACKAGES = ("ape_crowdml", "crowdml_jobs")
+CROWDML_PACKAGES = ("crowdml_compute", "crowdml_jobs")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def stage(folder: Path) -> Path:
     from .jobs import shipped_folder
 
     folder.mkdir(parents=True, exist_ok=True)
-    targets = {"ape_crowdml": Path(__file__).resolve().parent.parent,
+    targets = {"crowdml_compute": Path(__file__).resolve().parent,
                "crowdml_jobs": shipped_folder().resolve()}
     for name in CROWDML_PACKAGES:
         link = folder / name
@@ -139,7 +139,7 @@ def check_environment(profile, python: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="crowdml-check-") as tmp:
         profile_file = Path(tmp) / "profile.json"
         profile_file.write_text(profile.model_dump_json())
-        command, extra = job_command(profile, "ape_crowdml.compute.jobenv", Path(tmp), python)
+        command, extra = job_command(profile, "crowdml_compute.jobenv", Path(tmp), python)
         from .data import CACHE_FOLDER_VARIABLE, cache_root
 
         env = environment_for(profile, {**os.environ, **extra,
@@ -222,9 +222,9 @@ def create(stack: str, folder: Path | None = None, python: str | None = None, *,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m ape_crowdml.compute.jobenv check PROFILE_JSON`, in a job environment: the
+    """`python -m crowdml_compute.jobenv check PROFILE_JSON`, in a job environment: the
     static checks of `profile.check_environment`; on failure, one JSON line and exit 1."""
-    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.compute.jobenv")
+    parser = argparse.ArgumentParser(prog="python -m crowdml_compute.jobenv")
     parser.add_argument("action", choices=["check"])
     parser.add_argument("profile", type=Path)
     args = parser.parse_args(argv)

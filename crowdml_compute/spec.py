@@ -85,7 +85,7 @@ class Canary(BaseModel):
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    job: str  # a label: the job file's name. Workers find the job by its digest (compute/jobs.py)
+    job: str  # a label: the job file's name. Workers find the job by its digest (crowdml_compute/jobs.py)
     job_digest: Bytes32Hex  # keccak256 of the job file's bytes
     hparams: FiniteJson  # as the job's Config normalises them (see make_spec)
     data_uri: str  # where workers get the .npz dataset: a local path, file:// or any fsspec URL

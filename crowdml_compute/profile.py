@@ -103,13 +103,6 @@ PLUGIN_JAXLIB_NATIVE = {
     "jaxlib/_jax.so": "3e98335113a78143dbc7077212cd14a75e324f780802eb53c9fa621091e1dfaf",
     "jaxlib/libjax_common.so": "723e174ba6a8aa19ae12251d4a497fa77317a311fafd6d99d7b6ade9b11a6471",
 }
-# The plugin modules a job's process runs: coin keys, data loading, result encoding, the runner.
-# Paths relative to the plugin package: every compute module, and the errors they raise.
-COMPUTE_MODULES = ("compute/data", "compute/digest", "compute/errors", "compute/exact",
-                   "compute/host",
-                   "compute/jobenv", "compute/jobs", "compute/keys", "compute/parallel",
-                   "compute/profile", "compute/runner", "compute/spec")
-
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
 # (the data's digest is checked whatever serves it).
@@ -151,13 +144,14 @@ MAX_CPU_DEVICES = 8
 
 @functools.cache
 def compute_code_digest() -> str:
-    """keccak256 over the sources of COMPUTE_MODULES (name, length, bytes), 0x-hex. Read once
-    per process: both built-in profiles and every check need it, and the sources do not change
-    under a running process."""
-    package = Path(__file__).parent.parent
+    """keccak256 over this package's sources (each module's path within it, length, bytes, in
+    path order), 0x-hex: the package's own code hash, with no list to keep. Read once per
+    process: the built-in profiles and every check need it, and the sources do not change under
+    a running process."""
+    package = Path(__file__).parent
     parts = []
-    for name in COMPUTE_MODULES:
-        source = (package / f"{name}.py").read_bytes()
+    for path in sorted(package.rglob("*.py")):
+        name, source = path.relative_to(package).as_posix(), path.read_bytes()
         parts += [name.encode(), len(source).to_bytes(8, "little"), source]
     return "0x" + keccak_digest(b"".join(parts)).hex()
 
@@ -186,7 +180,7 @@ class Profile(BaseModel):
     env: dict[str, str] = {}
     jax_config: dict[str, str | bool | int] = {}
     flax_config: dict[str, str | bool | int] = {}
-    # Jobs under this profile must compute with exact arithmetic (compute/exact.py): their sums
+    # Jobs under this profile must compute with exact arithmetic (crowdml_compute/exact.py): their sums
     # then have one result whatever the thread pool, CPU, ISA or device count, so the profile
     # pins none of them.
     requires_exact: bool = False
@@ -228,7 +222,7 @@ CPU_PORTABLE = dict(
     requires_exact=True,
 )
 # On GPU the host CPU platform stays available: exact jobs initialise their parameters there
-# (compute/exact.init_on_host), so erf_inv's GPU rounding never reaches the digest.
+# (crowdml_compute/exact.init_on_host), so erf_inv's GPU rounding never reaches the digest.
 GPU_PORTABLE = dict(
     platform="gpu",
     machine="x86_64",

@@ -7,10 +7,10 @@ A job is a plain Python file (see jobs/) that defines one entry function::
     def run(hparams: dict, data: dict[str, numpy.ndarray], keys: KeyStream, report: Report) -> bytes
 
 - `hparams`: the spec's hyperparameters. A job defines them as a `Config` model derived from
-  `ape_crowdml.compute.spec.HParams`; `make_spec` stores them as `Config` normalises them (types coerced,
+  `crowdml_compute.spec.HParams`; `make_spec` stores them as `Config` normalises them (types coerced,
   defaults filled, None dropped), so one run has one spec digest.
 - `data`: x_train, y_train, x_test, y_test from the spec's dataset, already digest-checked.
-- `keys`: a `ape_crowdml.compute.keys.KeyStream` built from the coin. Every random draw must come from it
+- `keys`: a `crowdml_compute.keys.KeyStream` built from the coin. Every random draw must come from it
   (`keys.next()`, or `draw(keys.base, ctr)` over counters from `keys.reserve(n)`); a job that
   seeds anything else is not reproducible from the coin.
 - `report`: `report.start(epochs, steps_per_epoch=…, batches_in_data=…)` once (the step counts
@@ -20,7 +20,7 @@ A job is a plain Python file (see jobs/) that defines one entry function::
   `report.metric(name, value)` for summary figures such as test accuracy.
 - returns the result's canonical bytes, `digest.encode_pytree(...)` or `digest.encode_bits(...)`;
   the result digest is their keccak256. Extra files a job reads (e.g. a model to evaluate) must be
-  named in `hparams` with their digest and read through `ape_crowdml.compute.data.read_verified`.
+  named in `hparams` with their digest and read through `crowdml_compute.data.read_verified`.
 
 Optionally, `canary(config) -> dict`: the hyperparameter overrides of the job's canary, a short run
 at the job's real model and batch shapes (without it, the canary is the whole job).
@@ -29,13 +29,13 @@ Processes
 ---------
 `run_job` (any process, jax loaded or not) starts a fresh child and waits for it (`start_job`
 returns at once, for a caller that does other things while the job runs),
-`python -m ape_crowdml.compute.runner --spec FILE --coin 0x… --out DIR --devices D
+`python -m crowdml_compute.runner --spec FILE --coin 0x… --out DIR --devices D
 [--jobs-folder DIR …]`, with the environment the spec's profile allows
 (`profile.environment_for`). The child runs the job on D devices (virtual ones on CPU;
 parallel.py keeps the digest independent of D), pins its CPUs and seals its environment again
 before importing jax (`profile.apply_environment`, so the same command run by hand is sealed
 too), checks the environment and the data digest, finds the job by its keccak256
-(compute/jobs.py: the shipped jobs and the folders it is given; any working directory will do),
+(crowdml_compute/jobs.py: the shipped jobs and the folders it is given; any working directory will do),
 runs the job, and writes
 `result.bin` (the artifact), `result.json` (digest, transcript, metrics) or `error.json` into DIR.
 The same command is the user-facing CLI: it prints the digest on stdout and a progress bar on
@@ -294,7 +294,7 @@ def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path |
         job_folders = configured_job_folders()
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
     try:
-        command, extra = job_command(spec.profile, "ape_crowdml.compute.runner", tmp)
+        command, extra = job_command(spec.profile, "crowdml_compute.runner", tmp)
     except CrowdmlError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -384,7 +384,7 @@ def check_canary(spec: JobSpec, devices: int = 1,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ape_crowdml.compute.runner",
+    parser = argparse.ArgumentParser(prog="python -m crowdml_compute.runner",
                                      description="Run a crowdml job spec with a coin.")
     parser.add_argument("--spec", required=True, help="job spec JSON file")
     parser.add_argument("--coin", required=True, help="the task's coin r: 0x + 64 hex digits")
