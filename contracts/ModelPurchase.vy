@@ -44,17 +44,7 @@
 """
 
 
-interface TaskBoard:
-    def publish(spec: bytes32, data: bytes32, workers: uint256, deposit: uint256, join_blocks: uint256, commit_blocks: uint256, reveal_blocks: uint256, coin_hash: bytes32, trivial: DynArray[bytes32, 16], spec_uri: String[512]) -> uint256: payable
-    def abort(task_id: uint256): nonpayable
-    def settle(task_id: uint256): nonpayable
-    def claim(task_id: uint256): nonpayable
-    def phase(task_id: uint256) -> uint8: view
-    def deadline(task_id: uint256) -> uint256: view
-    def owed(task_id: uint256, account: address) -> uint256: view
-    def result_of(task_id: uint256) -> bytes32: view
-    def worker_status(task_id: uint256, worker: address) -> uint8: view
-    def FORFEIT_SINK() -> address: view
+import ITaskBoard
 
 
 # @dev An order's terms and progress, as the `order` view returns them.
@@ -333,7 +323,7 @@ H16: constant(uint256) = max_value(uint256) // 65535
 
 
 # @dev The board that runs every evaluation.
-BOARD: public(immutable(TaskBoard))
+BOARD: public(immutable(ITaskBoard))
 # The block this market was created in: where a reader's event scan starts.
 CREATED_AT: public(immutable(uint256))
 
@@ -369,7 +359,7 @@ def __init__(board: address):
     @param board The TaskBoard that runs the evaluations.
     """
     assert board.is_contract, "board is not a contract"
-    BOARD = TaskBoard(board)
+    BOARD = ITaskBoard(board)
     CREATED_AT = block.number
 
 

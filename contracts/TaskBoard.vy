@@ -32,6 +32,11 @@
      on every EVM chain, also where prevrandao is a constant.
 """
 
+import ITaskBoard
+
+implements: ITaskBoard
+
+
 
 # @dev Packed per-task working state, unpacked into memory by `_load_known`
 #      (`_load` for the views) and written back by `_save`. Field widths are
