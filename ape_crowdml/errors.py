@@ -19,6 +19,10 @@ class UnknownTask(CrowdmlError):
     """The task id does not exist on this board."""
 
 
+class UnknownOrder(CrowdmlError):
+    """The order id does not exist on this market."""
+
+
 class TaskRejected(CrowdmlError):
     """The board refuses the call (wrong phase, deadline passed, wrong deposit, …): found by the
     local checks or by simulating the transaction, before anything is sent."""

@@ -36,7 +36,8 @@ from .config import CrowdmlConfig, crowdml_config
 from crowdml_compute.data import read_verified
 from crowdml_compute.digest import bits_body, decode_bits, file_digest, keccak_digest
 from crowdml_compute.jobs import shipped_folder
-from .errors import BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected
+from .errors import (BoardNotConfigured, CrowdmlError, PolicyRefused, SpecError, TaskRejected,
+                     UnknownOrder)
 from crowdml_compute.spec import JobSpec, check_arithmetic, make_spec, parse_spec
 
 PACKAGED_PURCHASE = Path(__file__).with_name("ModelPurchase.json")
@@ -259,7 +260,7 @@ class Market:
     def order(self, order_id: int) -> OrderInfo:
         count = self.contract.order_count()
         if not 1 <= order_id <= count:
-            raise CrowdmlError(f"order {order_id} does not exist on market {self.address} "
+            raise UnknownOrder(f"order {order_id} does not exist on market {self.address} "
                                f"(orders 1..{count})")
         view = self.contract.order(order_id)
         fields = {name: getattr(view, name) for name in OrderInfo.__dataclass_fields__
@@ -509,42 +510,3 @@ class Seller(Trader):
         self._send(f"serve order {order_id}'s model", "serve", order_id, list(boxes),
                    list(boxes.values()))
         return boxes
-
-
-def order_table(market: Market, order_id: int):
-    """What `ape crowdml order status` prints: stage, terms, the step's deadline, evaluation."""
-    from rich.table import Table
-
-    from .render import wei
-
-    order = market.order(order_id)
-    head = market.board.head
-    table = Table(title=f"order {order_id} on {market.address} (block {head})", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    deadline = {Stage.OPEN: order.offer_deadline,
-                Stage.OFFERED: order.step_start + order.release_blocks}.get(order.stage)
-    if order.stage == Stage.EVALUATING and order.agreed_at:
-        deadline = order.agreed_at + order.finalize_blocks
-    rows = [
-        ("stage", order.stage.label),
-        ("deadline", f"block {deadline}" if deadline else "—"),
-        ("buyer", order.buyer),
-        ("price", wei(order.price)),
-        ("bar", f"{order.threshold / 100:g} % of {order.samples} samples"),
-        ("test data", hex32(order.test_data)),
-        ("evaluation", f"{order.workers} workers, reward {wei(order.reward)}, deposit "
-                       f"{wei(order.deposit)}, round {order.rounds} of {order.max_rounds}"),
-        ("escrow", wei(order.escrow)),
-        ("offer bond", wei(order.offer_bond)),
-    ]
-    if order.stage >= Stage.OFFERED and order.seller != "0x" + "0" * 40:
-        rows += [("seller", order.seller), ("model", hex32(order.model)),
-                 ("spec", hex32(order.spec))]
-    if order.task_id:
-        rows.append(("task", f"{order.task_id} ({market.board.phase(order.task_id).label})"))
-        rows.append(("model served", "this round" if order.served
-                     else "in an earlier round" if order.exposed else "not yet"))
-    for name, value in rows:
-        table.add_row(name, value)
-    return table

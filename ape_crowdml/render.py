@@ -1,10 +1,12 @@
-"""Rich tables for `status`, `list` and the demo: what a person reads, built from Board views."""
+"""Rich tables for `status`, `list`, `order status` and the demo (what a person reads, built
+from the board's and the market's views), and the same facts as records for `--format`."""
 
 from __future__ import annotations
 
 from rich.table import Table
 
 from .board import Board, Phase, TaskInfo, WorkerStatus, hex32
+from .purchase import Market, Stage
 
 
 def short(value: bytes | str, keep: int = 10) -> str:
@@ -171,3 +173,59 @@ def run_lines(summary: dict | None) -> list[str]:
              for i, epoch in enumerate(summary.get("epochs", []), 1) if epoch]
     lines += [f"{name}: {_figure(value)}" for name, value in summary.get("metrics", {}).items()]
     return [*lines, f"({WORKERS_WORD})"] if lines else []
+
+
+def order_table(market: Market, order_id: int) -> Table:
+    """What `ape crowdml order status` prints: stage, terms, the step's deadline, evaluation."""
+    order = market.order(order_id)
+    head = market.board.head
+    table = Table(title=f"order {order_id} on {market.address} (block {head})", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    deadline = {Stage.OPEN: order.offer_deadline,
+                Stage.OFFERED: order.step_start + order.release_blocks}.get(order.stage)
+    if order.stage == Stage.EVALUATING and order.agreed_at:
+        deadline = order.agreed_at + order.finalize_blocks
+    rows = [
+        ("stage", order.stage.label),
+        ("deadline", f"block {deadline}" if deadline else "—"),
+        ("buyer", order.buyer),
+        ("price", wei(order.price)),
+        ("bar", f"{order.threshold / 100:g} % of {order.samples} samples"),
+        ("test data", hex32(order.test_data)),
+        ("evaluation", f"{order.workers} workers, reward {wei(order.reward)}, deposit "
+                       f"{wei(order.deposit)}, round {order.rounds} of {order.max_rounds}"),
+        ("escrow", wei(order.escrow)),
+        ("offer bond", wei(order.offer_bond)),
+    ]
+    if order.stage >= Stage.OFFERED and order.seller != "0x" + "0" * 40:
+        rows += [("seller", order.seller), ("model", hex32(order.model)),
+                 ("spec", hex32(order.spec))]
+    if order.task_id:
+        rows.append(("task", f"{order.task_id} ({market.board.phase(order.task_id).label})"))
+        rows.append(("model served", "this round" if order.served
+                     else "in an earlier round" if order.exposed else "not yet"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def order_record(market: Market, order_id: int) -> dict:
+    """`order_table`'s facts for a script (`order status --format json|yaml`)."""
+    order = market.order(order_id)
+    record = {"market": market.address, "block": market.board.head, "order": order_id,
+              "stage": order.stage.label, "buyer": order.buyer, "price": order.price,
+              "threshold_bps": order.threshold, "samples": order.samples,
+              "test_data": hex32(order.test_data),
+              "evaluation": {"workers": order.workers, "reward": order.reward,
+                             "deposit": order.deposit, "round": order.rounds,
+                             "max_rounds": order.max_rounds, "filled": order.filled},
+              "escrow": order.escrow, "offer_bond": order.offer_bond, "bond": order.bond,
+              "seller": None, "model": None, "spec": None, "task": None,
+              "model_served": order.served, "model_exposed": order.exposed}
+    if order.stage >= Stage.OFFERED and int(order.seller, 16):
+        record.update(seller=order.seller, model=hex32(order.model), spec=hex32(order.spec))
+    if order.task_id:
+        record["task"] = {"id": order.task_id,
+                          "phase": market.board.phase(order.task_id).label}
+    return record

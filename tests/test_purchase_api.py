@@ -8,10 +8,11 @@ from eth_utils import keccak
 
 from crowdml_compute.exact import EVALUATION_SLICES
 from ape_crowdml.errors import (DataDigestMismatch, ModelNotServedYet, PolicyRefused, SpecError,
-                                TaskRejected)
+                                TaskRejected, UnknownOrder)
 from ape_crowdml.purchase import (
-    Buyer, Market, Seller, Stage, check_template, fill_template, order_table, split_template,
+    Buyer, Market, Seller, Stage, check_template, fill_template, split_template,
 )
+from ape_crowdml.render import order_record, order_table
 from crowdml_compute.spec import Canary, make_spec
 from ape_crowdml.config import crowdml_config
 from ape_crowdml.parties import Worker
@@ -133,6 +134,11 @@ def test_buyer_and_seller_objects(market, accounts, test_data, tmp_path, project
         assert Worker(market.board, accounts[5], config=alone).spec_of(task) == \
             market.evaluation_spec(order)
         assert "evaluating" in _render(order_table(market, order))
+        record = order_record(market, order)
+        assert (record["stage"], record["task"]["id"], record["offer_bond"]) == \
+            ("evaluating", task, 3 * 10**15)
+        with pytest.raises(UnknownOrder, match="order 99 does not exist"):
+            market.order(99)
 
 
 def _render(table):

@@ -1,6 +1,7 @@
 """`ape crowdml deploy-market` and `ape crowdml order …` end to end through ape's root CLI; the
 evaluating workers are played on the board directly (tests/test_cli_demo.py runs real ones)."""
 
+import json
 import re
 
 import pytest
@@ -86,6 +87,10 @@ def test_an_order_from_open_to_claim(ape, deployed, accounts, state):
     assert "claimed 0.033 ETH from order 1" in ape("order", "claim", 1, account=8)  # + bond
     status = ape("order", "status", 1)
     assert "bought" in status and "90 % of 10 samples" in status and "task" in status
+    record = json.loads(ape("order", "status", 1, "--format", "json"))
+    assert (record["stage"], record["samples"], record["threshold_bps"]) == ("bought", 10, 9000)
+    assert record["seller"] == accounts[8].address and record["task"]["phase"] == "agreed"
+    assert ape("order", "status", 7, expect=1).startswith("ERROR: order 7 does not exist")
 
 
 def test_order_mistakes_are_one_line(ape, deployed, state):

@@ -117,3 +117,19 @@ def _echo_table(table) -> None:
     from rich.console import Console
 
     Console(width=140).print(table)
+
+
+def _echo(output_format: str, table, data) -> None:
+    """The rich table, or the same facts as JSON or YAML for a script."""
+    import json
+
+    if output_format == "table":
+        _echo_table(table())
+    elif output_format == "json":
+        click.echo(json.dumps(data(), indent=2))
+    else:
+        import yaml
+
+        # Through JSON: ape's values (an address, a currency amount) are str and int
+        # subclasses, which yaml's safe dumper refuses.
+        click.echo(yaml.safe_dump(json.loads(json.dumps(data())), sort_keys=False), nl=False)

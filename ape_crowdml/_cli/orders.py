@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from ape.cli import ConnectedProviderCommand, network_option
 
-from ape_crowdml._cli.common import WEI, CrowdmlGroup, _board, _echo_table, board_option
-from ape_crowdml._cli.options import confirm, signer_option, yes_option
+from ape_crowdml._cli.common import WEI, CrowdmlGroup, _board, _echo, board_option
+from ape_crowdml._cli.options import confirm, output_format_option, signer_option, yes_option
 
 order_argument = click.argument("order_id", metavar="ORDER", type=click.IntRange(min=1))
 
@@ -226,8 +226,11 @@ def claim(account, market_address, order_id):
 
 @market_command(account=False)
 @order_argument
-def status(market_address, order_id):
+@output_format_option()
+def status(market_address, order_id, output_format):
     """Stage, terms, deadlines and evaluation of one order."""
-    from ape_crowdml.purchase import order_table
+    from ape_crowdml.render import order_record, order_table
 
-    _echo_table(order_table(_market(market_address), order_id))
+    market = _market(market_address)
+    _echo(output_format, lambda: order_table(market, order_id),
+          lambda: order_record(market, order_id))

@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 from ape.cli import ConnectedProviderCommand, network_option
 
-from ape_crowdml._cli.common import (WEI, CrowdmlGroup, _board, _echo_table, _requester, _worker,
-                                     board_option)
+from ape_crowdml._cli.common import (WEI, CrowdmlGroup, _board, _echo, _echo_table, _requester,
+                                     _worker, board_option)
 from ape_crowdml._cli.options import (ADDRESS, BYTES32, JSON, confirm, output_format_option,
                                       signer_option, yes_option)
 
@@ -172,22 +172,6 @@ def abort(account, board_address, task_id):
     """End a task before work begins (short roster, or coin withheld)."""
     phase = _requester(board_address, account).abort(task_id)
     click.echo(f"task {task_id} ended: {phase.label}")
-
-
-def _echo(output_format: str, table, data) -> None:
-    """The rich table, or the same facts as JSON or YAML for a script."""
-    import json
-
-    if output_format == "table":
-        _echo_table(table())
-    elif output_format == "json":
-        click.echo(json.dumps(data(), indent=2))
-    else:
-        import yaml
-
-        # Through JSON: ape's values (an address, a currency amount) are str and int
-        # subclasses, which yaml's safe dumper refuses.
-        click.echo(yaml.safe_dump(json.loads(json.dumps(data())), sort_keys=False), nl=False)
 
 
 @connected(account=False)
