@@ -16,23 +16,19 @@ order (crowdml_compute/parallel.py): the worker may run it on any number of devi
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
-from flax.training import train_state
 from pydantic import Field, model_validator
 
-from crowdml_compute.digest import encode_pytree
-from crowdml_compute.errors import SpecError
 from crowdml_compute.exact import EXACT_SLICES, MAX_SLICES, Arithmetic
-from crowdml_compute.keys import draw
-from crowdml_compute.parallel import device_mesh, host_value, mean_gradient, replicate
 from crowdml_compute.spec import HParams
+from crowdml_compute.training import (eval_step, fit, train_epoch,  # noqa: F401 - bench/ times
+                                      train_step)  # the steps through the job module
 
 SGD_MOMENTUM = 0.9
 CANARY_STEPS = 3
@@ -100,44 +96,6 @@ class MLP(nn.Module):
         return self.numerics.Dense(self.classes)(x)
 
 
-@partial(jax.jit, static_argnames=("mesh", "micro_batches", "numerics"))
-def train_step(state: train_state.TrainState, batch, key, *, mesh, micro_batches: int,
-               numerics: Arithmetic):
-    def loss_fn(params, micro_batch, micro_key):
-        x, y = micro_batch
-        logits = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": micro_key})
-        return numerics.cross_entropy(logits, y)
-
-    loss, grads = mean_gradient(loss_fn, state.params, batch, key, mesh=mesh,
-                                micro_batches=micro_batches)
-    return state.apply_gradients(grads=grads), loss
-
-
-@partial(jax.jit, static_argnames=("batch_size", "steps", "mesh", "micro_batches", "numerics"))
-def train_epoch(state, x, y, base, first_ctr, *, batch_size: int, steps: int, mesh,
-                micro_batches: int, numerics: Arithmetic):
-    """`steps` batches of one shuffle: counter first_ctr shuffles, first_ctr + 1 + i drives step
-    i's dropout.
-
-    A scan keeps the whole epoch in one XLA call (no per-step dispatch)."""
-    order = jax.random.permutation(draw(base, first_ctr), x.shape[0])
-    batches = order[: steps * batch_size].reshape(steps, batch_size)
-
-    def step(state, i):
-        idx = batches[i]
-        return train_step(state, (x[idx], y[idx]), draw(base, first_ctr + 1 + i), mesh=mesh,
-                          micro_batches=micro_batches, numerics=numerics)
-
-    state, losses = jax.lax.scan(step, state, jnp.arange(steps))
-    return state, losses.mean()
-
-
-@jax.jit
-def eval_step(state, x, y):
-    logits = state.apply_fn({"params": state.params}, x, train=False)
-    return jnp.mean(jnp.argmax(logits, -1) == y)
-
-
 @lru_cache
 def make_trainer(config: Config, classes: int) -> tuple[MLP, optax.GradientTransformation]:
     """The model and optimizer for a configuration, built once per process: both are static
@@ -164,24 +122,4 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     config.numerics.check_inputs(x_train=data["x_train"], x_test=data["x_test"])
     classes = int(max(data["y_train"].max(), data["y_test"].max())) + 1
     model, optimizer = make_trainer(config, classes)
-    params = config.numerics.init(model, keys.next(), x_train[:1], train=False)["params"]
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
-    steps = x_train.shape[0] // config.batch_size
-    if steps == 0:
-        raise SpecError(f"batch_size {config.batch_size} exceeds the {x_train.shape[0]} examples")
-    steps = min(steps, config.steps_per_epoch or steps)
-    mesh = device_mesh(config.micro_batches)
-    # Everything the epochs read, on every job device (of every process, under several).
-    state, x_train, y_train, x_test, y_test, base = replicate(
-        (state, x_train, y_train, x_test, y_test, keys.base), mesh)
-
-    report.start(config.epochs, steps_per_epoch=steps,
-                 batches_in_data=x_train.shape[0] // config.batch_size)
-    for _ in range(config.epochs):
-        state, loss = train_epoch(state, x_train, y_train, base, keys.reserve(1 + steps),
-                                  batch_size=config.batch_size, steps=steps, mesh=mesh,
-                                  micro_batches=config.micro_batches,
-                                  numerics=config.numerics)
-        report.epoch({"params": state.params}, loss=loss)
-    report.metric("test_accuracy", float(host_value(eval_step(state, x_test, y_test))))
-    return encode_pytree({"params": state.params})
+    return fit(config, model, optimizer, x_train, y_train, x_test, y_test, keys, report)

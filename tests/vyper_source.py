@@ -15,8 +15,12 @@ ACTOR_SOURCE = Path(__file__).with_name("contracts") / "Actor.vy"
 def _compiled(source: str, name: str):
     from ethpm_types import ContractType
     from vyper.compiler import compile_code
+    from vyper.compiler.input_bundle import FilesystemInputBundle
 
-    out = compile_code(source, output_formats=["abi", "bytecode", "bytecode_runtime"])
+    # The board imports contracts/ITaskBoard.vyi: a variant is compiled where the board lives.
+    out = compile_code(source, contract_path=f"{name}.vy",
+                       input_bundle=FilesystemInputBundle([BOARD_SOURCE.parent]),
+                       output_formats=["abi", "bytecode", "bytecode_runtime"])
     return ContractType.model_validate({
         "contractName": name, "abi": out["abi"],
         "deploymentBytecode": {"bytecode": out["bytecode"]},
