@@ -135,7 +135,7 @@ def installed_wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source")  # setuptools writes build/ beside the sources
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source)
-    for name in ("ape_crowdml", "jobs"):
+    for name in ("ape_crowdml", "crowdml_compute", "jobs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     built = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
