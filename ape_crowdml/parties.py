@@ -346,6 +346,7 @@ class Worker(Party):
         # task id → the spec `admit` passed for it: the join and the work step use that one
         # admission, so a task's checks (its canary above all) run once.
         self._admitted: dict[int, JobSpec] = {}
+        self._model_ready: set[int] = set()  # tasks whose job may start (receive_model said so)
 
     def _start_job(self, spec: JobSpec, coin: bytes, progress: bool):
         from crowdml_compute.runner import start_job
@@ -571,18 +572,25 @@ class Worker(Party):
         start, False while the seller may still serve; True at once for any other task."""
         from ape.logging import logger
 
-        from crowdml_compute.data import keep_verified, mark_unserved
+        from crowdml_compute.data import keep_verified
         from .delivery import unseal
         from .purchase import market_transaction
 
+        if task_id in self._model_ready:
+            return True
         found = self._order_round(task_id)
         if found is None:
+            self._model_ready.add(task_id)
             return True
         market, order = found
-        me, coin = self.account.address, self.board.coin(task_id)
+        task = self.board.task(task_id)
+        me, coin = self.account.address, self.board.coin(task_id, checked=task)
         public = market.presented_keys(order.order_id, task_id).get(me)
         secret = self.store.result_key(public) if public else None
-        deadline, head = market.serve_deadline(order.order_id), self.board.head
+        # The serve deadline from the board's own task, as ModelPurchase computes it: a requester
+        # contract that only claims to be a market cannot make this worker wait past it.
+        deadline = (task.deadline - task.commit_blocks // 2) if task.phase == Phase.COMMIT else 0
+        head = self.board.head
         # Read after the head: once it reached the deadline no serve can come, so what the
         # logs say then is final (a serve mined between two reads is not missed).
         boxes = market.served_boxes(order.order_id, task_id)
@@ -599,25 +607,35 @@ class Worker(Party):
                 return False
             logger.info(f"task {task_id}: the seller did not serve the model by its deadline: "
                         "the round scores no model")
-            mark_unserved(order.model, coin)
-            return True
+            return self._no_model(task_id, order.model, coin)
         if me not in boxes or secret is None:
             logger.info(f"task {task_id}: the seller served the model to others only: this "
                         "worker scores no model")
-            mark_unserved(order.model, coin)
-            return True
+            return self._no_model(task_id, order.model, coin)
         where = f"{market.model_uri(order.order_id).rstrip('/')}/0x{boxes[me].hex()}"
         try:
-            keep_verified(unseal(read_verified(where, boxes[me], cached=False), secret, where),
-                          order.model)
-        except (CrowdmlError, OSError) as exc:
-            task = self.board.task(task_id)
+            sealed = read_verified(where, boxes[me], cached=False)
+        except (CrowdmlError, OSError) as exc:  # not there yet, or a slow store: try again
             if task.deadline - self.board.head > max(2, task.commit_blocks // 4):
                 raise ArtifactMissing(f"task {task_id}: the model served at {where}: "
                                       f"{first_line(exc)}; trying again") from None
-            logger.info(f"task {task_id}: the model served at {where} never opened "
+            logger.info(f"task {task_id}: the model served at {where} never came "
                         f"({first_line(exc)}): this worker scores no model")
-            mark_unserved(order.model, coin)
+            return self._no_model(task_id, order.model, coin)
+        try:  # the copy the chain names: one that does not open never will
+            keep_verified(unseal(sealed, secret, where), order.model)
+        except CrowdmlError as exc:
+            logger.info(f"task {task_id}: the copy served at {where} does not open to the "
+                        f"offered model ({first_line(exc)}): this worker scores no model")
+            return self._no_model(task_id, order.model, coin)
+        self._model_ready.add(task_id)
+        return True
+
+    def _no_model(self, task_id: int, model: bytes, coin: bytes) -> bool:
+        from crowdml_compute.data import mark_unserved
+
+        mark_unserved(model, coin)
+        self._model_ready.add(task_id)
         return True
 
     def finish_work(self, work: Work) -> bytes:

@@ -489,6 +489,8 @@ class Seller(Trader):
 
         A worker that presents its key after this is not served; a round not served by its
         serve deadline (`Market.serve_deadline`) is evaluated on no model, and refused."""
+        from ape.logging import logger
+
         from .delivery import seal
 
         order = self.market.order(order_id)
@@ -505,8 +507,26 @@ class Seller(Trader):
             raise TaskRejected(f"order {order_id}'s round {order.rounds} (task {order.task_id}) "
                                "has no full roster: nothing is served before")
         store = self.model_store()
-        keys = self.market.presented_keys(order_id, order.task_id)
-        boxes = {worker: store.put(seal(model, key)) for worker, key in keys.items()}
+        if self.market.model_uri(order_id).rstrip("/") != store.folder_uri().rstrip("/"):
+            raise TaskRejected(f"order {order_id}'s offer names {self.market.model_uri(order_id)} "
+                               f"for the sealed copies; this seller's store is "
+                               f"{store.folder_uri()}: serve from the store the offer named")
+        sealed = {}
+        for worker, key in self.market.presented_keys(order_id, order.task_id).items():
+            try:
+                sealed[worker] = seal(model, key)
+            except Exception:  # noqa: BLE001 - libsodium refuses a low-order or malformed key
+                logger.info(f"order {order_id}: {worker}'s key is not a usable X25519 key: "
+                            "not served")
+        if not sealed:
+            raise TaskRejected(f"order {order_id}'s round {order.rounds}: no worker presented a "
+                               "usable key yet")
+        # Said on chain first, uploaded once that is mined: a serve the chain refuses (its
+        # window closed) uploads nothing a worker could open while the round scores no model.
+        # The seal is deterministic, so the copies' digests are known before the upload.
+        boxes = {worker: keccak_digest(copy) for worker, copy in sealed.items()}
         self._send(f"serve order {order_id}'s model", "serve", order_id, list(boxes),
                    list(boxes.values()))
+        for copy in sealed.values():
+            store.put(copy)
         return boxes

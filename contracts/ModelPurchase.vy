@@ -22,7 +22,7 @@
      model to each key and says so on chain (`serve`) within the first half of
      the commit window. A round the seller did not serve is evaluated on no
      model (every sample wrong), so honest workers still agree and the offer
-     is refused; its bond goes to the buyer.
+     is refused.
 
      Sabotage: any non-AGREED evaluation (DISAGREED, FAILED, ABORTED,
      COIN_WITHHELD) is retried with a fresh task, up to `max_rounds`; after
@@ -36,11 +36,15 @@
      a buyer that saw the model and left the order unevaluated has lost at
      least price + reward, whichever terms it chose.
 
+     Bonds: an offer locks the order's offer bond. A refused model's bond, and
+     the bond of a served model whose order ended unevaluated, are forfeited
+     to the board's sink (never paid to the buyer, who could otherwise profit
+     from a refusal); otherwise the seller claims it back.
+
      Pull payments: an ended order's escrow is claimed by the seller of a
-     BOUGHT order, else the buyer; the offer's bond by the buyer of a REFUSED
-     order, else the seller. The balance always equals the orders' escrows
-     and bonds, declined offers' bonds not yet claimed, and the forfeits not
-     yet swept.
+     BOUGHT order, else the buyer; the offer's bond, if not forfeited, by the
+     seller. The balance always equals the orders' escrows and bonds, declined
+     offers' bonds not yet claimed, and the forfeits not yet swept.
 """
 
 
@@ -283,6 +287,9 @@ MAX_WINDOW: constant(uint256) = 2**24 - 1
 # and reveal, the buyer to release its data, and the seller to finalize once the round
 # agreed (a 1-block finalize window let the buyer close the order unevaluated first).
 MIN_EVALUATION_WINDOW: constant(uint256) = 5
+# The shortest commit window: the seller serves in its first half, and the workers must still
+# run the evaluation and commit in the second.
+MIN_EVALUATION_COMMIT: constant(uint256) = 10
 MIN_RELEASE_BLOCKS: constant(uint256) = 5
 MIN_FINALIZE_BLOCKS: constant(uint256) = 10
 
@@ -392,8 +399,9 @@ def open_order(
     @param evaluation Workers, deposit, reward and windows of each evaluation task.
     @param deadlines Last block for an offer; blocks to release the data after
            an offer and to finalize after agreement; evaluation rounds allowed.
-    @param offer_bond Wei an offer must lock: the buyer's if the model is
-           refused (its test data is public by then), else the seller's again.
+    @param offer_bond Wei an offer must lock: forfeited to the board's sink if
+           the model is refused, or served and left unevaluated; else the
+           seller's again.
     @return The new order id.
     """
     assert price > 0, "price must be positive"
@@ -406,6 +414,7 @@ def open_order(
     assert evaluation.reward > 0 and evaluation.reward % evaluation.workers == 0, "reward must split evenly"
     assert evaluation.deposit > 0 and evaluation.deposit % 2 == 0, "deposit must be even"
     assert evaluation.join_blocks >= MIN_EVALUATION_WINDOW and evaluation.commit_blocks >= MIN_EVALUATION_WINDOW and evaluation.reveal_blocks >= MIN_EVALUATION_WINDOW, "window too short"
+    assert evaluation.commit_blocks >= MIN_EVALUATION_COMMIT, "commit window too short"
     assert evaluation.join_blocks <= MAX_WINDOW and evaluation.commit_blocks <= MAX_WINDOW and evaluation.reveal_blocks <= MAX_WINDOW, "window too long"
     assert deadlines.offer_deadline > block.number, "offer deadline passed"
     assert deadlines.release_blocks >= MIN_RELEASE_BLOCKS and deadlines.finalize_blocks >= MIN_FINALIZE_BLOCKS, "window too short"
@@ -569,6 +578,9 @@ def serve(order_id: uint256, workers: DynArray[address, MAX_EVALUATION_WORKERS],
     assert deadline != 0, "roster not full"
     assert block.number <= deadline, "serve window closed"
     assert len(workers) == len(boxes), "one box per worker"
+    assert len(workers) > 0, "serve at least one worker"
+    for worker: address in workers:
+        assert staticcall BOARD.worker_status(p.task_id, worker) != BOARD_NOT_SEATED, "not on the roster"
     p.served = True
     p.exposed = True
     self._save(order_id, p)
@@ -650,6 +662,10 @@ def advance(order_id: uint256):
         # max_rounds filled ones cost a saboteur no deposit, so it costs the refund
         # (price + reward) / max_rounds; the dust stays with the buyer.
         forfeit = min(price_and_reward * (p.max_rounds - p.filled) // p.max_rounds, escrow)
+    if p.exposed:
+        # A served model whose rounds never agreed: the seller's bond is forfeited too (a seller
+        # serving part of a roster made the rounds disagree, and must not get it back).
+        self._forfeit_bond(order_id)
     self._close(order_id, p, escrow, forfeit, STAGE_UNEVALUATED)
 
 
@@ -685,6 +701,10 @@ def finalize(order_id: uint256, bits: Bytes[MAX_BITS]):
     p.stage = STAGE_REFUSED
     if bought:
         p.stage = STAGE_BOUGHT
+    else:
+        # A refused model's bond is forfeited to the sink, not paid to the buyer: a buyer
+        # that could make a round refuse (all n seats its own) must gain nothing by it.
+        self._forfeit_bond(order_id)
     self._save(order_id, p)
     log Finalized(order_id=order_id, correct=correct, samples=p.samples, bought=bought)
 
@@ -717,9 +737,8 @@ def claim(order_id: uint256):
     """
     @notice Pay what the order owes the caller: once it ended, its escrow to
             the seller of a bought model, else to the buyer (price, and the
-            reward if it came back); the offer's bond to the buyer of a
-            refused model, else to the seller; at any time, a declined
-            offer's bond to its seller.
+            reward if it came back); the offer's bond, unless forfeited, to
+            the seller; at any time, a declined offer's bond to its seller.
     @param order_id The order.
     """
     p: Progress = self._load_known(order_id)
@@ -968,10 +987,17 @@ def _payee(order_id: uint256, p: Progress) -> address:
 @view
 @internal
 def _bond_payee(order_id: uint256, p: Progress) -> address:
-    # A refused model's bond pays the buyer for test data that is public now.
-    if p.stage == STAGE_REFUSED:
-        return self._terms[order_id].buyer
+    # The bond left once the order ended (a refused or unevaluated served model's was
+    # forfeited) goes back to its seller.
     return self._terms[order_id].seller
+
+
+@internal
+def _forfeit_bond(order_id: uint256):
+    bond: uint256 = self._bond[order_id]
+    if bond > 0:
+        self._bond[order_id] = 0
+        self.forfeited += bond
 
 
 @pure

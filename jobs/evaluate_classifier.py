@@ -6,7 +6,8 @@ crowdml job (contract in crowdml_compute/runner.py): `run(hparams, data, keys, r
 Hyperparameters are the fields of `Config`: the model is an artifact of a training job (its
 `encode_pytree({"params": …})` bytes), named by keccak256 and verified like the data. In a model
 purchase the worker opens its sealed copy into the data cache before the job starts; a round the
-seller did not serve (the chain says so) is scored as no model: every bit 0.
+seller did not serve (the chain says so), or offered bytes that are no model of the training
+jobs, are scored as no model: every bit 0.
 Counter 0 draws the subset: the first `subset_size` entries of a permutation of the test set. Bit
 i of the result is 1 when subset sample i is classified right; the result is `encode_bits(bits)`,
 so the contract can count the ones.
@@ -82,8 +83,13 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
         # right, which every honest worker of the round agrees on.
         report.metric("accuracy", 0.0)
         return encode_bits(np.zeros(config.subset_size, bool))
-    params = decode_pytree(read_verified(config.model_uri, config.model_digest))["params"]
-    check_model(params)
+    model = read_verified(config.model_uri, config.model_digest)
+    try:  # the offered bytes themselves (their digest matched): no model if they are none
+        params = decode_pytree(model)["params"]
+        check_model(params)
+    except Exception:  # noqa: BLE001 - any failure here is the verified bytes', on every worker
+        report.metric("accuracy", 0.0)
+        return encode_bits(np.zeros(config.subset_size, bool))
     subset = np.asarray(jax.random.permutation(keys.next(), n)[: config.subset_size])
     numerics.check_inputs(x_test=data["x_test"][subset])
     bits = eval_step(layers(params, "Conv"), layers(params, "Dense"),

@@ -25,10 +25,10 @@ def test_demo_pays_agreement_and_penalises_junk(networks, project):
     assert round_2.count("-0.01 ETH") == 3 and re.search(r"forfeit sink.*\+0\.03 ETH", round_2)
     # Round 3: the purchase contract counts the agreed bitstrings; it buys round 1's model and
     # refuses the broken one (its output layer zeroed), whose price goes back to the buyer. The
-    # offer's bond (0.003 ETH) goes back to the seller of the bought model, to the buyer of the
-    # refused one. Each model was served, sealed, to the full roster only.
+    # offer's bond (0.003 ETH) goes back to the seller of the bought model; the refused one's is
+    # forfeited to the sink. Each model was served, sealed, to the full roster only.
     bought = re.search(r"order 1: (\d+) of 200 right, bar 80 %: bought; 0\.033 ETH to the seller", round_3)
-    refused = re.search(r"order 2: (\d+) of 200 right, bar 80 %: refused; 0\.033 ETH to the buyer", round_3)
+    refused = re.search(r"order 2: (\d+) of 200 right, bar 80 %: refused; 0\.03 ETH to the buyer", round_3)
     assert round_3.count("seals the model to each key") == 2
     assert bought and int(bought[1]) >= 160  # the contract's own bar: 80 % of 200
     assert refused and int(refused[1]) < 60  # a constant prediction: about one class in ten

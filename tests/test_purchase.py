@@ -20,7 +20,7 @@ REWARD = 3 * 10**15  # splits evenly over 3 workers
 DEPOSIT = 2 * 10**16
 ROUNDS = 4  # ROUNDS * DEPOSIT / 2 = 0.04 ETH >= PRICE + REWARD = 0.033 ETH, as open_order requires
 BOND = 5 * 10**15  # what an offer locks: the buyer's if the model is refused
-WINDOW = 5
+WINDOW = 10  # the shortest commit window an order may ask for
 SAMPLES = 200
 THRESHOLD = 9000
 MODEL = keccak(b"the seller's model")
@@ -131,7 +131,7 @@ def play(board, task_id, crew, results, chain, *, join=True):
         if result is not None:
             board.reveal(task_id, result, keccak(w.address.encode()), sender=w)
     if None in results:
-        chain.mine(WINDOW + 1)
+        chain.mine(2 * WINDOW + 1)  # past the reveal window, which ends after the commit window
 
 
 def serve(market, order_id, seller, crew, ledger):
@@ -207,10 +207,11 @@ def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, templa
     receipt = ledger.check(market.finalize(order_id, bits_body(bits), sender=seller))
     log = receipt.decode_logs(market.Finalized)[0]
     assert (log.correct, log.samples, log.bought) == (correct, samples, bought)
-    # Bought: the seller gets the price and its bond back; refused: the buyer its price and
-    # the bond (its test data is public now).
+    # Bought: the seller gets the price and its bond back; refused: the buyer its price, and
+    # the bond is forfeited to the sink (a buyer must gain nothing from a refusal).
     payee = seller if bought else buyer
-    assert market.owed(order_id, payee) == PRICE + BOND
+    assert market.owed(order_id, payee) == PRICE + (BOND if bought else 0)
+    assert market.forfeited() == (0 if bought else BOND)
     assert market.order(order_id).stage == (Stage.BOUGHT if bought else Stage.REFUSED)
     other = buyer if bought else seller
     assert market.owed(order_id, other) == 0
@@ -218,8 +219,8 @@ def test_precision_decides_at_the_bar(market, board, buyer, seller, crew, templa
         market.claim(order_id, sender=other)
     before = payee.balance
     receipt = ledger.check(market.claim(order_id, sender=payee))
-    assert payee.balance - before + receipt.total_fees_paid == PRICE + BOND
-    assert market.balance == 0
+    assert payee.balance - before + receipt.total_fees_paid == PRICE + (BOND if bought else 0)
+    assert market.balance == market.forfeited()
 
 
 def _template_for(samples, tmp_path):
@@ -344,6 +345,8 @@ def test_release_publishes_a_chain_coin_task_with_the_orders_terms(market, board
     # A roster nobody staffs kept every round unfilled, hence free for a buyer that saw the model.
     ({"workers": 33}, "too many workers"),
     ({"workers": 1024}, "too many workers"),
+    # The seller serves in the commit window's first half; the job needs the second.
+    ({"window": 9}, "commit window too short"),
 ])
 def test_open_order_refuses_bad_terms(market, buyer, template, ledger, change, reason):
     with ape.reverts(reason):
@@ -436,8 +439,10 @@ def test_sabotage_never_pays(market, board, buyer, seller, accounts, template, l
         lost += DEPOSIT - board.owed(task_id, sabotaging)
     order = market.order(order_id)
     assert order.stage == Stage.UNEVALUATED and order.rounds == ROUNDS and order.filled == ROUNDS
-    # Every round filled, so nothing is forfeited beyond the saboteur's deposits.
-    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == BOND
+    # Every round filled, so the buyer forfeits nothing beyond its seat's deposits; the model
+    # was served and never agreed on, so the seller's bond is forfeited.
+    assert market.owed(order_id, buyer) == PRICE + REWARD and market.owed(order_id, seller) == 0
+    assert market.forfeited() == BOND
     assert lost == ROUNDS * lost_per_round
     if saboteur == "buyer":
         # Refunded in full, it kept the model for `lost`; honest, it would have paid
@@ -575,6 +580,10 @@ def test_the_model_is_served_to_a_full_roster_only(market, board, buyer, seller,
         serve(market, order_id, buyer, crew, ledger)
     with ape.reverts("one box per worker"):
         market.serve(order_id, list(crew), [keccak(b"box")], sender=seller)
+    with ape.reverts("serve at least one worker"):
+        market.serve(order_id, [], [], sender=seller)
+    with ape.reverts("not on the roster"):
+        market.serve(order_id, [buyer], [keccak(b"box")], sender=seller)
     deadline = market.serve_deadline(order_id)
     # The first half of the commit window.
     assert deadline == board.task(task_id).deadline - 20 // 2
@@ -608,7 +617,8 @@ def test_the_serve_window_closes_half_way_through_the_commit_window(
     ledger.check(market.finalize(order_id, bits_body(zeros), sender=buyer))
     order = market.order(order_id)
     assert order.stage == Stage.REFUSED and not order.exposed
-    assert market.owed(order_id, buyer) == PRICE + BOND and market.owed(order_id, seller) == 0
+    assert market.owed(order_id, buyer) == PRICE and market.owed(order_id, seller) == 0
+    assert market.forfeited() == BOND  # the seller that never served loses its bond
 
 
 def rounds_until_closed(market, board, buyer, seller, order_id, plays, ledger, chain):
@@ -641,8 +651,9 @@ def test_a_buyer_that_saw_the_model_and_let_rounds_go_unfilled_forfeits(
                                 [sabotaged] + [None] * (ROUNDS - 1), ledger, chain)
     assert order.stage == Stage.UNEVALUATED and order.filled == 1 and order.exposed
     forfeit = (PRICE + REWARD) * (ROUNDS - 1) // ROUNDS
-    assert market.forfeited() == forfeit
+    assert market.forfeited() == forfeit + BOND  # and the served model's bond
     assert market.owed(order_id, buyer) == PRICE + REWARD - forfeit
+    assert market.owed(order_id, seller) == 0
     first_task = order.task_id - ROUNDS + 1
     seat_lost = DEPOSIT - board.owed(first_task, buyer)
     assert seat_lost == DEPOSIT // 2
@@ -653,7 +664,7 @@ def test_a_buyer_that_saw_the_model_and_let_rounds_go_unfilled_forfeits(
     # must not pay either).
     sink_before = sink.balance
     ledger.check(market.sweep(sender=accounts[4]))
-    assert sink.balance == sink_before + forfeit and market.forfeited() == 0
+    assert sink.balance == sink_before + forfeit + BOND and market.forfeited() == 0
     with ape.reverts("nothing to sweep"):
         market.sweep(sender=accounts[4])
 

@@ -197,4 +197,6 @@ def test_a_round_the_seller_never_serves_scores_no_model_and_refuses_it(
     bits = buyer.agreed_bits(order)
     assert len(digests) == 1 and not bits.any() and len(bits) == SAMPLES
     assert buyer.finalize(order, bits) == Stage.REFUSED
-    assert market.owed(order, accounts[0].address) == 3 * 10**16 + 2 * 10**15  # price + bond
+    # The price back to the buyer; the bond of a model never served is forfeited to the sink.
+    assert market.owed(order, accounts[0].address) == 3 * 10**16
+    assert market.owed(order, accounts[8].address) == 0 and market.contract.forfeited() == 2 * 10**15

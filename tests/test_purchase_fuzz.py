@@ -198,6 +198,8 @@ class MarketMachine(RuleBasedStateMachine):
             if after.exposed and after.filled < after.max_rounds:
                 price_and_reward = after.price + after.reward
                 forfeit = price_and_reward * (after.max_rounds - after.filled) // after.max_rounds
+            if after.exposed:
+                forfeit += o.bond  # a served model left unevaluated: the bond too
             assert self.market.forfeited() - before == forfeit
 
     @rule(i=st.integers(0, 9))
@@ -234,7 +236,7 @@ class MarketMachine(RuleBasedStateMachine):
             if order.stage >= Stage.BOUGHT:
                 if party == (order.seller if order.stage == Stage.BOUGHT else order.buyer):
                     owed -= order.escrow
-                if party == (order.buyer if order.stage == Stage.REFUSED else order.seller):
+                if party == order.seller:
                     owed -= order.bond
             assert owed >= 0
             total += owed
