@@ -261,14 +261,14 @@ def test_each_epochs_loss_is_in_the_summary(trained):
 
 def test_load_model_predicts_as_the_job_evaluated_without_ape(train_spec, trained, digits,
                                                             tmp_path):
-    """The documented call, in the job environment (no ape there): the job's own module with
-    the delivered parameters gives the test accuracy the job reported."""
+    """The documented call, in the job environment (no ape, no plugin there): the job's own
+    module with the delivered parameters gives the test accuracy the job reported."""
     result, artifact_path = trained
     spec_path = save_spec(train_spec, tmp_path / "spec.json")
     script = textwrap.dedent(f"""
         import json, sys
         import numpy as np
-        from ape_crowdml import load_model
+        from crowdml_compute.model import load_model
         model = load_model({str(artifact_path)!r}, {str(spec_path)!r})
         with np.load({str(digits)!r}) as data:
             accuracy = float((model.predict(data["x_test"]) == data["y_test"]).mean())
