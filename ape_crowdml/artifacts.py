@@ -45,6 +45,14 @@ class ArtifactStore:
             return f"{self.url.rstrip('/')}/{_name(digest)}"
         return str(Path(self.url).expanduser().resolve() / _name(digest))
 
+    @classmethod
+    def own(cls, policy, fallback: ArtifactStore) -> ArtifactStore:
+        """A party's own public store, as `crowdml: worker:` names it (`result_store`, its
+        `result_store_options` and the `result_url` others read it at), else `fallback`."""
+        if policy.result_store is None:
+            return fallback
+        return cls(policy.result_store, policy.result_store_options, policy.result_url)
+
     def folder_uri(self) -> str:
         """The folder `uri` names files in, as others read it."""
         return self.uri(b"\0" * 32).rsplit("/", 1)[0]

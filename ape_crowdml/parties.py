@@ -138,19 +138,32 @@ def spec_at(uri: str, task: TaskInfo) -> JobSpec:
     return parse_spec(text, uri)
 
 
+def _order_id(uri: str, task: TaskInfo) -> int:
+    """The order a `crowdml-order:<id>` spec URI names."""
+    order_id = uri.removeprefix(ORDER_URI_SCHEME)
+    if not order_id.isdigit():
+        raise SpecError(f"task {task.task_id}'s spec URI {uri} names no order")
+    return int(order_id)
+
+
 def _order_spec(uri: str, task: TaskInfo) -> JobSpec:
     from ape.exceptions import ApeException
 
     from .purchase import Market
 
-    order_id = uri.removeprefix(ORDER_URI_SCHEME)
-    if not order_id.isdigit():
-        raise SpecError(f"task {task.task_id}'s spec URI {uri} names no order")
+    order_id = _order_id(uri, task)
     try:
-        return Market(task.requester).evaluation_spec(int(order_id))
+        return Market(task.requester).evaluation_spec(order_id)
     except (ApeException, CrowdmlError) as exc:
         raise SpecError(f"task {task.task_id}'s spec URI {uri}: its requester "
                         f"{task.requester} gives no evaluation spec ({first_line(exc)})") from None
+
+
+def _serve_deadline(task: TaskInfo) -> int:
+    """The last block a model purchase's seller may serve the round in, from the board's own
+    task as ModelPurchase computes it (0 outside the commit window): a requester contract that
+    only claims to be a market cannot make a worker wait past it."""
+    return task.deadline - task.commit_blocks // 2 if task.phase == Phase.COMMIT else 0
 
 
 def _task_spec(task: TaskInfo, spec: JobSpec) -> JobSpec:
@@ -468,12 +481,7 @@ class Worker(Party):
         """This worker's own store for agreed results (`worker.result_store`, else the state
         folder's artifact store). TaskRejected if the requester could not read it from
         another machine."""
-        policy = self.config.worker
-        if policy.result_store is None:
-            store = self.artifacts
-        else:
-            store = ArtifactStore(policy.result_store, policy.result_store_options,
-                                  policy.result_url)
+        store = ArtifactStore.own(self.config.worker, self.artifacts)
         preflight.check_shared_uri(
             store.uri(NO_DIGEST), "this worker's result store", self.local_uris,
             hint="set `crowdml: worker: result_store:` (and result_url, where others read it)")
@@ -542,26 +550,24 @@ class Worker(Party):
             return Work(task, coin, store_url, stored=(stored.result, stored.artifact))
         if not self.receive_model(task_id):
             raise ModelNotServedYet(f"task {task_id}: the seller may serve the model until block "
-                                    f"{self._serve_deadline(task_id)}; work once it did or then")
+                                    f"{_serve_deadline(task)}; work once it did or then")
         return Work(task, coin, store_url, job=self._start_job(spec, coin, progress))
 
     def _order_round(self, task_id: int):
-        """(market, order) of a model purchase's evaluation task, or None for any other task."""
+        """(market, order, task) of a model purchase's evaluation task (the task read once), or
+        None for any other task."""
         uri = self.board.spec_uri(task_id)
         if not uri.startswith(ORDER_URI_SCHEME):
             return None
         from .purchase import Market
 
-        market = Market(self.board.task(task_id).requester)
-        order = market.order(int(uri.removeprefix(ORDER_URI_SCHEME)))
+        task = self.board.task(task_id)
+        market = Market(task.requester)
+        order = market.order(_order_id(uri, task))
         if order.task_id != task_id:
             raise TaskRejected(f"task {task_id} is not order {order.order_id}'s current round "
                                f"(task {order.task_id})")
-        return market, order
-
-    def _serve_deadline(self, task_id: int) -> int:
-        market, order = self._order_round(task_id)
-        return market.serve_deadline(order.order_id)
+        return market, order, task
 
     def receive_model(self, task_id: int) -> bool:
         """A model purchase's evaluation: once the roster is full, present this worker's key
@@ -582,15 +588,11 @@ class Worker(Party):
         if found is None:
             self._model_ready.add(task_id)
             return True
-        market, order = found
-        task = self.board.task(task_id)
+        market, order, task = found
         me, coin = self.account.address, self.board.coin(task_id, checked=task)
         public = market.presented_keys(order.order_id, task_id).get(me)
         secret = self.store.result_key(public) if public else None
-        # The serve deadline from the board's own task, as ModelPurchase computes it: a requester
-        # contract that only claims to be a market cannot make this worker wait past it.
-        deadline = (task.deadline - task.commit_blocks // 2) if task.phase == Phase.COMMIT else 0
-        head = self.board.head
+        deadline, head = _serve_deadline(task), self.board.head
         # Read after the head: once it reached the deadline no serve can come, so what the
         # logs say then is final (a serve mined between two reads is not missed).
         boxes = market.served_boxes(order.order_id, task_id)

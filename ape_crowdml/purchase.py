@@ -455,10 +455,7 @@ class Seller(Trader):
         """Where this seller uploads sealed copies of its model: its own public store
         (`crowdml: worker: result_store:`, read at `result_url`), else its state folder's
         artifact store (ape's test chain only)."""
-        policy = self.config.worker
-        if policy.result_store is None:
-            return self.artifacts
-        return ArtifactStore(policy.result_store, policy.result_store_options, policy.result_url)
+        return ArtifactStore.own(self.config.worker, self.artifacts)
 
     def offer(self, order_id: int, model_file: str | Path, model_uri: str | None = None) -> bytes:
         """Check the order's template, then lock `model_file` into the order with the order's

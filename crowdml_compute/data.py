@@ -162,10 +162,9 @@ def fetch_verified(uri: str, expected_digest: str | bytes, *, cached: bool = Tru
     `expected_digest`; returns its path. A copy already cached is used unless `cached` is
     False (a requester checking that the URI serves the file)."""
     expected = _as_digest(expected_digest)
+    if cached and (kept := _cached_copy(expected, max_bytes)) is not None:
+        return kept
     copy = cache_folder() / expected.hex()
-    if (cached and copy.is_file() and (max_bytes is None or copy.stat().st_size <= max_bytes)
-            and file_digest(copy) == expected):
-        return copy
     copy.parent.mkdir(parents=True, exist_ok=True)
     partial = copy.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
     try:
@@ -177,6 +176,16 @@ def fetch_verified(uri: str, expected_digest: str | bytes, *, cached: bool = Tru
     finally:
         partial.unlink(missing_ok=True)
     return copy
+
+
+def _cached_copy(expected: bytes, max_bytes: int | None) -> Path | None:
+    """The cache's copy of the file with keccak256 `expected`, if it holds a whole, unaltered
+    one within `max_bytes`."""
+    copy = cache_folder() / expected.hex()
+    if (copy.is_file() and (max_bytes is None or copy.stat().st_size <= max_bytes)
+            and file_digest(copy) == expected):
+        return copy
+    return None
 
 
 def _unserved_marker(model_digest: str | bytes, coin: bytes) -> Path:
@@ -201,8 +210,8 @@ def keep_verified(data: bytes, expected_digest: str | bytes) -> Path:
     """Put bytes obtained another way (a sealed copy opened here) into the content-addressed
     cache, where `read_verified` of any URI with that digest finds them."""
     expected = _as_digest(expected_digest)
-    if keccak_digest(data) != expected:
-        raise DataDigestMismatch(f"the bytes have keccak256 0x{keccak_digest(data).hex()}, "
+    if (actual := keccak_digest(data)) != expected:
+        raise DataDigestMismatch(f"the bytes have keccak256 0x{actual.hex()}, "
                                  f"not 0x{expected.hex()}")
     copy = cache_folder() / expected.hex()
     copy.parent.mkdir(parents=True, exist_ok=True)
@@ -227,13 +236,11 @@ def read_verified(uri: str, expected_digest: str | bytes, *, cached: bool = True
         return fetch_verified(uri, expected_digest, cached=cached,
                               max_bytes=max_bytes).read_bytes()
     expected = _as_digest(expected_digest)
-    copy = cache_folder() / expected.hex()
-    if cached and Path(uri).expanduser().is_dir() and copy.is_file():
+    if cached and Path(uri).expanduser().is_dir():
         # A folder names sealed copies (a model purchase's, on a chain where paths are
         # allowed): the model is the one `keep_verified` opened into the cache.
-        data = copy.read_bytes()
-        if keccak_digest(data) == expected and (max_bytes is None or len(data) <= max_bytes):
-            return data
+        if (kept := _cached_copy(expected, max_bytes)) is not None:
+            return kept.read_bytes()
     data, actual = read_limited(uri, max_bytes)
     if actual != expected:
         raise _mismatch(uri, actual, expected)

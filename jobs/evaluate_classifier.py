@@ -59,6 +59,18 @@ def check_model(params: dict) -> None:
                         f"(layers {', '.join(sorted(params))})")
 
 
+def offered_params(config: Config) -> dict | None:
+    """The offered model's parameters, or None if its bytes (whose digest matched, so the same
+    on every worker) are no model of the shipped training jobs."""
+    model = read_verified(config.model_uri, config.model_digest)
+    try:
+        params = decode_pytree(model)["params"]
+        check_model(params)
+    except Exception:  # noqa: BLE001 - any failure here is the verified bytes', on every worker
+        return None
+    return params
+
+
 @partial(jax.jit, static_argnames=("numerics",))
 def eval_step(convs, denses, x, y, *, numerics: Arithmetic):
     if convs:
@@ -78,16 +90,8 @@ def run(hparams: dict, data: dict[str, np.ndarray], keys, report) -> bytes:
     n = len(data["y_test"])
     if config.subset_size > n:
         raise SpecError(f"subset_size {config.subset_size} exceeds the {n} test samples")
-    if unserved_model(config.model_digest, keys.coin):
-        # The chain says the seller did not serve this round: no model classifies nothing
-        # right, which every honest worker of the round agrees on.
-        report.metric("accuracy", 0.0)
-        return encode_bits(np.zeros(config.subset_size, bool))
-    model = read_verified(config.model_uri, config.model_digest)
-    try:  # the offered bytes themselves (their digest matched): no model if they are none
-        params = decode_pytree(model)["params"]
-        check_model(params)
-    except Exception:  # noqa: BLE001 - any failure here is the verified bytes', on every worker
+    params = None if unserved_model(config.model_digest, keys.coin) else offered_params(config)
+    if params is None:  # no model classifies nothing right: every honest worker agrees on it
         report.metric("accuracy", 0.0)
         return encode_bits(np.zeros(config.subset_size, bool))
     subset = np.asarray(jax.random.permutation(keys.next(), n)[: config.subset_size])
