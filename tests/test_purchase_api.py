@@ -200,3 +200,34 @@ def test_a_round_the_seller_never_serves_scores_no_model_and_refuses_it(
     # The price back to the buyer; the bond of a model never served is forfeited to the sink.
     assert market.owed(order, accounts[0].address) == 3 * 10**16
     assert market.owed(order, accounts[8].address) == 0 and market.contract.forfeited() == 2 * 10**15
+
+
+def test_a_low_order_key_does_not_stop_the_model_being_served(accounts, tmp_path, project):
+    """A seated worker (the buyer's sybil, say) presents a key libsodium refuses to seal to: the
+    seller skips it and serves the rest, instead of failing the whole serve (which would make
+    the round score no model and refuse a good model)."""
+    from ape_crowdml.delivery import new_result_key
+    from ape_crowdml.parties import deploy_board
+    from crowdml_support import isolated_config
+
+    market = Market.deploy(accounts[0], deploy_board(accounts[0],
+                                                     config=isolated_config(tmp_path / "deployer")))
+    data = tmp_path / "test.npz"
+    data.write_bytes(b"the buyer's test set")
+    buyer = Buyer(market, accounts[0], config=isolated_config(tmp_path / "buyer"))
+    seller = Seller(market, accounts[8], config=isolated_config(tmp_path / "seller"))
+    order = buyer.open(buyer.template(data, samples=SAMPLES), price=3 * 10**16,
+                       threshold_bps=9000, reward=2 * 10**15, deposit=2 * 10**16, workers=2,
+                       max_rounds=4)
+    model = tmp_path / "model.crowdml"
+    model.write_bytes(b"weights")
+    seller.offer(order, model)
+    task = buyer.release_data(order)
+    honest, sybil = accounts[1], accounts[2]
+    for worker in (honest, sybil):
+        market.board.contract.join(task, value=2 * 10**16, sender=worker)
+    market.contract.present_key(order, new_result_key()[0], sender=honest)
+    market.contract.present_key(order, bytes([1]) + bytes(31), sender=sybil)  # low order
+    served = seller.serve(order, model)
+    assert list(served) == [honest.address]
+    assert market.served_boxes(order, task) == served
