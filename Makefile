@@ -1,17 +1,17 @@
 # Everything from nothing: `make demo` runs the end-to-end demo on a local chain,
 # `make test` runs the whole suite (local test chain, then anvil).
-PYTHON ?= python3
+# One Python, 3.12, for the plugin's environment and the job stack's (two environments: eth-ape
+# holds the plugin's at numpy<2, the jobs' has numpy 2): python3.12 on PATH, else pyenv's.
+PYTHON ?= $(shell python3.12 -c '' 2>/dev/null && echo python3.12 || \
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
 ANVIL_VERSION := 1.7.1
 VENV := .venv
 TOOLS := .tools
-# The job stack of cpu-portable and cpu-exact (crowdml_compute/jobenv.py): its own Python 3.12
-# environment with current jax and numpy 2, under `crowdml: job_env_folder:` (.jobenv here).
+# The job stack of cpu-portable and cpu-exact (crowdml_compute/jobenv.py): its own environment
+# of the same Python, with jax and numpy 2, under `crowdml: job_env_folder:` (.jobenv here).
 JOB_STACK := jax0.11.2-py3.12
 JOB_ENV := .jobenv/$(JOB_STACK)
 STACKS := crowdml_compute/stacks
-# The job stack's Python: found by `job-env create` (python3.12 on PATH, or pyenv's) unless
-# named here, e.g. `make PYTHON_JOBS=/usr/bin/python3.12`.
-PYTHON_JOBS ?=
 # ape-vyper finds the pinned, pip-installed compiler on PATH; anvil comes from npm.
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
@@ -31,7 +31,7 @@ CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_a
 	tests/test_purchase.py tests/test_purchase_api.py
 endif
 
-.PHONY: all env lock stack-locks agreement device-wheels demo test test-local test-anvil test-fork bench taskboard clean
+.PHONY: all env lock stack-locks agreement device-wheels demo test test-compute test-local test-anvil test-fork bench taskboard clean
 
 all: test
 
@@ -54,16 +54,35 @@ lock:
 # the profile's pins, as a worker does before a deposit).
 $(JOB_ENV)/.installed: $(STACKS)/$(JOB_STACK).txt $(VENV)/.installed
 	rm -rf $(JOB_ENV)
-	ape crowdml job-env create $(JOB_STACK) $(if $(PYTHON_JOBS),--python $(PYTHON_JOBS))
+	ape crowdml job-env create $(JOB_STACK) --python $$(command -v $(PYTHON))
 	touch $@
 
 # After editing a stack's .in file: pin it again, with hashes, for that stack's Python.
 stack-locks:
-	$(or $(PYTHON_JOBS),python3.12) -m venv .cache/pip-tools-jobs
+	$(PYTHON) -m venv .cache/pip-tools-jobs
 	.cache/pip-tools-jobs/bin/pip install --quiet pip-tools==7.6.2
 	for stack in $(STACKS)/*.in; do \
 		.cache/pip-tools-jobs/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 			--strip-extras -o $${stack%.in}.txt $$stack || exit 1; done
+
+# The compute package's own tests (tests/compute) import jax, so they run on the job stack: in a
+# venv of the stack's Python that holds pytest (from the lock, hash-checked) and reads the job
+# environment's packages and this checkout through a .pth file. The job environment itself
+# stays exactly its lock.
+JOB_TESTS := .jobenv/tests-$(JOB_STACK)
+TEST_TOOLS := pytest pluggy iniconfig packaging hypothesis sortedcontainers attrs
+$(JOB_TESTS)/.installed: $(JOB_ENV)/.installed requirements.lock
+	rm -rf $(JOB_TESTS)
+	$(JOB_ENV)/bin/python -m venv $(JOB_TESTS)
+	$(JOB_ENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > $(JOB_TESTS)/paths.txt
+	echo $(CURDIR) >> $(JOB_TESTS)/paths.txt
+	mv $(JOB_TESTS)/paths.txt $$($(JOB_TESTS)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/job-env.pth
+	$(VENV)/bin/python -c "import re, sys; names = set(sys.argv[2:]); \
+		blocks = re.split(r'\n(?=[A-Za-z0-9])', open(sys.argv[1]).read()); \
+		print('\n'.join(b for b in blocks if b.split('==')[0].lower() in names))" \
+		requirements.lock $(TEST_TOOLS) > $(JOB_TESTS)/tools.txt
+	$(JOB_TESTS)/bin/pip install --quiet --require-hashes --no-deps -r $(JOB_TESTS)/tools.txt
+	touch $@
 
 $(TOOLS)/node_modules/.bin/anvil:
 	npm install --silent --prefix $(TOOLS) @foundry-rs/anvil@$(ANVIL_VERSION)
@@ -72,12 +91,18 @@ $(TOOLS)/node_modules/.bin/anvil:
 $(VENV)/bin/anvil: $(TOOLS)/node_modules/.bin/anvil $(VENV)/.installed
 	ln -sf $(CURDIR)/$(TOOLS)/node_modules/.bin/anvil $@
 
-env: $(VENV)/.installed $(JOB_ENV)/.installed $(TOOLS)/node_modules/.bin/anvil $(VENV)/bin/anvil
+env: $(VENV)/.installed $(JOB_ENV)/.installed $(JOB_TESTS)/.installed \
+	$(TOOLS)/node_modules/.bin/anvil $(VENV)/bin/anvil
 
 demo: env
 	ape crowdml demo
 
-test: env test-local test-anvil test-fork
+test: env test-compute test-local test-anvil test-fork
+
+# The compute package alone, in its job stack (jax in process); tests/conftest.py is the chain
+# side's and is not read.
+test-compute: env
+	$(JOB_TESTS)/bin/python -m pytest tests/compute --confcutdir=tests/compute -q --durations=5
 
 test-local: env
 	ape test tests -q --durations=15
@@ -101,7 +126,7 @@ bench: env
 # run in the job environment with crowdml's packages linked onto its path.
 agreement: env
 	mkdir -p .cache/stage
-	ln -sfn $(CURDIR)/ape_crowdml .cache/stage/ape_crowdml
+	ln -sfn $(CURDIR)/crowdml_compute .cache/stage/crowdml_compute
 	ln -sfn $(CURDIR)/jobs .cache/stage/crowdml_jobs
 	PYTHONPATH=$(CURDIR)/.cache/stage $(JOB_ENV)/bin/python -s bench/agreement.py
 

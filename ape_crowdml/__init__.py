@@ -2,7 +2,9 @@
 
 The public API is importable from here (`from ape_crowdml import Board, Requester, Worker`), but
 lazily: each name is imported on first use, so that registering the plugin (which ape does at
-every start) loads neither web3 contracts nor jax and `ape --help` stays fast. The CLI is
+every start) loads no web3 contract and `ape --help` stays fast. The plugin has no jax at all:
+what needs a job's code runs in a job environment (crowdml_compute/child.py); a delivered model
+is used there too (`from crowdml_compute.model import load_model`). The CLI is
 registered through the `ape_cli_subcommands` entry point in pyproject.toml.
 """
 
@@ -27,7 +29,6 @@ _API = {
     "find_board": "parties",
     "load_spec": "crowdml_compute.spec",
     "make_spec": "crowdml_compute.spec",
-    "load_model": "crowdml_compute.model",
     "CrowdmlConfig": "config",
     "CrowdmlError": "errors",
     "Buyer": "purchase",

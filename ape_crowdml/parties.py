@@ -431,7 +431,7 @@ class Worker(Party):
         """`check` without chain reads (`admission_facts` made them), so that it can run off the
         agent's loop: the spec fetched from its URI, the policy, the data fetched within the
         read limits, this machine's environment and the canary."""
-        from crowdml_compute.jobenv import check_environment
+        from crowdml_compute.child import check_environment
         from crowdml_compute.runner import check_canary
 
         task_id = task.task_id

@@ -5,7 +5,7 @@ Runs in a job environment's interpreter, with crowdml's packages on PYTHONPATH, 
 runs where the plugin (ape) is not installed, e.g. a lent GPU machine whose image carries the
 job stack:
 
-    PYTHONPATH=<folder linking ape_crowdml and crowdml_jobs> .jobenv/jax0.11.2-py3.12/bin/python \\
+    PYTHONPATH=<folder linking crowdml_compute and crowdml_jobs> .jobenv/jax0.11.2-py3.12/bin/python \\
         -s bench/agreement.py [--profiles cpu-portable gpu-portable gpu-exact]
 
 (`make agreement` does this with the repository's job environment.) For each profile it makes

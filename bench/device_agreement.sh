@@ -12,7 +12,7 @@ python3 -m venv --system-site-packages "$env"
 "$env/bin/pip" install --quiet --no-index --no-deps .cache/device-wheels/*.whl
 stage=/tmp/crowdml-stage
 mkdir -p "$stage"
-ln -sfn "$PWD/ape_crowdml" "$stage/ape_crowdml"
+ln -sfn "$PWD/crowdml_compute" "$stage/crowdml_compute"
 ln -sfn "$PWD/jobs" "$stage/crowdml_jobs"
 "$env/bin/python" -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|numpy|flax|optax|ml.dtypes|nvidia-(cuda-runtime|cudnn|cublas))' || true
 PYTHONPATH="$stage" "$env/bin/python" -s bench/agreement.py --profiles cpu-portable gpu-portable gpu-exact

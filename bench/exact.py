@@ -90,7 +90,7 @@ def measure(mode: str, folder: Path, accuracy: bool) -> dict:
 
 
 def run_child(mode: str, folder: Path, accuracy: bool) -> dict:
-    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.child import python_command
     from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile("cpu-portable"), STAGE)

@@ -4,8 +4,6 @@ The conv job (jobs/train_conv.py) on its synthetic CIFAR-shaped set (32×32×3, 
 MICRO_BATCHES micro-batches, STEPS steps), timed as training steps per second:
 
 (e) under the cpu-exact profile vs JAX's default flags, on one device;
-(g) cpu-exact's job stack (jax 0.11.2 in its own environment) vs the plugin's (cpu-exact-jax0.7,
-    jax 0.7.1), both under their profile's flags, on one device;
 (f) the fixed-order path (per-micro-batch gradients, all_gather, ordered sum) vs plain data
     parallelism (`pmean` of each device's mean gradient) on the same DEVICES virtual devices;
     and the digest of each on 1 and on DEVICES devices.
@@ -104,7 +102,7 @@ def measure(flags: str, devices: int, profile_name: str) -> dict:
 
 def run_child(flags: str, devices: int, profile: str = "cpu-exact") -> dict:
     """Measure in a child running the profile's job stack (its own interpreter)."""
-    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.child import python_command
     from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile(profile), STAGE)
@@ -125,7 +123,6 @@ def main() -> None:
         return
     exact, default = run_child("exact", 1), run_child("default", 1)
     wide = run_child("exact", DEVICES)
-    plugin = run_child("exact", 1, "cpu-exact-jax0.7")
     print(f"train_conv on synthetic CIFAR-shaped data: batch 64 in {MICRO_BATCHES} micro-batches, "
           f"{STEPS} steps, best of {REPEATS} warm runs, {os.cpu_count()} CPUs")
     print(f"(e) 1 device: cpu-exact {exact['fixed_steps_per_s']:.1f} steps/s vs JAX default "
@@ -137,9 +134,6 @@ def main() -> None:
     print(f"    digests: fixed-order on 1 device {exact['fixed_digest'][:18]}…, on {DEVICES} "
           f"{wide['fixed_digest'][:18]}…; pmean on {DEVICES} {wide['pmean_digest'][:18]}…")
     print(f"    job CPUs: {exact['cpus']} for 1 device, {wide['cpus']} for {DEVICES}")
-    print(f"(g) 1 device: cpu-exact (jax 0.11.2) {exact['fixed_steps_per_s']:.1f} steps/s vs "
-          f"cpu-exact-jax0.7 (jax 0.7.1) {plugin['fixed_steps_per_s']:.1f} steps/s: "
-          f"{plugin['fixed_steps_per_s'] / exact['fixed_steps_per_s']:.2f}x the time")
     # Other processes on the machine skew every figure above; say how busy it was.
     print("load average (1, 5, 15 min): " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
 

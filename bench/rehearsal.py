@@ -85,7 +85,7 @@ def job_costs(folder: Path) -> None:
         start = time.perf_counter()
         result = run_job(spec, COIN)
         cold.append(time.perf_counter() - start)
-    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.child import python_command
 
     python, extra = python_command(spec.profile, folder)  # the profile's job stack
     child = subprocess.run(

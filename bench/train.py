@@ -201,7 +201,7 @@ def measure_mnist(pinning: str) -> dict:
 
 def run_child(flagset: str, cpus: str | None = None) -> dict:
     """Measure in a child running cpu-exact's job stack (its own interpreter)."""
-    from crowdml_compute.jobenv import python_command
+    from crowdml_compute.child import python_command
     from crowdml_compute.profile import get_profile
 
     python, extra = python_command(get_profile("cpu-exact"), STAGE)

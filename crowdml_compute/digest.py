@@ -83,16 +83,43 @@ def _lengthed(data: bytes, width: str = "<I") -> bytes:
     return struct.pack(width, len(data)) + data
 
 
+class _NotPlain(Exception):
+    """A node that only jax's tree utilities know (a flax struct, a namedtuple, …)."""
+
+
+def _plain_leaves(tree, prefix: str = "") -> dict:
+    """The leaves of a tree of dicts, lists and tuples by path, as jax flattens them (None holds
+    no leaf), without importing jax: the plugin, which has no jax, encodes such trees too."""
+    if tree is None:
+        return {}
+    if type(tree) in (dict, list, tuple):
+        items = tree.items() if type(tree) is dict else enumerate(tree)
+        leaves = {}
+        for key, value in items:
+            part = str(key)
+            if "/" in part or not part:
+                raise ValueError(f"pytree key {part!r} must be non-empty and contain no '/'")
+            leaves.update(_plain_leaves(value, f"{prefix}{part}/"))
+        return leaves
+    if isinstance(tree, (np.ndarray, np.generic, bool, int, float)):
+        return {prefix[:-1]: tree}
+    raise _NotPlain
+
+
 def encode_pytree(tree) -> bytes:
     """Canonical bytes of a pytree of arrays (see the module docstring)."""
-    import jax
+    try:
+        leaves = {name: _little_endian(np.asarray(leaf))
+                  for name, leaf in _plain_leaves(tree).items()}
+    except _NotPlain:
+        import jax
 
-    from .parallel import host_value  # a replicated array of several processes: this one's copy
+        from .parallel import host_value  # a replicated array of several processes: its copy
 
-    leaves = {
-        _path_string(path): _little_endian(np.asarray(host_value(leaf)))
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
+        leaves = {
+            _path_string(path): _little_endian(np.asarray(host_value(leaf)))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
     out = [PYTREE_MAGIC, struct.pack("<I", len(leaves))]
     for name in sorted(leaves, key=lambda p: p.encode()):
         array = leaves[name]

@@ -26,7 +26,7 @@ def shipped_folder() -> Path:
     found = importlib.util.find_spec(SHIPPED_PACKAGE)
     if found is not None and found.submodule_search_locations:
         return Path(list(found.submodule_search_locations)[0])
-    return Path(__file__).resolve().parents[2] / "jobs"
+    return Path(__file__).resolve().parents[1] / "jobs"
 
 
 def job_files(folder: Path) -> list[Path]:
@@ -154,3 +154,21 @@ def normalise_hparams(job: types.ModuleType, hparams: dict) -> dict:
     except ValidationError as exc:
         raise _hparams_error(job.__file__, exc) from None
     return config.model_dump(mode="json", exclude_none=True)
+
+
+def read_job_config(path: Path, hparams: dict, canary: dict | str | None = None) -> dict:
+    """Import the job file at `path` here (its jax and flax with it) and read its `Config`: the
+    file's 0x-keccak256, `hparams` as the Config stores them and, with `canary` (overrides, or
+    "default" for the job's own `canary(config)`, none without one), the canary's overrides as
+    the Config reads them merged with `hparams`."""
+    module, digest = load_job_file(path)
+    answer = {"digest": digest, "hparams": normalise_hparams(module, hparams), "canary": None}
+    if canary is not None:
+        overrides = canary
+        if canary == "default":
+            choose = getattr(module, "canary", None)
+            config = module.Config.model_validate(answer["hparams"])
+            overrides = {} if choose is None else choose(config)
+        merged = normalise_hparams(module, {**answer["hparams"], **overrides})
+        answer["canary"] = {name: merged.get(name) for name in overrides}
+    return answer

@@ -2,7 +2,7 @@
 `predict`. Imports nothing of ape: it runs wherever jax and flax do (the job environment, a
 notebook, a serving process).
 
-    from crowdml_compute.model import load_model          # or `from ape_crowdml import load_model`
+    from crowdml_compute.model import load_model          # in a job environment: it needs jax
     model = load_model("model.crowdml", "spec.json")     # what `ape crowdml fetch` wrote
     labels = model.predict(x_test)                       # class per row, as the job evaluates
 """

@@ -72,37 +72,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .digest import keccak_digest
 from .errors import EnvironmentMismatch
 
-# The job stacks (jobenv.py) a profile runs on, and the packages of each that change bits.
-# cpu-exact's: current jax in a job environment of its own (Python 3.12, numpy 2), the versions
-# the GPU machines' image carries, so that one spec can run there and here.
-PINNED_PACKAGES = {
-    "jax": "0.11.2",
-    "jaxlib": "0.11.2",
-    "flax": "0.12.12",
-    "optax": "0.2.8",
-    "numpy": "2.5.2",
-    "ml_dtypes": "0.6.0",
-}
-PYTHON = "3.12"
-# sha256 of jaxlib's native libraries (the CPython manylinux x86_64 wheel of that Python; the
-# same figures as the wheel's RECORD): a rebuilt jaxlib with the same version number is refused.
-JAXLIB_NATIVE = {
-    "jaxlib/_jax.so": "6a28f034febe24e313cd12b45a97edeed3e226fa23383effa9d1fe7937beaa83",
-    "jaxlib/libjax_common.so": "772f05acbed49c29cfc0b3fee0f95acc3c1c586d100e21435e687a73068309d8",
-}
-# The plugin's own environment (stack "plugin"): eth-ape's numpy<2 holds it at jax 0.7.1.
-PLUGIN_PACKAGES = {
-    "jax": "0.7.1",
-    "jaxlib": "0.7.1",
-    "flax": "0.12.0",
-    "optax": "0.2.8",
-    "numpy": "1.26.4",
-}
-PLUGIN_PYTHON = "3.11"
-PLUGIN_JAXLIB_NATIVE = {
-    "jaxlib/_jax.so": "3e98335113a78143dbc7077212cd14a75e324f780802eb53c9fa621091e1dfaf",
-    "jaxlib/libjax_common.so": "723e174ba6a8aa19ae12251d4a497fa77317a311fafd6d99d7b6ade9b11a6471",
-}
+# The profiles are data: one JSON file per profile in profiles/ (shipped with the package, outside
+# the code hash), each a Profile without its `code`, which is this package's own code hash. A
+# new GPU model or stack is a new file: no code changes, and specs already published stay valid.
+PROFILES_FOLDER = Path(__file__).parent / "profiles"
 # What the job's process may inherit from the worker's environment. Everything else is dropped:
 # JAX_*, FLAX_*, XLA_*, TF_*, PJRT_NPROC, DNNL_*, cache folders, … Remote data credentials pass
 # (the data's digest is checked whatever serves it).
@@ -117,29 +90,9 @@ ALLOWED_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
 # Set by jax itself when it is imported (logging level; "not a Cloud TPU").
 SET_BY_JAX = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TPU_SKIP_MDS_QUERY"})
 # The CUDA libraries' versions as jax's CUDA plugin reads them from the loaded libraries
-# (`jax._src.lib.cuda_versions`), by the name a profile pins them under.
+# (`jax._src.lib.cuda_versions`), by the name a profile pins them under (`gpu_libraries`).
 GPU_LIBRARY_VERSIONS = {"cuda": "cuda_runtime_get_version", "cudnn": "cudnn_get_version",
                         "cublas": "cublas_get_version"}
-# The GPU profiles' GPU and libraries; the integers are what the libraries report.
-GPU_DEVICE_KIND = "NVIDIA H100 80GB HBM3"
-# gpu-exact-cuda12 (plugin stack): the NVIDIA wheels of CUDA 12.9, cuDNN 9.10.2 (9.10.0 has a
-# known binary-compatibility bug), cuBLAS 12.9.1.
-CUDA12_PACKAGES = {"jax-cuda12-plugin": "0.7.1", "jax-cuda12-pjrt": "0.7.1",
-                   "nvidia-cuda-runtime-cu12": "12.9.79", "nvidia-cudnn-cu12": "9.10.2.21",
-                   "nvidia-cublas-cu12": "12.9.1.4"}
-CUDA12_LIBRARIES = {"cuda": 12090, "cudnn": 91002, "cublas": 120901}
-# gpu-exact (stack jax0.11.2-cuda13-py3.12): jax's CUDA 13 plugin and the NVIDIA wheels its
-# lock resolves to (stacks/jax0.11.2-cuda13-py3.12.txt): CUDA 13.5, cuDNN 9.28.1, cuBLAS 13.10.
-# Chosen from the lock, never loaded on a GPU here: the integers follow each library's
-# documented encoding (cudaRuntimeGetVersion 1000·major + 10·minor; cuDNN and cuBLAS
-# 10000·major + 100·minor + patch).
-CUDA13_PACKAGES = {"jax-cuda13-plugin": "0.11.2", "jax-cuda13-pjrt": "0.11.2",
-                   "nvidia-cuda-runtime": "13.5.37", "nvidia-cudnn-cu13": "9.28.1.4",
-                   "nvidia-cublas": "13.10.0.20"}
-CUDA13_LIBRARIES = {"cuda": 13050, "cudnn": 92801, "cublas": 131000}
-# cpu-exact's XLA pool: 8 threads, so a job may run on 1, 2, 4 or 8 virtual CPU devices with the
-# bits of any other count (a pool of max(PJRT_NPROC, devices) threads stays at 8).
-MAX_CPU_DEVICES = 8
 
 
 @functools.cache
@@ -186,70 +139,31 @@ class Profile(BaseModel):
     requires_exact: bool = False
 
 
-CPU_EXACT = dict(
-    platform="cpu",
-    machine="x86_64",
-    cpu_features=("avx2", "fma"),
-    code=compute_code_digest(),
-    cpu_threads=1,
-    xla_threads=MAX_CPU_DEVICES,
-    xla_flags=("--xla_cpu_enable_fast_math=false", "--xla_cpu_max_isa=AVX2",
-               "--xla_cpu_prefer_vector_width=256"),
-    # XLA's matmuls run oneDNN's sgemm, which picks its kernel from the CPU it runs on.
-    env={"JAX_PLATFORMS": "cpu", "DNNL_MAX_CPU_ISA": "AVX2"},
-    jax_config={"jax_default_matmul_precision": "highest"},
-)
-GPU_EXACT = dict(
-    platform="gpu",
-    machine="x86_64",
-    code=compute_code_digest(),
-    xla_flags=("--xla_gpu_deterministic_ops=true",),
-    env={"JAX_PLATFORMS": "cuda", "NVIDIA_TF32_OVERRIDE": "0"},
-    jax_config={"jax_default_matmul_precision": "highest"},
-    device_kind=GPU_DEVICE_KIND,
-)
-# The portable profiles: exact arithmetic makes every sum's order irrelevant, so they keep
-# JAX's default flags, use every core and any device count; they pin what still decides
-# elementwise bits: the job stack (jaxlib's build, which generates exp, log, sqrt) and, on CPU,
-# the FMA instructions that build may fuse multiplies and adds into.
-CPU_PORTABLE = dict(
-    platform="cpu",
-    machine="x86_64",
-    cpu_features=("avx2", "fma"),
-    code=compute_code_digest(),
-    xla_flags=(),
-    env={"JAX_PLATFORMS": "cpu"},
-    requires_exact=True,
-)
-# On GPU the host CPU platform stays available: exact jobs initialise their parameters there
-# (crowdml_compute/exact.init_on_host), so erf_inv's GPU rounding never reaches the digest.
-GPU_PORTABLE = dict(
-    platform="gpu",
-    machine="x86_64",
-    code=compute_code_digest(),
-    xla_flags=("--xla_gpu_deterministic_ops=true",),
-    env={"JAX_PLATFORMS": "cuda,cpu", "NVIDIA_TF32_OVERRIDE": "0"},
-    requires_exact=True,
-)
-PROFILES = {profile.name: profile for profile in (
-    Profile(name="cpu-portable", stack="jax0.11.2-py3.12", python=PYTHON,
-            packages=PINNED_PACKAGES, native=JAXLIB_NATIVE, **CPU_PORTABLE),
-    Profile(name="gpu-portable", stack="jax0.11.2-cuda13-py3.12", python=PYTHON,
-            packages={**PINNED_PACKAGES, **CUDA13_PACKAGES}, native=JAXLIB_NATIVE,
-            gpu_libraries=CUDA13_LIBRARIES, **GPU_PORTABLE),
-    Profile(name="cpu-exact", stack="jax0.11.2-py3.12", python=PYTHON,
-            packages=PINNED_PACKAGES, native=JAXLIB_NATIVE, **CPU_EXACT),
-    # The CUDA plugin carries the GPU kernels, so it is pinned like jaxlib.
-    Profile(name="gpu-exact", stack="jax0.11.2-cuda13-py3.12", python=PYTHON,
-            packages={**PINNED_PACKAGES, **CUDA13_PACKAGES}, native=JAXLIB_NATIVE,
-            gpu_libraries=CUDA13_LIBRARIES, **GPU_EXACT),
-    # The same on the plugin's own environment (jax 0.7.1, numpy 1.26), as before job stacks.
-    Profile(name="cpu-exact-jax0.7", stack="plugin", python=PLUGIN_PYTHON,
-            packages=PLUGIN_PACKAGES, native=PLUGIN_JAXLIB_NATIVE, **CPU_EXACT),
-    Profile(name="gpu-exact-cuda12", stack="plugin", python=PLUGIN_PYTHON,
-            packages={**PLUGIN_PACKAGES, **CUDA12_PACKAGES}, native=PLUGIN_JAXLIB_NATIVE,
-            gpu_libraries=CUDA12_LIBRARIES, **GPU_EXACT),
-)}
+def load_profiles(folder: Path = PROFILES_FOLDER) -> dict[str, Profile]:
+    """The profiles of `folder`'s JSON files by name (a file's name is its profile's), each
+    carrying this package's code hash."""
+    profiles = {}
+    for path in sorted(folder.glob("*.json")):
+        profile = Profile.model_validate({**json.loads(path.read_text()),
+                                          "code": compute_code_digest()})
+        if profile.name != path.stem:
+            raise EnvironmentMismatch(f"{path} holds profile {profile.name!r}, not {path.stem!r}")
+        profiles[profile.name] = profile
+    return profiles
+
+
+# cpu-portable and gpu-portable run exact jobs only (exact.py: every sum whose order a kernel
+# chooses is a sum of integers), so they keep JAX's default flags, use every core and any device
+# count, and pin what still decides elementwise bits: the job stack (jaxlib's build, which
+# generates exp, log, sqrt) and, on CPU, the FMA instructions that build may fuse multiplies and
+# adds into; gpu-portable keeps the host CPU platform, where exact jobs initialise their
+# parameters (exact.init_on_host) so erf_inv's GPU rounding never reaches the digest. cpu-exact
+# and gpu-exact run float jobs and pin what the module docstring says; cpu-exact's XLA pool has
+# 8 threads, so a job may run on 1, 2, 4 or 8 virtual CPU devices with any other count's bits.
+PROFILES = load_profiles()
+# A spec's profile when the requester names none: cpu-portable for a job with exact arithmetic
+# (it pins no machine), else cpu-exact (spec.make_spec); both run on one job stack.
+DEFAULT_PROFILE, DEFAULT_FLOAT_PROFILE = "cpu-portable", "cpu-exact"
 
 
 def get_profile(name: str) -> Profile:
@@ -502,7 +416,7 @@ def check_process(profile: Profile, devices: int = 1) -> None:
     import flax
     import jax
 
-    if profile.stack != "plugin" and not (sys.flags.no_user_site and sys.flags.safe_path):
+    if not (sys.flags.no_user_site and sys.flags.safe_path):
         raise EnvironmentMismatch("a job environment's process runs with -s -P (no user "
                                   "site-packages, no working folder on its path)")
     expected = environment_for(profile, os.environ)

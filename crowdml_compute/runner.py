@@ -58,13 +58,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors
+from .child import error_record, job_config, raise_recorded, start
 from .digest import encode_pytree, keccak_digest
 from .errors import CanaryMismatch, CrowdmlError, SpecError
-from .jobenv import job_command
-from .jobs import (configured_job_folders, load_job,  # noqa: F401 - load_job_file: named here too
-                   load_job_file, normalise_hparams)
-from .profile import environment_for
+from .jobs import (JobRegistry, _hparams_error, configured_job_folders, load_job,
+                   load_job_file)  # noqa: F401 - load_job_file: named here too
 from .spec import Canary, JobSpec, check_arithmetic, load_spec, save_spec
 
 EXIT_BAD_INPUT = 2
@@ -229,8 +227,7 @@ def write_outcome(out: Path, *, result: JobResult | None = None,
     name and message, raised again in the parent)."""
     out.mkdir(parents=True, exist_ok=True)
     if error is not None:
-        (out / ERROR_FILE).write_text(json.dumps({"type": type(error).__name__,
-                                                  "message": str(error)}))
+        (out / ERROR_FILE).write_text(json.dumps(error_record(error)))
     else:
         result.save(out)
 
@@ -271,8 +268,7 @@ class JobProcess:
 
     def _load(self) -> JobResult:
         if (self._out_dir / ERROR_FILE).exists():
-            error = json.loads((self._out_dir / ERROR_FILE).read_text())
-            raise getattr(errors, error["type"], CrowdmlError)(error["message"])
+            raise_recorded(json.loads((self._out_dir / ERROR_FILE).read_text()))
         return JobResult.load(self._out_dir)
 
     def cancel(self) -> None:
@@ -293,36 +289,26 @@ def start_job(spec: JobSpec, coin: bytes, *, devices: int = 1, out: str | Path |
     if job_folders is None:
         job_folders = configured_job_folders()
     tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
-    try:
-        command, extra = job_command(spec.profile, "crowdml_compute.runner", tmp)
-    except CrowdmlError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     out_dir = Path(out) if out is not None else tmp / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
     spec_path = save_spec(spec, tmp / "spec.json")
-    # The interpreter of the profile's job stack (jobenv.py), not necessarily this one.
-    command += ["--spec", str(spec_path), "--coin", "0x" + coin.hex(), "--out", str(out_dir),
-                "--devices", str(devices), "--progress" if progress else "--no-progress"]
+    args = ["--spec", str(spec_path), "--coin", "0x" + coin.hex(), "--out", str(out_dir),
+            "--devices", str(devices), "--progress" if progress else "--no-progress"]
     for folder in job_folders:
-        command += ["--jobs-folder", str(folder)]
-    from .data import CACHE_FOLDER_VARIABLE, cache_root, limit_variables
-
-    # The child reads no config: it is handed the cache folder and the read limits (a job
-    # reads URIs its spec names, e.g. a model to evaluate), and nothing else of ours.
-    parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(cache_root()),
-              **limit_variables()}
+        args += ["--jobs-folder", str(folder)]
     # Its stderr goes to a file, not a pipe: nobody reads a pipe while the job runs in the
     # background, and a full one would stall the child.
     stderr = None if progress else tmp / "stderr.txt"
-    with open(stderr or os.devnull, "w") as stderr_file:
-        # A session of its own: a Ctrl-C at the terminal reaches the parent alone, which stops
-        # the child (`JobProcess.result`) instead of both printing their tracebacks.
-        process = subprocess.Popen(command, env=environment_for(spec.profile, parent),
-                                   stdout=subprocess.DEVNULL,
-                                   stderr=None if progress else stderr_file,
-                                   start_new_session=True)
+    try:
+        with open(stderr or os.devnull, "w") as stderr_file:
+            # A session of its own: a Ctrl-C at the terminal reaches the parent alone, which
+            # stops the child (`JobProcess.result`) instead of both printing their tracebacks.
+            process = start(spec.profile, "crowdml_compute.runner", args, tmp,
+                            stderr=None if progress else stderr_file, new_session=True)
+    except CrowdmlError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return JobProcess(process, out_dir, tmp, stderr)
 
 
@@ -354,12 +340,9 @@ def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None, *, devi
     """
     if job_folders is None:
         job_folders = configured_job_folders()
-    job = load_job(spec, job_folders)
-    if hparams is None:
-        choose = getattr(job, "canary", None)
-        hparams = {} if choose is None else choose(job.Config.model_validate(spec.hparams))
-    merged = normalise_hparams(job, {**spec.hparams, **hparams})
-    overrides = {name: merged.get(name) for name in hparams}
+    path = JobRegistry(job_folders).find(spec.job_digest, spec.job)
+    overrides = job_config(spec.profile, path, spec.hparams,
+                           "default" if hparams is None else hparams)["canary"]
     result = run_job(canary_spec(spec, overrides), coin, devices=devices, job_folders=job_folders)
     canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})

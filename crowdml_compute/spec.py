@@ -166,12 +166,14 @@ def make_spec(
     shipped jobs, unless told `arithmetic: float`), else to the pinned `cpu-exact`.
 
     The hyperparameters are stored as the job's `Config` normalises them (so `2`, `2.0` and `"2"`
-    give one spec), which imports the job file here. `data_uri` is where workers fetch the data
+    give one spec), read in a job environment (`child.job_config`). `data_uri` is where workers fetch the data
     (e.g. https://… or s3://…); the digest is computed from the local copy `data_path`, which
     defaults to being that location too. `result_key` (0x + 64 hex digits) is the X25519
     public key workers seal the agreed result to.
     """
-    from .jobs import load_job_file, normalise_hparams, resolve_job
+    from .child import job_config
+    from .jobs import resolve_job
+    from .profile import DEFAULT_FLOAT_PROFILE, DEFAULT_PROFILE
 
     job = resolve_job(job, job_folders)
     if not Path(data_path).is_file():
@@ -180,18 +182,22 @@ def make_spec(
         _finite(hparams)
     except ValueError as exc:
         raise SpecError(f"hparams: {exc}") from None
-    module, job_digest = load_job_file(job)
-    hparams = normalise_hparams(module, hparams)
+    if isinstance(profile, str):
+        profile = get_profile(profile)
+    # The job's own Config reads the hyperparameters, in a job environment (the job imports jax).
+    config = job_config(profile or get_profile(DEFAULT_PROFILE), job, hparams)
+    job_digest, hparams = config["digest"], config["hparams"]
     if profile is None:
         # exact arithmetic needs no pinned machine; a job without it keeps the pinned profile
-        profile = "cpu-portable" if hparams.get("arithmetic") == "exact" else "cpu-exact"
+        profile = get_profile(DEFAULT_PROFILE if hparams.get("arithmetic") == "exact"
+                              else DEFAULT_FLOAT_PROFILE)
     spec = JobSpec(
         job=job.name,
         job_digest=job_digest,
         hparams=hparams,
         data_uri=data_uri or str(data_path),
         data_digest="0x" + file_digest(data_path).hex(),
-        profile=profile if isinstance(profile, Profile) else get_profile(profile),
+        profile=profile,
         canary=canary,
         store=store,
         result_key=result_key,

@@ -32,9 +32,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .child import start
 from .errors import CrowdmlError
-from .jobenv import job_command
-from .profile import environment_for
 from .runner import JobProcess, execute, write_outcome
 from .spec import JobSpec, load_spec, save_spec
 
@@ -89,26 +88,21 @@ class WarmPool:
             return key, *known
         if known:  # its child died: its folder goes with it
             shutil.rmtree(known[1].parent, ignore_errors=True)
-        from .data import CACHE_FOLDER_VARIABLE, limit_variables
-
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
         profile_file = folder / "profile.json"
         profile_file.write_text(spec.profile.model_dump_json())
+        args = ["--profile", str(profile_file), "--devices", str(devices)]
+        for job_folder in job_folders:
+            args += ["--jobs-folder", str(job_folder)]
+        stderr = folder / "stderr.txt"
         try:
-            command, extra = job_command(spec.profile, "crowdml_compute.warm", folder)
+            with open(stderr, "w") as stderr_file:
+                child = start(spec.profile, "crowdml_compute.warm", args, folder,
+                              cache_folder=self._cache_folder, stdin=subprocess.PIPE,
+                              answer=False, stderr=stderr_file)
         except CrowdmlError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        command += ["--profile", str(profile_file), "--devices", str(devices)]
-        for job_folder in job_folders:
-            command += ["--jobs-folder", str(job_folder)]
-        parent = {**os.environ, **extra, CACHE_FOLDER_VARIABLE: str(self._cache_folder),
-                  **limit_variables()}
-        stderr = folder / "stderr.txt"
-        with open(stderr, "w") as stderr_file:
-            child = subprocess.Popen(command, env=environment_for(spec.profile, parent),
-                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=stderr_file, text=True)
         self._children[key] = (child, stderr)
         return key, child, stderr
 

@@ -15,6 +15,9 @@ from click.testing import CliRunner
 from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, assert_solvent,
                            mine_past_deadline, publish, result_for, salt_for)
 
+# tests/compute imports jax: it runs in the job stack (`make test-compute`), not under ape.
+collect_ignore = ["compute"]
+
 # The job environments `make env` built (ape-config.yaml names them for this project): the same
 # for projects and processes the tests start in other folders, unless their config says else.
 os.environ.setdefault("APE_CROWDML_JOB_ENV_FOLDER", str(ROOT / ".jobenv"))

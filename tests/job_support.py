@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from crowdml_compute.jobenv import job_command, python_command
+from crowdml_compute.child import job_command, python_command
 from crowdml_compute.profile import get_profile
 
 

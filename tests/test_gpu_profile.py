@@ -1,6 +1,6 @@
-"""gpu-exact (current jax, CUDA 13, in its job environment) and gpu-exact-cuda12 (the plugin's
-jax 0.7.1) pin one GPU model and the CUDA runtime, cuDNN and cuBLAS their process loads, and a
-worker is refused before any deposit on another. No GPU here: the refusals are checked against
+"""gpu-exact and gpu-portable (current jax, CUDA 13, in their job environment) pin one GPU
+model (gpu-exact) and the CUDA runtime, cuDNN and cuBLAS their process loads, and a worker is
+refused before any deposit on another. No GPU here: the refusals are checked against
 given device lists and versions, and the run on a GPU skips without one."""
 
 from __future__ import annotations
@@ -11,28 +11,23 @@ from pathlib import Path
 import pytest
 
 from crowdml_compute import profile as profiles
-from crowdml_compute.profile import (CUDA12_LIBRARIES, GPU_DEVICE_KIND, PLUGIN_PACKAGES,
-                                         PROFILES, check_environment)
+from crowdml_compute.profile import PROFILES, check_environment
 from ape_crowdml.errors import EnvironmentMismatch
 
-# The plugin-stack profile: its checks run in this process (the CUDA 13 one's in its own).
-GPU = PROFILES["gpu-exact-cuda12"]
-GPU_LIBRARIES = CUDA12_LIBRARIES
+GPU = PROFILES["gpu-exact"]
+GPU_DEVICE_KIND = GPU.device_kind
+GPU_LIBRARIES = GPU.gpu_libraries
 HAS_GPU = bool(profiles._nvidia_smi_gpus())
 
 
-@pytest.mark.parametrize("name, packages", [
-    ("gpu-exact", ("jax-cuda13-plugin", "nvidia-cuda-runtime", "nvidia-cudnn-cu13",
-                   "nvidia-cublas")),
-    ("gpu-exact-cuda12", ("jax-cuda12-plugin", "nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12",
-                          "nvidia-cublas-cu12")),
-])
-def test_gpu_profiles_pin_the_device_kind_and_cuda_libraries(name, packages):
+@pytest.mark.parametrize("name", ["gpu-exact", "gpu-portable"])
+def test_gpu_profiles_pin_the_cuda_libraries_and_gpu_exact_the_device_kind(name):
     gpu = PROFILES[name]
-    assert gpu.device_kind == GPU_DEVICE_KIND == "NVIDIA H100 80GB HBM3"
     assert set(gpu.gpu_libraries) == {"cuda", "cudnn", "cublas"}
-    for package in packages:
+    for package in ("jax-cuda13-plugin", "nvidia-cuda-runtime", "nvidia-cudnn-cu13",
+                    "nvidia-cublas"):
         assert package in gpu.packages
+    assert PROFILES["gpu-exact"].device_kind == "NVIDIA H100 80GB HBM3"
 
 
 def test_another_gpu_model_or_none_is_refused():
@@ -55,11 +50,17 @@ def test_another_cuda_library_version_is_refused(library):
 
 def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
     """check_environment (what a worker runs before it deposits) asks nvidia-smi: with this
-    machine's CPU packages, a machine without the GPU, and one with another, are refused."""
-    cpu_packages = GPU.model_copy(update={"packages": PLUGIN_PACKAGES})
+    process's own packages and Python pinned, a machine without the GPU, and one with another,
+    are refused."""
+    import sys
+    from importlib.metadata import version
+
+    here = GPU.model_copy(update={"packages": {"pydantic": version("pydantic")},
+                                  "python": "%d.%d" % sys.version_info[:2], "native": {}})
     if importlib.util.find_spec("jax_plugins") is None:
-        with pytest.raises(EnvironmentMismatch, match="jax-cuda12-plugin"):
-            check_environment(GPU)
+        with pytest.raises(EnvironmentMismatch, match="jax"):
+            check_environment(GPU.model_copy(update={"python": here.python}))
+    cpu_packages = here
     monkeypatch.setattr(profiles, "_nvidia_smi_gpus", lambda: [])
     with pytest.raises(EnvironmentMismatch, match="shows none"):
         check_environment(cpu_packages)
@@ -71,12 +72,12 @@ def test_the_pre_deposit_check_refuses_a_machine_without_the_gpu(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU")
-@pytest.mark.parametrize("profile", ["gpu-exact", "gpu-exact-cuda12"])
+@pytest.mark.parametrize("profile", ["gpu-exact", "gpu-portable"])
 def test_a_job_on_the_gpu_gives_one_digest(tmp_path, profile):
-    from crowdml_compute import jobenv
+    from crowdml_compute import child
 
     try:
-        jobenv.check_environment(PROFILES[profile])
+        child.check_environment(PROFILES[profile])
     except EnvironmentMismatch as exc:
         pytest.skip(f"this machine cannot run {profile}: {exc}")
     from crowdml_compute.data import export_digits

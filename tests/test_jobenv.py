@@ -1,25 +1,23 @@
 """Job environments (crowdml_compute/jobenv.py): a profile's jobs run in the interpreter of its job
-stack, not the plugin's; the compute side imports nothing from ape; a missing or wrong job
-environment is refused with one line before anything is spent."""
+stack, not the plugin's (which has no jax); a missing or wrong job environment is refused with one line before anything is spent."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from crowdml_compute import host, jobenv
+from crowdml_compute import child, host, jobenv
 from crowdml_compute.data import export_digits
-from crowdml_compute.profile import PINNED_PACKAGES, PLUGIN_PACKAGES, PROFILES
+from crowdml_compute.profile import PROFILES
 from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import CrowdmlError, EnvironmentMismatch
 
 REPO = Path(__file__).resolve().parents[1]
-COMPUTE = REPO / "ape_crowdml" / "compute"
+PINNED_PACKAGES = PROFILES["cpu-exact"].packages
 COIN = bytes.fromhex("ab" * 32)
 
 # A job that reports the process it runs in instead of training.
@@ -55,57 +53,35 @@ def run_where(folder: Path, profile: str):
 def test_a_cpu_exact_job_runs_in_its_job_environment_not_the_plugins(where_job):
     result = run_where(where_job, "cpu-exact")
     python = jobenv.interpreter("jax0.11.2-py3.12")
-    assert result.metrics["python"] == "3.12" != "%d.%d" % sys.version_info[:2]
-    assert Path(result.metrics["prefix"]) == python.parent.parent
+    assert result.metrics["python"] == "3.12"  # one Python, two environments
+    assert Path(result.metrics["prefix"]) == python.parent.parent != Path(sys.prefix)
     assert (result.metrics["jax"], result.metrics["numpy"]) == (PINNED_PACKAGES["jax"],
                                                                 PINNED_PACKAGES["numpy"])
     assert result.metrics["ape_importable"] is False and result.metrics["ape_loaded"] == []
     assert run_where(where_job, "cpu-exact").digest == result.digest  # one spec, one digest
 
 
-def test_the_plugin_stack_still_runs_in_the_plugins_interpreter(where_job):
-    result = run_where(where_job, "cpu-exact-jax0.7")
-    assert result.metrics["prefix"] == sys.prefix
-    assert result.metrics["jax"] == PLUGIN_PACKAGES["jax"] != PINNED_PACKAGES["jax"]
+def test_the_plugin_reads_a_jobs_config_in_the_job_environment(where_job, monkeypatch):
+    """The plugin has no jax, so it never imports a job: make_spec asks the job environment
+    for the job's Config (child.job_config). Here it must: jax cannot be found."""
+    import importlib.util
 
-
-def test_the_compute_side_imports_nothing_from_ape():
-    """Every import in crowdml_compute/ is of the standard library, the job stack or crowdml_compute/ itself:
-    no `ape`, no `ape_*` plugin, no module of the chain side (`from ..`)."""
-    offending = []
-    for path in sorted(COMPUTE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level > 1:
-                    offending.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
-                names = [node.module or ""] if node.level == 0 else []
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top == "ape" or (top.startswith("ape_") and
-                                    not name.startswith("crowdml_compute")):
-                    offending.append(f"{path.name}: import {name}")
-    assert offending == []
-
-
-def test_the_control_finds_an_import_of_ape(tmp_path, monkeypatch):
-    """The scan above can fail: a compute module importing the chain side is found."""
-    fake = tmp_path / "compute"
-    fake.mkdir()
-    (fake / "leaky.py").write_text("from ..config import crowdml_config\nimport ape\n")
-    monkeypatch.setattr(sys.modules[__name__], "COMPUTE", fake)
-    with pytest.raises(AssertionError, match="leaky.py: from ..config"):
-        test_the_compute_side_imports_nothing_from_ape()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
+    calls = []
+    real_call = child.call
+    monkeypatch.setattr(child, "call", lambda *a, **k: calls.append(a[1]) or real_call(*a, **k))
+    monkeypatch.setattr(child, "_JOB_CONFIGS", {})
+    spec = make_spec(where_job / "where.py", where_job / "digits.npz", {}, profile="cpu-exact")
+    assert calls == ["job-config"] and spec.hparams == {}
 
 
 def test_a_missing_job_environment_is_one_line_naming_the_fix(tmp_path, where_job, monkeypatch):
     monkeypatch.setattr(host, "_provider",
                         lambda: host.HostSettings(job_env_folder=tmp_path / "none"))
     with pytest.raises(EnvironmentMismatch, match="ape crowdml job-env create jax0.11.2-py3.12"):
-        jobenv.check_environment(PROFILES["cpu-exact"])
+        child.check_environment(PROFILES["cpu-exact"])
     with pytest.raises(EnvironmentMismatch, match="has no environment here"):
         run_where(where_job, "cpu-exact")
     assert list(tmp_path.iterdir()) == []  # nothing made on the way
@@ -120,17 +96,25 @@ def test_an_environment_without_the_stack_is_refused_with_the_missing_pin(tmp_pa
                         lambda: host.HostSettings(job_envs={"jax0.11.2-py3.12": python}))
     with pytest.raises(EnvironmentMismatch, match="interpreter failed: .*No module named.*"
                                                   "job-env create jax0.11.2-py3.12"):
-        jobenv.check_environment(PROFILES["cpu-exact"])
+        child.check_environment(PROFILES["cpu-exact"])
     with pytest.raises(CrowdmlError, match="exists; remove it first"):
         jobenv.create("jax0.11.2-py3.12", tmp_path / "bare", install=False)
 
 
+def other_python(tmp_path: Path) -> str:
+    """An interpreter that says it is Python 3.11."""
+    fake = tmp_path / "python3.11"
+    fake.write_text("#!/bin/sh\necho 3.11\n")
+    fake.chmod(0o755)
+    return str(fake)
+
+
 def test_create_refuses_another_python_or_stack(tmp_path):
     with pytest.raises(CrowdmlError, match="needs Python 3.12, .* is 3.11"):
-        jobenv.create("jax0.11.2-py3.12", tmp_path / "env", sys.executable)
+        jobenv.create("jax0.11.2-py3.12", tmp_path / "env", other_python(tmp_path))
     with pytest.raises(EnvironmentMismatch, match="unknown job stack 'jax9'"):
         jobenv.create("jax9", tmp_path / "env")
-    with pytest.raises(CrowdmlError, match="plugin's own environment"):
+    with pytest.raises(EnvironmentMismatch, match="unknown job stack 'plugin'"):
         jobenv.create("plugin", tmp_path / "env")
     assert not (tmp_path / "env").exists()
 
@@ -144,7 +128,7 @@ def test_cli_lists_the_stacks_and_refuses_in_one_line(tmp_path):
     assert str(jobenv.interpreter("jax0.11.2-py3.12")) in lines["jax0.11.2-py3.12"]
     assert "cpu-exact" in lines["jax0.11.2-py3.12"]
     wrong = subprocess.run([ape, "crowdml", "job-env", "create", "--path", str(tmp_path / "e"),
-                            "--python", sys.executable], capture_output=True, text=True,
+                            "--python", other_python(tmp_path)], capture_output=True, text=True,
                            cwd=REPO)
     output = wrong.stdout + wrong.stderr  # ape prints its one ERROR line on stdout
     assert wrong.returncode == 1 and output.count("\n") == 1, output

@@ -137,11 +137,20 @@ def test_trained_classifier_is_well_above_chance(trained, digits):
     assert result.metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
+def subset_of_the_coin(coin: bytes, size: int) -> list[int]:
+    """jax.random.permutation(draw(base_key(coin), 0), size), drawn in the job environment
+    (the plugin has no jax)."""
+    script = ("import sys, jax; from crowdml_compute.keys import base_key, draw; "
+              "print(*jax.random.permutation(draw(base_key(bytes.fromhex(sys.argv[1])), 0), "
+              "int(sys.argv[2])).tolist())")
+    python, env = job_python()
+    child = subprocess.run(python + ["-c", script, coin.hex(), str(size)], capture_output=True,
+                           text=True, cwd=REPO, env=env)
+    assert child.returncode == 0, child.stderr
+    return [int(i) for i in child.stdout.split()]
+
+
 def test_evaluation_bitstring_matches_the_model(trained, digits):
-    import jax
-
-    from crowdml_compute.keys import base_key, draw
-
     _, artifact_path = trained
     subset_size = 200
     spec = make_spec(EVAL_JOB, digits, {"model_uri": str(artifact_path),
@@ -152,8 +161,7 @@ def test_evaluation_bitstring_matches_the_model(trained, digits):
 
     params = decode_pytree(artifact_path.read_bytes())["params"]
     with np.load(digits) as data:
-        subset = np.asarray(jax.random.permutation(draw(base_key(COIN), 0), len(data["y_test"])))
-        subset = subset[:subset_size]
+        subset = np.asarray(subset_of_the_coin(COIN, len(data["y_test"])))[:subset_size]
         expected = mlp_predict(params, data["x_test"][subset]) == data["y_test"][subset]
     assert bits.tolist() == expected.astype(int).tolist()
     assert result.metrics["accuracy"] == pytest.approx(bits.mean())

@@ -21,8 +21,8 @@ import pytest
 from job_support import job_process, job_python
 from crowdml_compute.data import export_digits
 from crowdml_compute.parallel import devices_for
-from crowdml_compute.profile import MAX_CPU_DEVICES, PROFILES
-from crowdml_compute.runner import load_job_file, run_job
+from crowdml_compute.profile import PROFILES
+from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.errors import EnvironmentMismatch, SpecError
 
@@ -131,9 +131,16 @@ def mnist_shaped(path: Path) -> Path:
 
 
 def cifar_hparams(n_train: int, batch_size: int) -> dict:
-    conv, _ = load_job_file(CONV_JOB)
     synthetic = {"seed": 7, "n_train": n_train, "n_test": 64}
-    digest = conv.synthetic_digest(conv.synthetic_cifar(**synthetic))
+    # The job's own synthetic set and its digest, in the job environment (the job imports jax).
+    script = ("import json, sys; from crowdml_compute.jobs import load_job_file; "
+              "conv, _ = load_job_file(sys.argv[1]); "
+              "print(conv.synthetic_digest(conv.synthetic_cifar(**json.loads(sys.argv[2]))))")
+    python, env = job_python()
+    child = subprocess.run(python + ["-c", script, str(CONV_JOB), json.dumps(synthetic)],
+                           capture_output=True, text=True, env=env)
+    assert child.returncode == 0, child.stderr
+    digest = child.stdout.strip()
     return {"batch_size": batch_size, "micro_batches": MICRO_BATCHES, "epochs": 1,
             "steps_per_epoch": 2, "synthetic": {**synthetic, "digest": digest}}
 
@@ -176,7 +183,7 @@ def test_devices_used_are_a_divisor_of_micro_batches_within_the_offer_and_profil
     assert devices_for(cpu, 8, 6) == 4
     assert devices_for(cpu, 6, 4) == 3
     assert devices_for(cpu, 7, 4) == 1
-    assert devices_for(cpu, 64, 64) == MAX_CPU_DEVICES  # more would enlarge XLA's pool
+    assert devices_for(cpu, 64, 64) == PROFILES["cpu-exact"].xla_threads  # more would enlarge XLA's pool
     unpinned = cpu.model_copy(update={"xla_threads": None, "cpu_threads": None})
     assert devices_for(unpinned, 8, 8) == 1
     assert devices_for(PROFILES["gpu-exact"], 16, 16) == 16

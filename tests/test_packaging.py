@@ -11,7 +11,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from crowdml_compute.profile import PLUGIN_PACKAGES, PROFILES
+from crowdml_compute.profile import PROFILES
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
@@ -80,15 +80,7 @@ def test_every_locked_package_is_exact_and_hashed(lock):
     assert unhashed == []
 
 
-def test_the_plugin_stack_is_the_jobs_extra():
-    """The `jobs` extra is the plugin stack (cpu-exact-jax0.7, gpu-exact-cuda12)."""
-    jobs = {canonicalize_name(r.name): str(r.specifier) for r in
-            map(Requirement, pyproject()["optional-dependencies"]["jobs"])}
-    assert jobs == {canonicalize_name(name): f"=={version}"
-                    for name, version in PLUGIN_PACKAGES.items()}
-
-
-@pytest.mark.parametrize("profile", [p for p in PROFILES.values() if p.stack != "plugin"],
+@pytest.mark.parametrize("profile", list(PROFILES.values()),
                          ids=lambda p: p.name)
 def test_each_job_stack_lock_holds_its_profiles_pins_with_hashes(profile):
     from crowdml_compute.jobenv import get_stack
@@ -112,3 +104,12 @@ def test_ape_config_installs_the_pinned_plugins():
     assert plugins, "ape-config.yaml lists no plugins"
     for plugin in plugins:
         assert f"=={plugin['version']}" == dev[canonicalize_name(f"ape-{plugin['name']}")]
+
+
+def test_the_plugin_pulls_no_jax():
+    """`pip install ape-crowdml` (any extra) and the plugin's lock hold no jax stack: jobs, and
+    whatever needs their code, run in the job environments."""
+    numeric = {"jax", "jaxlib", "flax", "optax", "ml-dtypes", "jax-cuda12-plugin",
+               "jax-cuda13-plugin"}
+    assert {canonicalize_name(r.name) for r in declared()} & numeric == set()
+    assert set(parse_lock((ROOT / "requirements.lock").read_text())) & numeric == set()

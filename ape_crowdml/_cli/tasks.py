@@ -417,6 +417,7 @@ def job_env_create(stack, profile_name, path, python, system_site_packages, inst
     """Build the environment of a job stack (a venv with its pinned packages), then check it
     against the profile's pins as a worker does before a deposit."""
     from crowdml_compute import jobenv
+    from crowdml_compute.child import check_environment
     from crowdml_compute.profile import PROFILES, get_profile
     from ape_crowdml.config import crowdml_config
     from ape_crowdml.errors import CrowdmlError
@@ -429,7 +430,7 @@ def job_env_create(stack, profile_name, path, python, system_site_packages, inst
     # The checks a worker runs before a deposit, in the interpreter just built.
     for profile in (p for p in PROFILES.values() if p.stack == stack):
         try:
-            jobenv.check_environment(profile, python=target)
+            check_environment(profile, python=target)
         except CrowdmlError as exc:
             if profile.platform == "cpu":
                 raise
