@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -168,7 +169,7 @@ class Agent:
         for task_id, refusal in stranded.items():  # said once here, its job never started
             self._watching.add(task_id)
             self._given_up.add(task_id)
-            self.log(f"task {task_id}: {refusal}")
+            self.log(str(refusal))
 
     def _discover(self) -> None:
         """Scan new blocks for Published events, a page of `page_blocks` at a time, saving the
@@ -268,7 +269,9 @@ class Agent:
         try:
             outcome = action(task_id)
         except CrowdmlError as exc:
-            self._say_once(key, f"task {task_id}: {exc}")
+            said = str(exc)  # one that names its task already is said as it is
+            self._say_once(key, said if re.match(rf"task {task_id}\b", said)
+                           else f"task {task_id}: {said}")
         except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
             logger.debug("agent step failed", exc_info=True)
             self._say_once(key, f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
