@@ -354,7 +354,8 @@ def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_
           priority_fee, autosign, warm_jobs, drain):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
     waits for a person: an account that would ask before signing is refused at the start, and
-    so is a task joined by another crowdml version, yet to be committed to (unless draining)."""
+    so, unless draining, is a task joined under another crowdml version's compute code and yet
+    to be committed to (reinstall that version to finish it)."""
     from ape_crowdml.agent import Agent, sign_unattended
     from ape_crowdml.errors import CannotSignUnattended
 
