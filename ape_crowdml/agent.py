@@ -17,12 +17,20 @@ when a transaction arrives, a deadline then passes only when someone sends one; 
 with a block time (`anvil --block-time 1`) when several parties share it. `mine_when_idle`
 (`--mine-when-idle`) mines a block at every idle poll while no job of its own trains, for a
 chain nobody else uses: on a shared one it would close other workers' windows while they train.
+
+An upgrade changes the compute code a spec's profile pins, so a worker that upgrades while
+joined to a task would refuse its own task's job and lose the deposit. `drain` (`--drain`)
+joins nothing new, carries the tasks it holds to their end, then stops: the worker upgrades
+then. An agent that finds a task joined under other compute code, yet to be committed to,
+refuses to start (unless draining), naming the version to reinstall: started as usual it
+would join new tasks under the new code, which that reinstall would strand in turn.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -123,15 +131,22 @@ FIRST_RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 60.0
 class Agent:
     def __init__(self, worker: Worker, *, mine_when_idle: bool = False,
                  page_blocks: int | None = None, max_fee: int | None = None,
-                 priority_fee: int | None = None, log: Callable[[str], None] = print):
-        """`page_blocks`, `max_fee` and `priority_fee` default to the config's `agent:`."""
+                 priority_fee: int | None = None, drain: bool = False,
+                 log: Callable[[str], None] = print):
+        """`page_blocks`, `max_fee` and `priority_fee` default to the config's `agent:`.
+        UpgradedSinceJoin, unless `drain`, for a task joined under other compute code."""
         settings = worker.config.agent
+        # Before anything is sent: the one way to save that deposit is the reinstall.
+        stranded = worker.upgraded_since_join()
+        if stranded and not drain:
+            raise next(iter(stranded.values()))
         self.worker = worker
         self.board = worker.board
         self.board.cap_fees(settings.max_fee if max_fee is None else max_fee,
                             settings.priority_fee if priority_fee is None else priority_fee)
         self.log = log
         self.mine_when_idle = mine_when_idle
+        self.drain = drain
         self.page_blocks = page_blocks or settings.page_blocks
         self._waiting_reason: str | None = None
         # Where a previous run of this account's agent left off, from the store: a restart
@@ -148,6 +163,13 @@ class Agent:
         self._recheck_at: dict[int, float] = {}  # task id -> when a fixable refusal is retried
         self._trouble: dict[tuple, str] = {}  # (task id, action) -> the last failure said
         self.finished: list[int] = []
+        # Draining: followed tasks read as not joined; they stay followed, for the upgraded
+        # agent to join.
+        self._unseated: set[int] = set()
+        for task_id, refusal in stranded.items():  # said once here, its job never started
+            self._watching.add(task_id)
+            self._given_up.add(task_id)
+            self.log(str(refusal))
 
     def _discover(self) -> None:
         """Scan new blocks for Published events, a page of `page_blocks` at a time, saving the
@@ -220,7 +242,7 @@ class Agent:
             return False
         acted = False
         ready_to_work = []
-        for task_id in sorted(self._watching):
+        for task_id in sorted(self._watching - self._unseated):
             outcome = self._guarded(self._advance, task_id)
             if outcome is WORK:
                 ready_to_work.append(task_id)
@@ -247,7 +269,9 @@ class Agent:
         try:
             outcome = action(task_id)
         except CrowdmlError as exc:
-            self._say_once(key, f"task {task_id}: {exc}")
+            said = str(exc)  # one that names its task already is said as it is
+            self._say_once(key, said if re.match(rf"task {task_id}\b", said)
+                           else f"task {task_id}: {said}")
         except Exception as exc:  # noqa: BLE001 - provider and connection errors vary by plugin
             logger.debug("agent step failed", exc_info=True)
             self._say_once(key, f"task {task_id}: {type(exc).__name__}: {first_line(exc)}")
@@ -362,6 +386,9 @@ class Agent:
                 self._admissions.pop(task_id, None)
                 self._forget(task_id)
                 return False
+            if self.drain:
+                self._unseated.add(task_id)
+                return False
             return self._join(task_id)
         if phase in (Phase.JOINING, Phase.AWAITING_COIN):
             if self.board.head <= self.board.task(task_id).deadline:
@@ -393,13 +420,24 @@ class Agent:
             return True
         return False
 
+    @property
+    def live(self) -> set[int]:
+        """The followed tasks this agent holds a seat on, or has yet to read (a failed read
+        counts as held: a drain never stops on a task it could not see)."""
+        return self._watching - self._unseated
+
     def run(self, *, tasks: int | None = None, poll_seconds: float = 2.0) -> None:
-        """Work until `tasks` tasks have finished (forever if None)."""
+        """Work until `tasks` tasks have finished (forever if None); draining, until no task
+        is live."""
         from ape import chain
 
         try:
             while tasks is None or len(self.finished) < tasks:
-                if not self.step():
+                acted = self.step()
+                if self.drain and not self.live:
+                    self.log("no live tasks: safe to upgrade")
+                    break
+                if not acted:
                     # Not while a job trains: the blocks would close its own commit window.
                     if self.mine_when_idle and not self._jobs:
                         chain.mine(1)

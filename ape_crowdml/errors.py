@@ -55,3 +55,8 @@ class StateNotWritable(CrowdmlError):
 
 class ModelNotServedYet(CrowdmlError):
     """A model purchase's seller may still serve the evaluation's model: the job waits."""
+
+
+class UpgradedSinceJoin(CrowdmlError):
+    """crowdml was upgraded since this worker joined a task: the install's compute code is not
+    the one the task's spec names, so its job would be refused and the deposit lost."""

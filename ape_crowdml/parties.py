@@ -34,13 +34,25 @@ from crowdml_compute.data import is_remote, read_verified
 from crowdml_compute.jobs import JobRegistry
 from .errors import (ArtifactMissing, BoardNotConfigured, CrowdmlError, DataDigestMismatch,
                      MissingSecret, ModelNotServedYet, PolicyRefused, SpecError, TaskRejected,
-                     first_line)
+                     UpgradedSinceJoin, first_line)
 from .policy import check_policy
 from crowdml_compute.spec import JobSpec, load_spec, parse_spec
-from .store import CoinOpening, Store, StoredResult
+from .store import CoinOpening, Joined, Store, StoredResult
 
 if TYPE_CHECKING:
     from crowdml_compute.runner import JobProcess
+
+
+def crowdml_version() -> str:
+    """The installed ape-crowdml's version, which a join records: the one to reinstall to
+    finish the task after an upgrade."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ape-crowdml")
+    except importlib.metadata.PackageNotFoundError:  # sources on sys.path, never installed
+        return "unknown"
+
 
 def network_key() -> str:
     """The connected network as ecosystem:network."""
@@ -507,7 +519,57 @@ class Worker(Party):
             self._admission(task, spec)
         if confirm is not None:
             confirm(task.deposit)
+        from crowdml_compute.profile import compute_code_digest
+
+        # Before the deposit: an upgrade before the commit can then name the version to
+        # reinstall (`check_code`).
+        self.store.save_join(*self._key(task_id), Joined(crowdml_version(), compute_code_digest()))
         self.board.join(self.account, task_id, checked=task)
+
+    def check_code(self, task: TaskInfo, spec: JobSpec | str | Path | None = None) -> None:
+        """UpgradedSinceJoin if this install's compute code is not the one `task`, which this
+        worker joined, was made for: crowdml was upgraded since the join, and its job would be
+        refused (the profile pins the code), losing the deposit. Names the version to reinstall
+        from what the join recorded; a task joined from elsewhere, or by a crowdml that kept
+        no record, is judged by its spec."""
+        from crowdml_compute.profile import compute_code_digest
+
+        code, task_id = compute_code_digest(), task.task_id
+        joined = self.store.joined(*self._key(task_id))
+        made_for = joined.code if joined else self.spec_of(task_id, spec).profile.code
+        if made_for == code:
+            return
+        reinstall = (f"reinstall ape-crowdml=={joined.version} and run `ape crowdml agent "
+                     "--drain` with it" if joined else
+                     "reinstall the crowdml version that joined it and run its agent")
+        until = (f"before block {task.deadline}" if task.phase == Phase.COMMIT
+                 else "before its commit window closes")
+        raise UpgradedSinceJoin(
+            f"task {task_id} was joined under compute code {made_for[:10]}…"
+            + (f" (ape-crowdml {joined.version})" if joined else "")
+            + f", this install runs {code[:10]}… (ape-crowdml {crowdml_version()}) and would "
+            f"refuse its job: {reinstall} to commit {until}, or the deposit is lost")
+
+    def upgraded_since_join(self) -> dict[int, UpgradedSinceJoin]:
+        """The tasks this worker joined from this folder under other compute code and has yet
+        to commit to, while it still can, each with `check_code`'s refusal. Only those tasks'
+        state is read from the chain."""
+        from crowdml_compute.profile import compute_code_digest
+
+        code, me = compute_code_digest(), self.account.address
+        joins = self.store.joins(self.board.chain_id, self.board.address, me)
+        refusals = {}
+        for task_id in sorted(t for t, joined in joins.items() if joined.code != code):
+            task = self.board.task(task_id)
+            if task.phase not in (Phase.JOINING, Phase.AWAITING_COIN, Phase.COMMIT):
+                continue
+            if self.board.worker_status(task_id, me) != WorkerStatus.JOINED:
+                continue
+            try:
+                self.check_code(task)
+            except UpgradedSinceJoin as exc:
+                refusals[task_id] = exc
+        return refusals
 
     def check_terms(self, task_id: int) -> TaskInfo:
         """The board's own terms of joining (open seat, window, funds for the deposit and the
@@ -542,6 +604,7 @@ class Worker(Party):
         result is stored for this spec and coin); returns at once. `finish_work` commits."""
         # Before any training: the coin is fixed, this seat can commit, and the window is open.
         task = self.board.check_commit(self.account, task_id, preflight.MIN_BLOCKS_TO_WORK)
+        self.check_code(task, spec)  # the admission would refuse an upgrade without saying why
         spec = self._admission(task, spec)  # the join's, when this worker joined it here
         coin = self.board.coin(task_id, checked=task)
         store_url = self.result_store().url

@@ -45,6 +45,15 @@ CREATE TABLE IF NOT EXISTS results (
     artifact_store TEXT NOT NULL,
     PRIMARY KEY (chain_id, board, task_id, account)
 );
+CREATE TABLE IF NOT EXISTS joins (
+    chain_id INTEGER NOT NULL,
+    board TEXT NOT NULL,
+    task_id INTEGER NOT NULL,
+    account TEXT NOT NULL,
+    version TEXT NOT NULL,
+    code TEXT NOT NULL,
+    PRIMARY KEY (chain_id, board, task_id, account)
+);
 CREATE TABLE IF NOT EXISTS summaries (
     chain_id INTEGER NOT NULL,
     board TEXT NOT NULL,
@@ -88,6 +97,15 @@ class StoredResult:
     salt: bytes
     artifact: bytes  # canonical bytes; uploaded only after reveal, or others could copy it
     artifact_store: str  # URL the artifact goes to once revealed
+
+
+@dataclass(frozen=True)
+class Joined:
+    """What joined a task: the job must run under the same compute code, which an upgrade
+    changes, so a worker that upgraded meanwhile is told which version to reinstall."""
+
+    version: str  # the ape-crowdml distribution's version
+    code: str  # its compute_code_digest(), which the task's spec profile names
 
 
 class Store:
@@ -194,6 +212,26 @@ class Store:
             "WHERE chain_id = ? AND board = ? AND task_id = ? AND account = ?",
             (chain_id, board, task_id, account))
         return StoredResult(*row) if row else None
+
+    def save_join(self, chain_id: int, board: str, task_id: int, account: str,
+                  joined: Joined) -> None:
+        self._write("INSERT OR REPLACE INTO joins VALUES (?, ?, ?, ?, ?, ?)",
+                    (chain_id, board, task_id, account, joined.version, joined.code))
+
+    def joined(self, chain_id: int, board: str, task_id: int, account: str) -> Joined | None:
+        """What `account` joined the task with, if it joined it from this folder."""
+        row = self._read_one("SELECT version, code FROM joins WHERE chain_id = ? AND board = ? "
+                             "AND task_id = ? AND account = ?", (chain_id, board, task_id, account))
+        return Joined(*row) if row else None
+
+    def joins(self, chain_id: int, board: str, account: str) -> dict[int, Joined]:
+        """Every task `account` joined on the board from this folder."""
+        db = self._connection(create=False)
+        if db is None:
+            return {}
+        rows = db.execute("SELECT task_id, version, code FROM joins WHERE chain_id = ? AND "
+                          "board = ? AND account = ?", (chain_id, board, account))
+        return {task_id: Joined(version, code) for task_id, version, code in rows}
 
     # A requester's result keys: a spec names the public half, workers seal the agreed result
     # to it, and only this folder's secret half opens it. Made before any spec names it.

@@ -347,10 +347,15 @@ def run_job(spec_file, coin, out):
 @click.option("--warm-jobs/--cold-jobs", default=None,
               help="Run jobs in one warm process per profile (same digests, no start-up per "
                    "job) or each in a fresh one (default: `crowdml: worker: warm_jobs:`, off).")
+@click.option("--drain", is_flag=True,
+              help="Join no new task, finish the ones joined, then exit: run it until it does "
+                   "before upgrading crowdml.")
 def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_fee,
-          priority_fee, autosign, warm_jobs):
+          priority_fee, autosign, warm_jobs, drain):
     """Work on its own: join accepted tasks, work, commit, reveal, settle, claim. It never
-    waits for a person: an account that would ask before signing is refused at the start."""
+    waits for a person: an account that would ask before signing is refused at the start, and
+    so, unless draining, is a task joined under another crowdml version's compute code and yet
+    to be committed to (reinstall that version to finish it)."""
     from ape_crowdml.agent import Agent, sign_unattended
     from ape_crowdml.errors import CannotSignUnattended
 
@@ -368,8 +373,9 @@ def agent(account, board_address, tasks, poll, mine_when_idle, page_blocks, max_
     worker = Worker(_board(board_address), account, config=config)
     log = _agent_log()
     agent = Agent(worker, mine_when_idle=mine_when_idle, page_blocks=page_blocks,
-                  max_fee=max_fee, priority_fee=priority_fee, log=log)
-    log(f"agent {account.address} watching board {worker.board.address} from block "
+                  max_fee=max_fee, priority_fee=priority_fee, drain=drain, log=log)
+    doing = "draining (joining nothing new)" if drain else "watching"
+    log(f"agent {account.address} {doing} board {worker.board.address} from block "
         f"{agent.next_block}")
     agent.run(tasks=tasks, poll_seconds=poll)
 
