@@ -15,21 +15,12 @@ STACKS := crowdml_compute/stacks
 # ape-vyper finds the pinned, pip-installed compiler on PATH; anvil comes from npm.
 export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH)
 
-# Suites whose behaviour depends on the node also run on anvil (ethereum:local:foundry): window
-# edges, pending-block simulation, a worker from an installed wheel, separate processes, the
-# console. Separate processes on anvil are also what tests/integration (own anvil, block time)
-# and tests/fork play end to end; CROWDML_ANVIL_ALL=1 runs every chain suite on anvil too.
-CHAIN_TESTS := tests/test_board_rules.py tests/test_cli_errors.py tests/test_preflight.py \
-	tests/test_agent_recovery.py tests/test_stranger.py \
-	tests/test_agent_keyfile.py::test_a_keyfile_agent_signs_unattended_through_a_task \
-	tests/test_agent_fees.py::test_pending_transactions_of_the_account_are_waited_for \
-	tests/test_readme.py::test_console_example_runs_as_written
-ifdef CROWDML_ANVIL_ALL
-CHAIN_TESTS += tests/test_board_attacks.py tests/test_cli.py tests/test_plugin_api.py \
-	tests/test_agent.py tests/test_purchase_cli.py tests/test_board_payoffs.py \
-	tests/test_cli_demo.py tests/test_attacks_plugin.py tests/test_board_fuzz.py \
-	tests/test_purchase.py tests/test_purchase_api.py
-endif
+# Tests whose behaviour depends on the node carry the `anvil` marker and also run on anvil
+# (ethereum:local:foundry): window edges, pending-block simulation, a worker from an installed
+# wheel, separate processes, the console. Separate processes on anvil are also what
+# tests/integration (own anvil, block time) and tests/fork play end to end;
+# CROWDML_ANVIL_ALL=1 runs every chain suite (board/, plugin/) on anvil.
+ANVIL_TESTS := $(if $(CROWDML_ANVIL_ALL),tests/board tests/plugin,tests -m anvil)
 
 .PHONY: all env lock stack-locks agreement device-wheels demo test test-compute test-local test-anvil test-fork bench taskboard clean
 
@@ -108,7 +99,7 @@ test-local: env
 	ape test tests -q --durations=15
 
 test-anvil: env
-	ape test $(CHAIN_TESTS) -q --durations=10 --network ethereum:local:foundry
+	ape test $(ANVIL_TESTS) -q --durations=10 --network ethereum:local:foundry
 
 # Tasks started on a chain (a second anvil with chain id 1, as ethereum:mainnet's node) and
 # finished on its fork, the way ape users test against mainnet; other networks skip tests/fork.

@@ -443,5 +443,4 @@ class Agent:
                         chain.mine(1)
                     time.sleep(poll_seconds)
         finally:
-            self.stop_jobs()
-            self.worker.close()
+            self.stop_jobs()  # warm children idle then; they stop with the process

@@ -367,7 +367,6 @@ class Worker(Party):
     def __init__(self, board: Board, account, **kwargs):
         super().__init__(board, account, **kwargs)
         self._delivered: set[int] = set()  # tasks whose artifact this worker has published
-        self._warm = None  # the WarmPool of `worker.warm_jobs`, started on the first job
         # task id → the spec `admit` passed for it: the join and the work step use that one
         # admission, so a task's checks (its canary above all) run once.
         self._admitted: dict[int, JobSpec] = {}
@@ -379,17 +378,12 @@ class Worker(Party):
         devices, folders = self.devices_for(spec), self.config.jobs_folder
         if not self.config.worker.warm_jobs or progress:
             return start_job(spec, coin, progress=progress, devices=devices, job_folders=folders)
-        if self._warm is None:
-            from crowdml_compute.data import cache_root
-            from crowdml_compute.warm import WarmPool
+        from crowdml_compute.data import cache_root
+        from crowdml_compute.warm import WarmPool
 
-            self._warm = WarmPool(cache_root())
-        return self._warm.start(spec, coin, devices=devices, job_folders=folders)
-
-    def close(self) -> None:
-        """Stop this worker's warm job processes, if any."""
-        if self._warm is not None:
-            self._warm.close()
+        # The process's warm children, shared by its workers; they stop with the process.
+        return WarmPool.shared(cache_root()).start(spec, coin, devices=devices,
+                                                   job_folders=folders)
 
     def check(self, task_id: int, spec: JobSpec | str | Path | None = None) -> tuple[TaskInfo, JobSpec]:
         """Everything that must hold before a deposit: policy (job allowlist, deposit, reward),
@@ -470,7 +464,8 @@ class Worker(Party):
             logger.info(f"task {task_id}: running its canary (a short run of the job whose "
                         "digest must match the spec's) before any deposit")
             started = time.monotonic()
-            canary = check_canary(spec, devices, job_folders=self.config.jobs_folder)
+            canary = check_canary(spec, devices, job_folders=self.config.jobs_folder,
+                                  start=lambda job, coin: self._start_job(job, coin, False))
             seconds = time.monotonic() - started
             logger.info(f"task {task_id}: the canary matched in {seconds:.0f} s")
             self._check_job_time(task, spec, canary.timing, seconds, block_time)

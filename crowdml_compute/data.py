@@ -267,7 +267,7 @@ def export_digits(path: str | Path) -> bytes:
 
     x is float32 in [0, 1] (pixel / 16, exact in float32), y is uint8. np.savez writes stored
     (uncompressed) zip members with a fixed 1980 timestamp, so the bytes, and the digest, are the
-    same on every run (tests/test_jobs_data.py checks it).
+    same on every run (tests/units/test_jobs_units.py checks it).
     """
     from sklearn.datasets import load_digits
 

@@ -349,16 +349,19 @@ def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None, *, devi
 
 
 def check_canary(spec: JobSpec, devices: int = 1,
-                 job_folders: Sequence[str | Path] | None = None) -> JobResult | None:
+                 job_folders: Sequence[str | Path] | None = None,
+                 start=None) -> JobResult | None:
     """Worker side, before committing: reproduce the spec's canary (on the devices the job will
-    use) or raise CanaryMismatch.
+    use) or raise CanaryMismatch. `start(spec, coin)` starts the canary's job (a worker's warm
+    process, say); by default a fresh child.
 
     Returns the canary's result, or None when the spec carries no canary.
     """
     if spec.canary is None:
         return None
-    result = run_job(canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:]),
-                     devices=devices, job_folders=job_folders)
+    canary, coin = canary_spec(spec, spec.canary.hparams), bytes.fromhex(spec.canary.coin[2:])
+    result = (start(canary, coin).result() if start is not None else
+              run_job(canary, coin, devices=devices, job_folders=job_folders))
     if "0x" + result.digest.hex() != spec.canary.digest:
         raise CanaryMismatch(f"canary gave 0x{result.digest.hex()} here, the spec expects "
                              f"{spec.canary.digest}: this machine does not reproduce the "

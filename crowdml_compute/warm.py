@@ -1,17 +1,18 @@
-"""Warm job processes: one child per (profile, device count, job folders) that seals its
-environment and imports jax once, then runs job after job.
+"""Warm job processes: children that seal their environment and import jax once, then run job
+after job, one at a time; per (profile, device count, job folders), as many as jobs run at once.
 
 A cold job (`runner.start_job`) pays for a fresh Python, the jax import, the native-library
 checks and XLA's compile before it trains: about 13 s for the tiny job here, of which its own
 run is under 3 s. A worker that takes many small tasks (the agent with `--warm-jobs`, or
-`crowdml: worker: warm_jobs: true`) keeps one such process per profile instead.
+`crowdml: worker: warm_jobs: true`) keeps such processes instead, for its canaries too; the
+workers of one process share them (`WarmPool.shared`).
 
 What keeps its digests equal to a cold run's: the child is started exactly as a cold one (the
 same sealed environment, `profile.apply_environment` before jax, the same CPU pinning), every
 job goes through the same `runner.execute` (environment, process and data checks, the job
 module loaded afresh from its file, keys only from the coin), and nothing a job leaves behind
 feeds the next: jax holds no random state, and a job's jitted functions are new objects each
-time. tests/test_jobs_warm.py runs specs one after another in one warm process and checks each
+time. tests/jobs/test_jobs_warm.py runs specs one after another in one warm process and checks each
 digest against a cold run.
 
 Protocol: the parent writes one JSON line per job on the child's stdin,
@@ -22,14 +23,16 @@ cold runner does (result.bin and result.json, or error.json), then an empty DONE
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .child import start
@@ -39,6 +42,9 @@ from .spec import JobSpec, load_spec, save_spec
 
 DONE_FILE = "done"
 POLL_SECONDS = 0.05
+# Idle children a pool keeps (each holds jax and its compiled code, about 370 MiB): one more
+# idle child stops idle ones, those used least recently first.
+MAX_IDLE_CHILDREN = 4
 
 
 class WarmJob(JobProcess):
@@ -68,26 +74,46 @@ class WarmJob(JobProcess):
 
     def cancel(self) -> None:
         """Stop the job: its child goes with it (a job cannot be interrupted inside a process);
-        the pool starts a fresh one for the next job."""
+        the other children run on."""
         self._on_cancel()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
+@dataclass
+class _Child:
+    process: subprocess.Popen
+    stderr: Path
+    out_dir: Path | None = None  # the job it runs, until that job's DONE_FILE (or folder) goes
+
+    @property
+    def idle(self) -> bool:
+        return self.process.poll() is None and (
+            self.out_dir is None or (self.out_dir / DONE_FILE).exists()
+            or not self.out_dir.exists())  # its job's result was read and its folder removed
+
+
 class WarmPool:
-    """The warm children of one worker, started on first use; `close()` stops them."""
+    """Warm children, per (profile, device count, job folders) as many as jobs run at once,
+    each running one job at a time; started on first use. `shared(cache_folder)` is the
+    process's pool: every worker of one process (the demo's, a test session's) uses it, and it
+    stops with the process. Safe to use from several threads (the agent's admissions)."""
+
+    _shared: dict[Path, WarmPool] = {}
 
     def __init__(self, cache_folder: Path):
         self._cache_folder = cache_folder
-        self._children: dict[tuple, tuple[subprocess.Popen, Path]] = {}
+        self._children: dict[tuple, list[_Child]] = {}
+        self._lock = threading.RLock()
 
-    def _child(self, spec: JobSpec, devices: int,
-               job_folders: Sequence[str | Path]) -> tuple[tuple, subprocess.Popen, Path]:
-        key = (spec.profile.model_dump_json(), devices, tuple(str(f) for f in job_folders))
-        known = self._children.get(key)
-        if known and known[0].poll() is None:
-            return key, *known
-        if known:  # its child died: its folder goes with it
-            shutil.rmtree(known[1].parent, ignore_errors=True)
+    @classmethod
+    def shared(cls, cache_folder: Path) -> WarmPool:
+        if not cls._shared:
+            atexit.register(lambda: [pool.close() for pool in cls._shared.values()])
+        if cache_folder not in cls._shared:
+            cls._shared[cache_folder] = cls(cache_folder)
+        return cls._shared[cache_folder]
+
+    def _new_child(self, spec: JobSpec, devices: int, job_folders: Sequence[str | Path]) -> _Child:
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
         profile_file = folder / "profile.json"
         profile_file.write_text(spec.profile.model_dump_json())
@@ -97,38 +123,60 @@ class WarmPool:
         stderr = folder / "stderr.txt"
         try:
             with open(stderr, "w") as stderr_file:
-                child = start(spec.profile, "crowdml_compute.warm", args, folder,
-                              cache_folder=self._cache_folder, stdin=subprocess.PIPE,
-                              answer=False, stderr=stderr_file)
+                process = start(spec.profile, "crowdml_compute.warm", args, folder,
+                                cache_folder=self._cache_folder, stdin=subprocess.PIPE,
+                                answer=False, stderr=stderr_file)
         except CrowdmlError:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        self._children[key] = (child, stderr)
-        return key, child, stderr
+        return _Child(process, stderr)
 
     def start(self, spec: JobSpec, coin: bytes, *, devices: int = 1,
               job_folders: Sequence[str | Path] = ()) -> WarmJob:
-        """Hand `spec` with `coin` to the warm child for its profile; returns at once."""
-        key, child, stderr = self._child(spec, devices, job_folders)
+        """Hand `spec` with `coin` to an idle warm child of its profile (a new one if none is
+        idle); returns at once."""
+        key = (spec.profile.model_dump_json(), devices, tuple(str(f) for f in job_folders))
         tmp = Path(tempfile.mkdtemp(prefix="crowdml-"))
         out_dir = tmp / "out"
         out_dir.mkdir()
         request = {"spec": str(save_spec(spec, tmp / "spec.json")), "coin": "0x" + coin.hex(),
                    "out": str(out_dir)}
-        child.stdin.write(json.dumps(request) + "\n")
-        child.stdin.flush()
-        return WarmJob(child, out_dir, tmp, stderr, on_cancel=lambda: self._stop(key))
+        with self._lock:
+            children = self._children.setdefault(key, [])
+            for dead in [c for c in children if c.process.poll() is not None]:
+                children.remove(dead)  # a child that died: its folder goes with it
+                shutil.rmtree(dead.stderr.parent, ignore_errors=True)
+            child = next((c for c in children if c.idle), None)
+            if child is None:
+                try:
+                    child = self._new_child(spec, devices, job_folders)
+                except CrowdmlError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+                children.append(child)
+            child.out_dir = out_dir
+            child.process.stdin.write(json.dumps(request) + "\n")
+            child.process.stdin.flush()
+            children.remove(child)
+            children.append(child)  # each list runs from the longest idle to the latest used
+            idle = [(k, c) for k, cs in self._children.items() for c in cs if c.idle]
+            for other_key, other in idle[:max(0, len(idle) - MAX_IDLE_CHILDREN)]:
+                self._stop(other_key, other)
+        return WarmJob(child.process, out_dir, tmp, child.stderr,
+                       on_cancel=lambda: self._stop(key, child))
 
-    def _stop(self, key: tuple) -> None:
-        child, stderr = self._children.pop(key, (None, None))
-        if child is not None:
-            child.kill()
-            child.wait()
-            shutil.rmtree(stderr.parent, ignore_errors=True)  # its profile, links and log
+    def _stop(self, key: tuple, child: _Child) -> None:
+        with self._lock:
+            if child in self._children.get(key, []):
+                self._children[key].remove(child)
+        child.process.kill()
+        child.process.wait()
+        shutil.rmtree(child.stderr.parent, ignore_errors=True)  # its profile, links and log
 
     def close(self) -> None:
-        for key in list(self._children):
-            self._stop(key)
+        for key, children in list(self._children.items()):
+            for child in list(children):
+                self._stop(key, child)
 
 
 def serve(profile_file: Path, devices: int, job_folders: Sequence[Path]) -> None:

@@ -1,7 +1,7 @@
 """Write the compiled ModelPurchase into the plugin package (`ape run export_purchase`).
 
 The plugin deploys and talks to the purchase contract from this file, as it does the board's
-(scripts/export_taskboard.py); tests/test_packaged_contract.py fails when
+(scripts/export_taskboard.py); tests/board/test_packaged_contract.py fails when
 contracts/ModelPurchase.vy changes without a re-export.
 """
 

@@ -2,7 +2,7 @@
 
 The plugin deploys and talks to the board from this file, so `pip install ape-crowdml`
 works in any ape project, with the exact bytecode this repository tests.
-tests/test_packaged_contract.py fails when contracts/TaskBoard.vy changes without a re-export.
+tests/board/test_packaged_contract.py fails when contracts/TaskBoard.vy changes without a re-export.
 """
 
 from ape import project

@@ -1,4 +1,4 @@
-"""One process of the exact-arithmetic settings matrix (tests/test_exact_agreement.py).
+"""One process of the exact-arithmetic settings matrix (tests/jobs/test_exact_agreement.py).
 
 Run in the job environment, unsealed on purpose: the caller sets the very variables a job
 process would otherwise have removed (PJRT_NPROC, XLA_FLAGS, DNNL_MAX_CPU_ISA, …) and the CPU

@@ -1,6 +1,6 @@
 """Load: one requester publishes TASKS tasks at once and three `ape crowdml agent` processes
 take every one of them (each agent runs its jobs one at a time, in its warm job process:
-`--warm-jobs`; tests/test_jobs_warm.py shows a warm process gives the cold digests). Nothing
+`--warm-jobs`; tests/jobs/test_jobs_warm.py shows a warm process gives the cold digests). Nothing
 may be lost: every task agrees, every party is paid its exact share, nothing stays owed.
 
 A longer run, so off in `make test` (which stays nearer 20 minutes): CROWDML_LOAD_TASKS=5

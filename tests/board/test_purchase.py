@@ -1,7 +1,7 @@
 """ModelPurchase on chain: the precision bar, the bitstring encoding, every board outcome, each
 sabotage and deadline path, serving the model to a full roster only, offer bonds, and the ether
 invariant (the contract's balance equals its orders' escrows and bonds, declined bonds not yet
-claimed and forfeits not yet swept) after every transaction. tests/test_purchase_fuzz.py plays
+claimed and forfeits not yet swept) after every transaction. tests/board/test_purchase_fuzz.py plays
 random sequences of the same calls."""
 
 import random

@@ -54,3 +54,22 @@ def test_a_cancelled_warm_job_stops_and_the_next_starts_afresh(specs, cold, pool
     job.cancel()
     assert not job.running
     assert pool.start(specs[0], COINS[1]).result().digest == cold[0, COINS[1]]
+
+
+def test_jobs_at_once_run_in_children_of_their_own_and_a_cancel_stops_only_its_own(specs, cold,
+                                                                                 pool):
+    """Workers of one process share the pool (WarmPool.shared): two jobs at once get a child
+    each, and one worker's cancel leaves the other's job running to its cold digest."""
+    first, second = pool.start(specs[0], COINS[0]), pool.start(specs[1], COINS[1])
+    assert first._process is not second._process
+    first.cancel()
+    assert second.result().digest == cold[1, COINS[1]]
+    # the surviving child is idle again: the next job reuses it, no third child starts
+    third = pool.start(specs[0], COINS[1])
+    assert third._process is second._process
+    assert third.result().digest == cold[0, COINS[1]]
+
+
+def test_the_shared_pool_is_one_per_cache_folder(tmp_path):
+    assert WarmPool.shared(tmp_path / "a") is WarmPool.shared(tmp_path / "a")
+    assert WarmPool.shared(tmp_path / "a") is not WarmPool.shared(tmp_path / "b")

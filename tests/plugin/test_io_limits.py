@@ -20,7 +20,7 @@ from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import DataDigestMismatch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAP, SECONDS = 1 << 20, 2.0
 
 

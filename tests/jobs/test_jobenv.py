@@ -16,7 +16,7 @@ from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec
 from ape_crowdml.errors import CrowdmlError, EnvironmentMismatch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PINNED_PACKAGES = PROFILES["cpu-exact"].packages
 COIN = bytes.fromhex("ab" * 32)
 

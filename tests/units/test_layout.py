@@ -4,7 +4,7 @@ functions too (a lazy import hides a circle from the interpreter, not from a rea
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).parents[1] / "ape_crowdml"
+PACKAGE = Path(__file__).parents[2] / "ape_crowdml"
 
 
 def module_name(path: Path) -> str:

@@ -1,5 +1,5 @@
 """`ape crowdml deploy-market` and `ape crowdml order …` end to end through ape's root CLI; the
-evaluating workers are played on the board directly (tests/test_cli_demo.py runs real ones)."""
+evaluating workers are played on the board directly (tests/plugin/test_cli_demo.py runs real ones)."""
 
 import json
 import re

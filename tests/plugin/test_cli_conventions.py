@@ -165,13 +165,13 @@ def test_ctrl_c_during_a_job_is_one_line_and_stops_the_job(tmp_path):
 
     from crowdml_compute.spec import make_spec, save_spec
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tiny_spec_file(tmp_path)  # the digits data set
-    spec = make_spec(root / "tests" / "jobs" / "wait_for_file.py", tmp_path / "digits.npz",
+    spec = make_spec(root / "tests" / "job_files" / "wait_for_file.py", tmp_path / "digits.npz",
                      {"release": str(tmp_path / "never")})
     save_spec(spec, tmp_path / "wait.json")
     (tmp_path / "ape-config.yaml").write_text(
-        f"crowdml:\n  jobs_folder: [{root / 'tests' / 'jobs'}]\n"
+        f"crowdml:\n  jobs_folder: [{root / 'tests' / 'job_files'}]\n"
         f"  job_env_folder: {root / '.jobenv'}\n")
     ape = str(Path(sys.executable).parent / "ape")
     command = subprocess.Popen([ape, "crowdml", "run-job", "wait.json", "--coin", "0x" + "11" * 32],

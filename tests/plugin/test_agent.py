@@ -19,11 +19,11 @@ from crowdml_support import (DEPOSIT, REWARD, step_admitted, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 
 
-TEST_JOBS = Path(__file__).parent / "jobs"
+TEST_JOBS = Path(__file__).parents[1] / "job_files"
 
 
 def wait_spec(folder: Path, release: Path) -> Path:
-    """The spec of a job that ends once `release` exists (tests/jobs/wait_for_file.py)."""
+    """The spec of a job that ends once `release` exists (tests/job_files/wait_for_file.py)."""
     folder.mkdir(exist_ok=True)
     tiny_spec_file(folder)  # writes the digits data set the spec names
     spec = make_spec(TEST_JOBS / "wait_for_file.py", folder / "digits.npz",

@@ -29,6 +29,9 @@ from crowdml_support import DEPOSIT, REWARD, isolated_config, sealed_spec
 from store_server import public_bucket
 from test_agent_recovery import anvil  # noqa: F401 - fixture
 
+# Its behaviour depends on the node: `make test-anvil` runs it on anvil too.
+pytestmark = pytest.mark.anvil
+
 APE = str(Path(sys.executable).parent / "ape")
 
 

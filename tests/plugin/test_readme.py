@@ -5,7 +5,7 @@ as a user would: a persistent anvil with a block time, every command its own `ap
 a fresh project folder (requester TEST::0, workers TEST::1..3). Between its lines, the common
 mistakes: each must print one line, exit with status 1, and send nothing; at the end no block
 holds a failed transaction. It takes minutes (every command starts ape), so it runs with
-CROWDML_WALKTHROUGH=1; the same commands run in process in tests/test_cli.py, and as processes
+CROWDML_WALKTHROUGH=1; the same commands run in process in tests/plugin/test_cli.py, and as processes
 on anvil in tests/integration.
 """
 
@@ -30,7 +30,7 @@ from ape_crowdml.board import Phase
 from ape_crowdml.console import load_ipython_extension
 from crowdml_support import tiny_spec_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 NETWORK = "ethereum:local:foundry"
 
@@ -62,6 +62,7 @@ class Shell:
         self.user_ns.update(names)
 
 
+@pytest.mark.anvil  # depends on the node: run on anvil too
 def test_console_example_runs_as_written(project, tmp_path, monkeypatch):
     from ape import accounts
 

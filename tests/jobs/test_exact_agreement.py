@@ -22,7 +22,7 @@ import pytest
 from crowdml_compute.digest import encode_pytree
 from job_support import job_python
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "exact_settings.py"
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 AVX2 = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}

@@ -83,6 +83,7 @@ def test_no_join_without_the_gas_of_the_calls_after_it(board, accounts, config, 
                balance=DEPOSIT + WORKER_GAS * fee, fee_per_gas=fee)
 
 
+@pytest.mark.anvil  # depends on the node: run on anvil too
 def test_pending_transactions_of_the_account_are_waited_for(board, accounts, config, task,
                                                            networks, chain):
     """As after a restart whose predecessor left a transaction in the mempool."""

@@ -23,7 +23,7 @@ from crowdml_compute.runner import check_canary, run_job, with_canary
 from crowdml_compute.spec import Canary, make_spec, save_spec
 from job_support import job_process, job_python
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
 EVAL_JOB = REPO / "jobs" / "evaluate_classifier.py"
 COIN = bytes.fromhex("5eed" * 16)

@@ -26,7 +26,7 @@ from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec, save_spec
 from ape_crowdml.errors import EnvironmentMismatch, SpecError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MLP_JOB = REPO / "jobs" / "train_classifier.py"
 CONV_JOB = REPO / "jobs" / "train_conv.py"
 COIN = bytes.fromhex("c0" * 32)

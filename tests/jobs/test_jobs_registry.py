@@ -23,7 +23,7 @@ from ape_crowdml.errors import PolicyRefused, SpecError
 from ape_crowdml.policy import allowed_job_digests, check_policy
 from crowdml_support import TINY_HPARAMS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COIN = "0x" + "5eed" * 16
 TASK = SimpleNamespace(task_id=1, deposit=10, reward=10, workers=2, join_blocks=10,
                        commit_blocks=10, reveal_blocks=10)  # what the policy reads

@@ -1,4 +1,4 @@
-"""Stateful fuzzing of the model market, as tests/test_board_fuzz.py does the board: random
+"""Stateful fuzzing of the model market, as tests/board/test_board_fuzz.py does the board: random
 interleavings of every ModelPurchase call (open, offer, decline, release, serve, present_key,
 advance, finalize, cancel, claim, sweep) by random parties, with the board's evaluation rounds
 joined, served, played and left unstaffed at random, and blocks mined in between.

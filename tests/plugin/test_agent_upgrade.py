@@ -24,6 +24,9 @@ from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 from test_agent import drive
 
+# Its behaviour depends on the node: `make test-anvil` runs it on anvil too.
+pytestmark = pytest.mark.anvil
+
 UPGRADED_CODE = "0x" + "ab" * 32
 UPGRADED_VERSION = "0.2.0"
 

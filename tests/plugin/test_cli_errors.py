@@ -12,6 +12,9 @@ from ape_crowdml.parties import find_board
 from crowdml_compute.spec import load_spec, save_spec
 from crowdml_support import DEPOSIT, REWARD, tiny_spec_file
 
+# Its behaviour depends on the node: `make test-anvil` runs it on anvil too.
+pytestmark = pytest.mark.anvil
+
 
 @pytest.fixture
 def fails(ape):

@@ -85,7 +85,7 @@ def test_a_job_on_the_gpu_gives_one_digest(tmp_path, profile):
     from crowdml_compute.spec import make_spec
 
     export_digits(tmp_path / "digits.npz")
-    job = Path(__file__).resolve().parents[1] / "jobs" / "train_conv.py"
+    job = Path(__file__).resolve().parents[2] / "jobs" / "train_conv.py"
     spec = make_spec(job, tmp_path / "digits.npz", {"epochs": 1, "steps_per_epoch": 3},
                      profile=profile)
     coin = bytes.fromhex("c0" * 32)

@@ -18,7 +18,7 @@ import pytest
 from crowdml_compute.spec import make_spec, save_spec
 from job_support import job_process, job_python
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_JOB = REPO / "jobs" / "train_classifier.py"
 COIN = "0x" + "c0" * 32
 AFFINITIES = ("0", "1", "0,1")
@@ -104,7 +104,7 @@ def mnist_shaped(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mnist_spec(mnist_shaped):
     # float arithmetic under the pinned profile: what these tests are about (exact arithmetic
-    # needs no pinning: tests/test_exact_agreement.py)
+    # needs no pinning: tests/jobs/test_exact_agreement.py)
     return make_spec(TRAIN_JOB, mnist_shaped, {"hidden": [512], "batch_size": 128, "epochs": 1,
                                                "arithmetic": "float"}, profile="cpu-exact")
 

@@ -13,7 +13,7 @@ from packaging.utils import canonicalize_name
 
 from crowdml_compute.profile import PROFILES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCK_LINE = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)")
 
 

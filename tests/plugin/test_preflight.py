@@ -10,6 +10,9 @@ from ape_crowdml.errors import CrowdmlError, InsufficientFunds, TaskRejected
 from ape_crowdml.parties import Requester, Worker, deploy_board
 from crowdml_support import DEPOSIT, REWARD, isolated_config, tiny_spec_file
 
+# Its behaviour depends on the node: `make test-anvil` runs it on anvil too.
+pytestmark = pytest.mark.anvil
+
 RESULT, SALT = b"\x11" * 32, b"\x22" * 32
 
 

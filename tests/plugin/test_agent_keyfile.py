@@ -70,6 +70,7 @@ def test_the_agent_refuses_to_wait_on_a_prompt(keyfile, options, passphrase, lin
         f"ERROR:    {line}"], output
 
 
+@pytest.mark.anvil  # depends on the node: run on anvil too
 def test_a_keyfile_agent_signs_unattended_through_a_task(keyfile, accounts, tmp_path,
                                                          agent_project):  # noqa: F811
     data_folder, address = keyfile
