@@ -5,7 +5,8 @@ profile's job stack (jobenv.py) with crowdml's two packages staged on its path, 
 sealed environment (`profile.environment_for`), the cache folder and read limits handed over
 (the child reads no config). Three kinds: a job (`runner.start_job`), a warm job process
 (warm.py), and a short call (`call`: `python -m crowdml_compute.child NAME`, a JSON request on
-stdin, one JSON line back) for what needs a job's code or the job stack but no training:
+stdin, one JSON line back; `served_call` keeps one child per stack answering such lines) for
+what needs a job's code or the job stack but no training:
 checking the environment before a deposit, and reading a job's `Config` (normalising a spec's
 hyperparameters, choosing its canary). The plugin itself has no jax, so it never imports a job.
 
@@ -15,10 +16,12 @@ and is raised again in the parent as that class (`raise_recorded`).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -128,6 +131,38 @@ def call(profile, name: str, request: dict, *, python: Path | None = None) -> di
 # Answers already read in this process, by job file digest, hyperparameters and canary: a job's
 # Config is a function of its file's bytes, so one answer holds for the process's life.
 _JOB_CONFIGS: dict[tuple[str, str, str], dict] = {}
+# One serving child per job stack answers this process's calls (`--serve`): jax and flax are
+# imported once, not per call (about 3 s each); it stops when this process exits.
+_SERVERS: dict[str, subprocess.Popen] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def served_call(profile, name: str, request: dict) -> dict:
+    """`call`, answered by this process's serving child of `profile`'s stack (started on first
+    use). A child that died is replaced; its error, if any, comes from a one-shot `call`."""
+    with _SERVERS_LOCK:
+        server = _SERVERS.get(profile.stack)
+        if server is None or server.poll() is not None:
+            import tempfile
+
+            if not _SERVERS:
+                atexit.register(lambda: [child.kill() for child in _SERVERS.values()])
+            folder = Path(tempfile.mkdtemp(prefix="crowdml-serve-"))
+            server = _SERVERS[profile.stack] = start(
+                profile, "crowdml_compute.child", ["--serve"], folder, stdin=subprocess.PIPE,
+                answer=True, stderr=subprocess.DEVNULL)
+        try:
+            server.stdin.write(json.dumps({"call": name, "request": request}) + "\n")
+            server.stdin.flush()
+            line = server.stdout.readline()
+        except OSError:
+            line = ""
+    if not line:
+        return call(profile, name, request)
+    answer = json.loads(line)
+    if "error" in answer:
+        raise_recorded(answer["error"])
+    return answer["result"]
 
 
 def job_config(profile, path: Path, hparams: dict, canary: dict | str | None = None) -> dict:
@@ -151,11 +186,11 @@ def job_config(profile, path: Path, hparams: dict, canary: dict | str | None = N
 
             request = {"job": str(Path(path).resolve()), "hparams": hparams, "canary": canary}
             try:
-                answer = call(profile, "job-config", request)
+                answer = served_call(profile, "job-config", request)
             except EnvironmentMissing:
                 if profile == get_profile(DEFAULT_PROFILE):
                     raise
-                answer = call(get_profile(DEFAULT_PROFILE), "job-config", request)
+                answer = served_call(get_profile(DEFAULT_PROFILE), "job-config", request)
         _JOB_CONFIGS[key] = answer
     return _JOB_CONFIGS[key]
 
@@ -183,18 +218,28 @@ def _job_config(request: dict) -> dict:
 CALLS = {"check": _check, "job-config": _job_config}
 
 
+def _answer(name: str, request: dict) -> dict:
+    try:
+        return {"result": CALLS[name](request)}
+    except CrowdmlError as exc:
+        return {"error": error_record(exc)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m crowdml_compute.child NAME` with a JSON request on stdin: one JSON line,
-    {"result": …} or {"error": record}, and exit 0 or 1."""
+    {"result": …} or {"error": record}, and exit 0 or 1. `--serve`: one such line for each
+    {"call": NAME, "request": …} line on stdin, until stdin ends."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:
+        for line in sys.stdin:
+            message = json.loads(line)
+            print(json.dumps(_answer(message["call"], message["request"])), flush=True)
+        return 0
     if len(argv) != 1 or argv[0] not in CALLS:
         print(f"usage: python -m crowdml_compute.child {{{','.join(CALLS)}}} < request.json",
               file=sys.stderr)
         return 2
-    try:
-        answer = {"result": CALLS[argv[0]](json.loads(sys.stdin.read()))}
-    except CrowdmlError as exc:
-        answer = {"error": error_record(exc)}
+    answer = _answer(argv[0], json.loads(sys.stdin.read()))
     print(json.dumps(answer))
     return 1 if "error" in answer else 0
 

@@ -14,7 +14,7 @@ from crowdml_compute.data import export_digits
 from crowdml_compute.profile import PROFILES
 from crowdml_compute.runner import run_job
 from crowdml_compute.spec import make_spec
-from ape_crowdml.errors import CrowdmlError, EnvironmentMismatch
+from ape_crowdml.errors import CrowdmlError, EnvironmentMismatch, SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 PINNED_PACKAGES = PROFILES["cpu-exact"].packages
@@ -25,6 +25,10 @@ WHERE_JOB = '''
 import importlib.util, sys
 import jax, numpy as np
 from crowdml_compute.digest import encode_pytree
+from crowdml_compute.spec import HParams
+
+class Config(HParams):
+    hidden: int = 3
 
 def run(hparams, data, keys, report):
     report.metric("python", "%d.%d" % sys.version_info[:2])
@@ -70,11 +74,17 @@ def test_the_plugin_reads_a_jobs_config_in_the_job_environment(where_job, monkey
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "jax" else real_find_spec(name, *a))
     calls = []
-    real_call = child.call
-    monkeypatch.setattr(child, "call", lambda *a, **k: calls.append(a[1]) or real_call(*a, **k))
+    real_call = child.served_call
+    monkeypatch.setattr(child, "served_call",
+                        lambda *a, **k: calls.append(a[1]) or real_call(*a, **k))
     monkeypatch.setattr(child, "_JOB_CONFIGS", {})
-    spec = make_spec(where_job / "where.py", where_job / "digits.npz", {}, profile="cpu-exact")
-    assert calls == ["job-config"] and spec.hparams == {}
+    spec = make_spec(where_job / "where.py", where_job / "digits.npz", {"hidden": 3},
+                     profile="cpu-exact")
+    assert calls == ["job-config"] and spec.hparams == {"hidden": 3}
+    # A bad value is the job's Config's own refusal, raised here as the SpecError it is.
+    with pytest.raises(SpecError, match="hidden"):
+        make_spec(where_job / "where.py", where_job / "digits.npz", {"hidden": "many"},
+                  profile="cpu-exact")
 
 
 def test_a_missing_job_environment_is_one_line_naming_the_fix(tmp_path, where_job, monkeypatch):
@@ -161,3 +171,21 @@ def test_a_failed_build_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
                         lambda: host.HostSettings(job_env_folder=tmp_path / "envs"))
     with pytest.raises(EnvironmentMismatch, match="is not complete .a build stopped."):
         jobenv.interpreter("jax0.11.2-py3.12")
+
+
+def test_one_serving_child_answers_the_calls_and_a_dead_one_is_replaced(where_job):
+    """make-spec's Config reads go to one serving child per stack (jax imported once); a child
+    that died is replaced on the next call."""
+    profile = PROFILES["cpu-exact"]
+    first = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
+                                                      "hparams": {"hidden": 5}})
+    server = child._SERVERS[profile.stack]
+    again = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
+                                                      "hparams": {"hidden": "6"}})
+    assert child._SERVERS[profile.stack] is server  # the same child answered
+    assert (first["hparams"], again["hparams"]) == ({"hidden": 5}, {"hidden": 6})
+    server.kill()
+    server.wait()
+    answer = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
+                                                       "hparams": {}})
+    assert answer["hparams"] == {"hidden": 3} and child._SERVERS[profile.stack] is not server
