@@ -9,8 +9,6 @@ CROWDML_WALKTHROUGH=1; the same commands run in process in tests/plugin/test_cli
 on anvil in tests/integration.
 """
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -28,6 +26,7 @@ import pytest
 
 from ape_crowdml.board import Phase
 from ape_crowdml.console import load_ipython_extension
+from job_support import job_python
 from crowdml_support import tiny_spec_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +82,14 @@ def test_console_example_runs_as_written(project, tmp_path, monkeypatch):
     assert alice.board.claims(task) == {accounts.test_accounts[1].address: 3 * 10**16}
     (tmp_path / "data").mkdir()
     shutil.copy(tmp_path / "digits.npz", tmp_path / "data" / "digits.npz")
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
-        exec(compile(use_the_model, str(README), "exec"), {})
+    # The model is used where jax is: a job environment's interpreter (the plugin has none).
+    python, env = job_python()
+    used = subprocess.run(python + ["-c", use_the_model], capture_output=True, text=True,
+                          cwd=tmp_path, env=env)
+    assert used.returncode == 0, used.stderr
     # The test accuracy the worker's job reported, from the model as loaded.
     reported = namespace["workers"][0].summary(task)["metrics"]["test_accuracy"]
-    assert float(printed.getvalue()) == pytest.approx(reported, abs=1e-6)
+    assert float(used.stdout) == pytest.approx(reported, abs=1e-6)
 
 
 # ------------------------------------------------------------------ the command line
