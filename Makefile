@@ -22,7 +22,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/node_modules/.bin:$(PATH
 # CROWDML_ANVIL_ALL=1 runs every chain suite (board/, plugin/) on anvil.
 ANVIL_TESTS := $(if $(CROWDML_ANVIL_ALL),tests/board tests/plugin,tests -m anvil)
 
-.PHONY: all env lock stack-locks agreement device-wheels demo test test-compute test-local test-anvil test-fork bench taskboard clean
+.PHONY: all env lock stack-locks agreement device-wheels demo test test-full test-compute test-local test-anvil test-fork bench taskboard clean
 
 all: test
 
@@ -90,16 +90,26 @@ demo: env
 
 test: env test-compute test-local test-anvil test-fork
 
+# Everything the variables keep out of `make test` (README, Developing), in one run.
+test-full: env
+	CROWDML_EXACT_MATRIX=1 CROWDML_INTEGRATION_ALL=1 CROWDML_PARALLEL_FULL=1 \
+		CROWDML_WALKTHROUGH=1 CROWDML_ANVIL_ALL=1 CROWDML_LOAD_TASKS=5 $(MAKE) test
+
 # The compute package alone, in its job stack (jax in process); tests/conftest.py is the chain
 # side's and is not read.
 test-compute: env
 	$(JOB_TESTS)/bin/python -m pytest tests/compute --confcutdir=tests/compute -q --durations=5
 
+# The suites run on TEST_PROCESSES processes (pytest-xdist), a test file each at a time: most
+# of a test's time is one core's (ape, the chain, a job pinned to one CPU).
+TEST_PROCESSES ?= 2
+XDIST := -n $(TEST_PROCESSES) --dist loadfile
+
 test-local: env
-	ape test tests -q --durations=15
+	ape test tests -q $(XDIST) --durations=15
 
 test-anvil: env
-	ape test $(ANVIL_TESTS) -q --durations=10 --network ethereum:local:foundry
+	ape test $(ANVIL_TESTS) -q $(XDIST) --durations=10 --network ethereum:local:foundry
 
 # Tasks started on a chain (a second anvil with chain id 1, as ethereum:mainnet's node) and
 # finished on its fork, the way ape users test against mainnet; other networks skip tests/fork.

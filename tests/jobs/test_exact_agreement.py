@@ -27,14 +27,17 @@ SCRIPT = REPO / "tests" / "exact_settings.py"
 YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 AVX2 = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "DNNL_MAX_CPU_ISA": "AVX2"}
 # name: (environment variables, CPUs for taskset or None, devices, processes)
+# The default run: the settings that changed the float MLP's digest on this machine (measured:
+# the default, one CPU with PJRT_NPROC=1 and 4 virtual devices gave one float digest, YNNPACK
+# off and the AVX2 caps two others), so the control below can fail; the rest in the full run.
 SETTINGS = {
     "default": ({}, None, 1, 1),
-    "one CPU, PJRT_NPROC=1": ({"PJRT_NPROC": "1"}, "0", 1, 1),
     "YNNPACK off": ({"XLA_FLAGS": YNN_OFF}, None, 1, 1),
     "AVX2 caps (XLA and oneDNN)": (AVX2, None, 1, 1),
-    "4 virtual devices": ({}, None, 4, 1),
 }
 FULL_MATRIX = {
+    "one CPU, PJRT_NPROC=1": ({"PJRT_NPROC": "1"}, "0", 1, 1),
+    "4 virtual devices": ({}, None, 4, 1),
     "PJRT_NPROC=2": ({"PJRT_NPROC": "2"}, None, 1, 1),
     "PJRT_NPROC=8": ({"PJRT_NPROC": "8"}, None, 1, 1),
     "taskset -c 0": ({}, "0", 1, 1),

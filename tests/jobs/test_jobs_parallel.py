@@ -30,9 +30,11 @@ REPO = Path(__file__).resolve().parents[2]
 MLP_JOB = REPO / "jobs" / "train_classifier.py"
 CONV_JOB = REPO / "jobs" / "train_conv.py"
 COIN = bytes.fromhex("c0" * 32)
-DEVICE_COUNTS = (1, 2, 4, 8)
 MICRO_BATCHES = 8
 FULL = os.environ.get("CROWDML_PARALLEL_FULL") == "1"
+# One process per count; 4 devices only in the full run (1, 2 and 8 already span a device, a
+# split and the profile's most), to keep `make test` short.
+DEVICE_COUNTS = (1, 2, 4, 8) if FULL else (1, 2, 8)
 DIGITS_ACCURACY = 0.9  # the conv job on digits after 3 epochs (measured 95.3 %); chance is 10 %
 
 MLP = {"hidden": [32], "batch_size": 64, "micro_batches": MICRO_BATCHES, "epochs": 1,
@@ -146,7 +148,7 @@ def cifar_hparams(n_train: int, batch_size: int) -> dict:
 
 
 @pytest.mark.parametrize("job", ["mlp", "conv"] + (["mnist", "cifar"] if FULL else []))
-def test_one_digest_on_1_2_4_and_8_devices(runs, job):
+def test_one_digest_on_1_2_4_and_8_devices(runs, job):  # 4: in the full run
     digests = {d: runs[d][job] for d in DEVICE_COUNTS}
     assert len(set(digests.values())) == 1, digests
 
@@ -154,7 +156,7 @@ def test_one_digest_on_1_2_4_and_8_devices(runs, job):
 def test_another_micro_batch_count_gives_another_digest(runs):
     # 8 devices cannot share 4 micro-batches; 1, 2 and 4 agree on K = 4.
     assert runs[8]["mlp_k4"] is None
-    assert len({runs[d]["mlp_k4"] for d in (1, 2, 4)}) == 1
+    assert len({runs[d]["mlp_k4"] for d in DEVICE_COUNTS if d <= 4}) == 1
     assert runs[1]["mlp_k4"] != runs[1]["mlp"]
 
 
