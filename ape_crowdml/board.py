@@ -16,6 +16,7 @@ from eth_abi import encode
 
 from crowdml_compute.digest import keccak_digest
 from . import preflight
+from .logs import KeptLogs
 from .states import Phase, TaskInfo, WorkerStatus  # noqa: F401 - importers name them here too
 from .errors import (BoardNotConfigured, CrowdmlError, InsufficientFunds, TaskRejected,
                      UnknownTask, first_line)
@@ -165,6 +166,7 @@ class Board:
         self.contract = chain.contracts.instance_at(
             address, taskboard_container().contract_type, fetch_from_explorer=False, replace=True)
         self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
+        self.logs = KeptLogs(self.contract, self.start_block)
 
     def __repr__(self) -> str:
         return f"<Board {self.address}>"
@@ -285,9 +287,8 @@ class Board:
         """The ids of the tasks published in blocks first..last (one eth_getLogs query)."""
         return {log.task_id for log in self.contract.Published.range(first, last + 1)}
 
-    def _events(self, event: str, task_id: int):
-        return getattr(self.contract, event).range(
-            self.start_block, self.head + 1, search_topics={"task_id": task_id})
+    def _events(self, event: str, task_id: int) -> list:
+        return self.logs.read(event, task_id=task_id)
 
     def common_knowledge(self, task: TaskInfo) -> set[bytes]:
         """E_ck: the results the board counts as no submission — the empty digest, the
@@ -403,8 +404,7 @@ class Board:
 
     def commitment_of(self, task_id: int, worker: str) -> bytes | None:
         """The commitment `worker` put on chain for the task, from its Committed event."""
-        logs = self.contract.Committed.range(
-            self.start_block, self.head + 1, search_topics={"task_id": task_id, "worker": worker})
+        logs = self.logs.read("Committed", task_id=task_id, worker=worker)
         return next((bytes(log.commitment) for log in logs), None)
 
     def check_reveal(self, sender, task_id: int) -> TaskInfo:

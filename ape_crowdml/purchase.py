@@ -33,6 +33,7 @@ from eth_utils import to_checksum_address
 from .artifacts import ArtifactStore
 from .board import Board, hex32, mined, send, transaction
 from .config import CrowdmlConfig, crowdml_config
+from .logs import KeptLogs
 from crowdml_compute.data import read_verified
 from crowdml_compute.digest import bits_body, decode_bits, file_digest, keccak_digest
 from crowdml_compute.jobs import shipped_folder
@@ -241,6 +242,7 @@ class Market:
         self.address = address
         self.contract = purchase_container().at(address)
         self.start_block = self.contract.CREATED_AT() if start_block is None else start_block
+        self.logs = KeptLogs(self.contract, self.start_block)
         self.board = Board(self.contract.BOARD(), start_block=start_block)
 
     def __repr__(self) -> str:
@@ -271,8 +273,7 @@ class Market:
         return OrderInfo(order_id=order_id, **fields)
 
     def _event(self, name: str, order_id: int):
-        logs = list(getattr(self.contract, name).range(
-            self.start_block, self.board.head + 1, search_topics={"order_id": order_id}))
+        logs = self.logs.read(name, order_id=order_id)
         if not logs:
             raise CrowdmlError(f"order {order_id} has no {name} event after block "
                                f"{self.start_block}")
@@ -287,9 +288,7 @@ class Market:
         return self._event("Offered", order_id).model_uri
 
     def _round_logs(self, name: str, order_id: int, task_id: int) -> list:
-        return [log for log in getattr(self.contract, name).range(
-                    self.start_block, self.board.head + 1, search_topics={"order_id": order_id})
-                if log.task_id == task_id]
+        return [log for log in self.logs.read(name, order_id=order_id) if log.task_id == task_id]
 
     def presented_keys(self, order_id: int, task_id: int) -> dict[str, bytes]:
         """The X25519 keys the round's workers presented (the last one of each), by worker."""
