@@ -92,7 +92,7 @@ test: env test-compute test-local test-anvil test-fork
 
 # Everything the variables keep out of `make test` (README, Developing), in one run.
 test-full: env
-	CROWDML_EXACT_MATRIX=1 CROWDML_INTEGRATION_ALL=1 CROWDML_PARALLEL_FULL=1 \
+	CROWDML_SLOW=1 CROWDML_EXACT_MATRIX=1 CROWDML_INTEGRATION_ALL=1 CROWDML_PARALLEL_FULL=1 \
 		CROWDML_WALKTHROUGH=1 CROWDML_ANVIL_ALL=1 CROWDML_LOAD_TASKS=5 $(MAKE) test
 
 # The compute package alone, in its job stack (jax in process); tests/conftest.py is the chain

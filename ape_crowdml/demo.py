@@ -90,7 +90,7 @@ def _play_round(console: Console, board: Board, requester: Requester, workers: d
             timeline.add(name, "commits to junk without running the job")
             continue
         console.print(f"[bold]{name}[/] runs the job with coin {short(coin)}")
-        digest = worker.work(task, progress=True)
+        digest = worker.work(task)  # the project's warm job processes (no progress bar)
         timeline.add(name, f"runs the job, stores salt, commits to {short(digest)}")
     for name, worker in workers.items():
         digest = worker.reveal(task)

@@ -18,6 +18,16 @@ from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, as
 # tests/compute imports jax: it runs in the job stack (`make test-compute`), not under ape.
 collect_ignore = ["compute"]
 
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests, whose behaviour a faster test covers too, run with CROWDML_SLOW=1."""
+    if os.environ.get("CROWDML_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow, covered by a faster test: CROWDML_SLOW=1 runs it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 # The job environments `make env` built (ape-config.yaml names them for this project): the same
 # for projects and processes the tests start in other folders, unless their config says else.
 os.environ.setdefault("APE_CROWDML_JOB_ENV_FOLDER", str(ROOT / ".jobenv"))

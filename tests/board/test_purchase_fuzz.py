@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from types import SimpleNamespace
 
+import pytest
+
 from ape.exceptions import ContractLogicError
 from eth_utils import keccak
 from hypothesis import HealthCheck, settings
@@ -281,6 +283,7 @@ def test_market_fuzz(accounts, chain, project):
         suppress_health_check=list(HealthCheck)))
 
 
+@pytest.mark.slow  # each end is played in tests/board/test_purchase.py
 def test_the_machine_reaches_every_end(accounts, chain, project):
     """The same rules and checks, driven down each path the random runs may miss: bought, refused
     (served, and not served), a served model left unevaluated (forfeit), never served (none), and

@@ -100,6 +100,7 @@ def test_digest_independent_of_cpu_affinity_and_callers_xla_flags(train_spec, tr
     assert other_flags.stdout.strip() == hexd(result.digest)
 
 
+@pytest.mark.slow  # tests/jobs/test_jobs_warm.py runs jobs after jobs in one process
 def test_fresh_jit_compile_in_one_process_gives_the_same_digest(train_spec, trained, tmp_path):
     result, _ = trained
     spec_path = save_spec(train_spec, tmp_path / "spec.json")

@@ -110,6 +110,7 @@ def mnist_spec(mnist_shaped):
 
 
 @needs_two_cpus
+@pytest.mark.slow  # tests/jobs/test_jobs.py pins the small job under affinities
 def test_mnist_shaped_digest_is_one_under_every_affinity(mnist_spec, tmp_path):
     spec_path = save_spec(mnist_spec, tmp_path / "spec.json")
     digests = {cpus: run_cli(spec_path, cpus) for cpus in AFFINITIES}
