@@ -3,7 +3,7 @@
 # One Python, 3.12, for the plugin's environment and the job stack's (two environments: eth-ape
 # holds the plugin's at numpy<2, the jobs' has numpy 2): python3.12 on PATH, else pyenv's.
 PYTHON ?= $(shell python3.12 -c '' 2>/dev/null && echo python3.12 || \
-	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -1)
+	ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -1)
 ANVIL_VERSION := 1.7.1
 VENV := .venv
 TOOLS := .tools
@@ -29,6 +29,7 @@ all: test
 # Every package from the lock, each checked against its hash; then the plugin itself, built
 # with the locked setuptools (no isolated build env fetching an unpinned one).
 $(VENV)/.installed: requirements.lock pyproject.toml
+	@test -n "$(PYTHON)" || { echo "ERROR: no Python 3.12 found; name one: make PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --require-hashes --no-deps -r requirements.lock
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .

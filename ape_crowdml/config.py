@@ -21,7 +21,7 @@ any field can be overridden by an `APE_CROWDML_<FIELD>` environment variable.
         accept_sinks: ["0x000000000000000000000000000000000000dEaD"]  # forfeit sinks (default: burn)
         max_window_blocks: 50400           # longest join, commit or reveal window (a week of 12 s blocks)
         devices: 1                 # devices a job may use (virtual CPU ones or GPUs); not in the digest
-        warm_jobs: false           # one warm job process per profile instead of a fresh one per job
+        warm_jobs: false           # warm job processes (canaries too) instead of a fresh one per job
         result_store: null         # fsspec URL this worker uploads agreed results to (its own)
         result_url: null           # where others read those objects (default: result_store)
         result_store_options: {}   # fsspec options for result_store, e.g. {profile: crowdml}
@@ -66,8 +66,9 @@ class WorkerPolicy(BaseModel):
     # Devices a job may run on: virtual CPU devices (up to cpu-exact's 8) or GPUs. A job uses
     # the largest divisor of its micro_batches within this; its digest does not depend on it.
     devices: int = Field(1, ge=1)
-    # Run jobs in a warm process per profile (jax imported and the environment sealed once)
-    # rather than a fresh one each: the same digests, without ~10 s of start-up per job.
+    # Run jobs (and canaries) in warm processes, shared by the process's workers (jax imported
+    # and the environment sealed once each), rather than a fresh one each: the same digests,
+    # without ~10 s of start-up per job.
     warm_jobs: bool = False
     # Every read of a URI a task's publisher names (its data, its spec, a model to evaluate)
     # stops at this many bytes and this many seconds, so that no task can fill this machine

@@ -372,10 +372,13 @@ class Worker(Party):
         self._admitted: dict[int, JobSpec] = {}
         self._model_ready: set[int] = set()  # tasks whose job may start (receive_model said so)
 
-    def _start_job(self, spec: JobSpec, coin: bytes, progress: bool):
+    def _start_job(self, spec: JobSpec, coin: bytes, progress: bool, devices: int | None = None):
+        """Start `spec`'s job on `devices` (default: this worker's for the spec), warm or cold
+        as the config says."""
         from crowdml_compute.runner import start_job
 
-        devices, folders = self.devices_for(spec), self.config.jobs_folder
+        folders = self.config.jobs_folder
+        devices = self.devices_for(spec) if devices is None else devices
         if not self.config.worker.warm_jobs or progress:
             return start_job(spec, coin, progress=progress, devices=devices, job_folders=folders)
         from crowdml_compute.data import cache_root
@@ -465,7 +468,8 @@ class Worker(Party):
                         "digest must match the spec's) before any deposit")
             started = time.monotonic()
             canary = check_canary(spec, devices, job_folders=self.config.jobs_folder,
-                                  start=lambda job, coin: self._start_job(job, coin, False))
+                                  start=lambda job, coin: self._start_job(job, coin, False,
+                                                                          devices))
             seconds = time.monotonic() - started
             logger.info(f"task {task_id}: the canary matched in {seconds:.0f} s")
             self._check_job_time(task, spec, canary.timing, seconds, block_time)
@@ -514,11 +518,12 @@ class Worker(Party):
             self._admission(task, spec)
         if confirm is not None:
             confirm(task.deposit)
-        from crowdml_compute.profile import compute_code_digest
+        from crowdml_compute.profile import install_digest
 
         # Before the deposit: an upgrade before the commit can then name the version to
-        # reinstall (`check_code`).
-        self.store.save_join(*self._key(task_id), Joined(crowdml_version(), compute_code_digest()))
+        # reinstall (`check_code`). The install's digest covers the profiles' and stacks'
+        # data files too: a release that changes only a pin changes what this worker accepts.
+        self.store.save_join(*self._key(task_id), Joined(crowdml_version(), install_digest()))
         self.board.join(self.account, task_id, checked=task)
 
     def check_code(self, task: TaskInfo, spec: JobSpec | str | Path | None = None) -> None:
@@ -526,21 +531,32 @@ class Worker(Party):
         worker joined, was made for: crowdml was upgraded since the join, and its job would be
         refused (the profile pins the code), losing the deposit. Names the version to reinstall
         from what the join recorded; a task joined from elsewhere, or by a crowdml that kept
-        no record, is judged by its spec."""
-        from crowdml_compute.profile import compute_code_digest
+        no record, is judged by its spec: its compute code, and its profile as this install
+        knows it (built in or accepted)."""
+        from crowdml_compute.profile import check_profile, compute_code_digest, install_digest
 
-        code, task_id = compute_code_digest(), task.task_id
+        task_id, detail = task.task_id, ""
         joined = self.store.joined(*self._key(task_id))
-        made_for = joined.code if joined else self.spec_of(task_id, spec).profile.code
-        if made_for == code:
-            return
+        if joined:
+            code, made_for = install_digest(), joined.code
+            if made_for == code:
+                return
+        else:
+            code, profile = compute_code_digest(), self.spec_of(task_id, spec).profile
+            made_for = profile.code
+            if made_for == code:
+                try:
+                    check_profile(profile, self.config.worker.accept_profiles)
+                    return
+                except CrowdmlError:
+                    detail = f" and profile {profile.name} as this install no longer has it"
         reinstall = (f"reinstall ape-crowdml=={joined.version} and run `ape crowdml agent "
                      "--drain` with it" if joined else
                      "reinstall the crowdml version that joined it and run its agent")
         until = (f"before block {task.deadline}" if task.phase == Phase.COMMIT
                  else "before its commit window closes")
         raise UpgradedSinceJoin(
-            f"task {task_id} was joined under compute code {made_for[:10]}…"
+            f"task {task_id} was joined under compute code {made_for[:10]}…{detail}"
             + (f" (ape-crowdml {joined.version})" if joined else "")
             + f", this install runs {code[:10]}… (ape-crowdml {crowdml_version()}) and would "
             f"refuse its job: {reinstall} to commit {until}, or the deposit is lost")
@@ -549,9 +565,9 @@ class Worker(Party):
         """The tasks this worker joined from this folder under other compute code and has yet
         to commit to, while it still can, each with `check_code`'s refusal. Only those tasks'
         state is read from the chain."""
-        from crowdml_compute.profile import compute_code_digest
+        from crowdml_compute.profile import install_digest
 
-        code, me = compute_code_digest(), self.account.address
+        code, me = install_digest(), self.account.address
         joins = self.store.joins(self.board.chain_id, self.board.address, me)
         refusals = {}
         for task_id in sorted(t for t, joined in joins.items() if joined.code != code):

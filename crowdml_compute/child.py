@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import errors
-from .errors import CrowdmlError, EnvironmentMismatch
+from .errors import CrowdmlError, EnvironmentMismatch, SpecError, first_line
 from .jobenv import CROWDML_PACKAGES, interpreter
 
 
@@ -133,43 +133,71 @@ def call(profile, name: str, request: dict, *, python: Path | None = None) -> di
 _JOB_CONFIGS: dict[tuple[str, str, str], dict] = {}
 # One serving child per job stack answers this process's calls (`--serve`): jax and flax are
 # imported once, not per call (about 3 s each); it stops when this process exits.
-_SERVERS: dict[str, subprocess.Popen] = {}
+_SERVERS: dict[str, tuple[subprocess.Popen, Path]] = {}
+_STACK_LOCKS: dict[str, threading.Lock] = {}
 _SERVERS_LOCK = threading.Lock()
+
+
+def _stop_servers() -> None:
+    import shutil
+
+    for server, folder in list(_SERVERS.values()):
+        server.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+atexit.register(_stop_servers)
+
+
+def _drop_server(stack: str) -> None:
+    import shutil
+
+    server, folder = _SERVERS.pop(stack)
+    server.kill()
+    server.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def served_call(profile, name: str, request: dict) -> dict:
     """`call`, answered by this process's serving child of `profile`'s stack (started on first
-    use). A child that died is replaced; its error, if any, comes from a one-shot `call`."""
+    use; one call at a time per stack). A child that died, or answered with anything but its
+    one JSON line, is dropped and the call made once more as a one-shot `call`, whose error,
+    if any, is raised."""
     with _SERVERS_LOCK:
-        server = _SERVERS.get(profile.stack)
-        if server is None or server.poll() is not None:
+        lock = _STACK_LOCKS.setdefault(profile.stack, threading.Lock())
+    with lock:
+        known = _SERVERS.get(profile.stack)
+        if known is None or known[0].poll() is not None:
             import tempfile
 
-            if not _SERVERS:
-                atexit.register(lambda: [child.kill() for child in _SERVERS.values()])
+            if known is not None:
+                _drop_server(profile.stack)
             folder = Path(tempfile.mkdtemp(prefix="crowdml-serve-"))
-            server = _SERVERS[profile.stack] = start(
+            known = _SERVERS[profile.stack] = (start(
                 profile, "crowdml_compute.child", ["--serve"], folder, stdin=subprocess.PIPE,
-                answer=True, stderr=subprocess.DEVNULL)
+                answer=True, stderr=subprocess.DEVNULL), folder)
+        server = known[0]
         try:
             server.stdin.write(json.dumps({"call": name, "request": request}) + "\n")
             server.stdin.flush()
-            line = server.stdout.readline()
-        except OSError:
-            line = ""
-    if not line:
+            answer = json.loads(server.stdout.readline())
+        except (OSError, ValueError):
+            _drop_server(profile.stack)
+            answer = None
+    if answer is None:
         return call(profile, name, request)
-    answer = json.loads(line)
     if "error" in answer:
         raise_recorded(answer["error"])
     return answer["result"]
 
 
-def job_config(profile, path: Path, hparams: dict, canary: dict | str | None = None) -> dict:
+def job_config(profile, path: Path, hparams: dict, canary: dict | str | None = None,
+               expected_digest: str | None = None) -> dict:
     """`jobs.read_job_config` for the job file at `path`: here when this process has jax (a
     job environment, a benchmark), else in `profile`'s job stack, or the default profile's
     where that stack has no environment here (a GPU spec made on a laptop). The plugin has no
-    jax: it asks a child."""
+    jax: it asks a child. The answer names the digest of the file the child read: one other
+    than the file's here (or `expected_digest`) is refused."""
     import importlib.util
 
     from .digest import file_digest
@@ -191,8 +219,14 @@ def job_config(profile, path: Path, hparams: dict, canary: dict | str | None = N
                 if profile == get_profile(DEFAULT_PROFILE):
                     raise
                 answer = served_call(get_profile(DEFAULT_PROFILE), "job-config", request)
+        if answer["digest"] != "0x" + key[0]:
+            raise SpecError(f"job file {path} changed while it was read; read it again")
         _JOB_CONFIGS[key] = answer
-    return _JOB_CONFIGS[key]
+    answer = _JOB_CONFIGS[key]
+    if expected_digest is not None and answer["digest"] != expected_digest:
+        raise SpecError(f"job file {path} has keccak256 {answer['digest']}, the spec expects "
+                        f"{expected_digest}")
+    return answer
 
 
 # ---------------------------------------------------------------- the calls, in the child
@@ -223,6 +257,15 @@ def _answer(name: str, request: dict) -> dict:
         return {"result": CALLS[name](request)}
     except CrowdmlError as exc:
         return {"error": error_record(exc)}
+    except Exception as exc:  # noqa: BLE001 - a job file's own failure, or a broken stack
+        failure = f"{type(exc).__name__}: {first_line(exc)}"
+        if "job" in request:  # the requester's job file (SyntaxError, NameError, …)
+            return {"error": error_record(SpecError(f"job file {request['job']} failed: "
+                                                    f"{failure}"))}
+        stack = request.get("profile", {}).get("stack", "?")
+        return {"error": error_record(EnvironmentMismatch(
+            f"job stack {stack}'s interpreter failed: {failure}; build its environment again "
+            f"(`ape crowdml job-env create {stack}`)"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,16 +274,24 @@ def main(argv: list[str] | None = None) -> int:
     {"call": NAME, "request": …} line on stdin, until stdin ends."""
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--serve"]:
+        # Answers go to the real stdout alone: whatever a job file prints goes to stderr.
+        answers = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
         for line in sys.stdin:
             message = json.loads(line)
-            print(json.dumps(_answer(message["call"], message["request"])), flush=True)
+            answers.write(json.dumps(_answer(message["call"], message["request"])) + "\n")
+            answers.flush()
         return 0
     if len(argv) != 1 or argv[0] not in CALLS:
         print(f"usage: python -m crowdml_compute.child {{{','.join(CALLS)}}} < request.json",
               file=sys.stderr)
         return 2
-    answer = _answer(argv[0], json.loads(sys.stdin.read()))
-    print(json.dumps(answer))
+    request = json.loads(sys.stdin.read())
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a job file prints goes to stderr, as when serving
+    answer = _answer(argv[0], request)
+    answers.write(json.dumps(answer) + "\n")
+    answers.flush()
     return 1 if "error" in answer else 0
 
 

@@ -167,8 +167,8 @@ def read_job_config(path: Path, hparams: dict, canary: dict | str | None = None)
         overrides = canary
         if canary == "default":
             choose = getattr(module, "canary", None)
-            config = module.Config.model_validate(answer["hparams"])
-            overrides = {} if choose is None else choose(config)
+            overrides = ({} if choose is None else
+                         choose(module.Config.model_validate(answer["hparams"])))
         merged = normalise_hparams(module, {**answer["hparams"], **overrides})
         answer["canary"] = {name: merged.get(name) for name in overrides}
     return answer

@@ -109,6 +109,20 @@ def compute_code_digest() -> str:
     return "0x" + keccak_digest(b"".join(parts)).hex()
 
 
+@functools.cache
+def install_digest() -> str:
+    """keccak256 over the compute code's hash and the data files a worker's checks read (the
+    profiles and the stacks' locks), 0x-hex: what an upgrade changes when it changes what this
+    install accepts, data included (a new pin changes no code)."""
+    from .jobenv import STACKS_FOLDER
+
+    parts = [compute_code_digest().encode()]
+    for path in sorted([*PROFILES_FOLDER.glob("*.json"), *STACKS_FOLDER.glob("*.txt")]):
+        data = path.read_bytes()
+        parts += [path.name.encode(), len(data).to_bytes(8, "little"), data]
+    return "0x" + keccak_digest(b"".join(parts)).hex()
+
+
 class Profile(BaseModel):
     """A pinned environment. Part of the job spec, so part of the on-chain spec digest."""
 

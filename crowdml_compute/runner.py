@@ -342,7 +342,8 @@ def with_canary(spec: JobSpec, coin: bytes, hparams: dict | None = None, *, devi
         job_folders = configured_job_folders()
     path = JobRegistry(job_folders).find(spec.job_digest, spec.job)
     overrides = job_config(spec.profile, path, spec.hparams,
-                           "default" if hparams is None else hparams)["canary"]
+                           "default" if hparams is None else hparams,
+                           expected_digest=spec.job_digest)["canary"]
     result = run_job(canary_spec(spec, overrides), coin, devices=devices, job_folders=job_folders)
     canary = Canary(coin="0x" + coin.hex(), hparams=overrides, digest="0x" + result.digest.hex())
     return spec.model_copy(update={"canary": canary})
@@ -352,8 +353,8 @@ def check_canary(spec: JobSpec, devices: int = 1,
                  job_folders: Sequence[str | Path] | None = None,
                  start=None) -> JobResult | None:
     """Worker side, before committing: reproduce the spec's canary (on the devices the job will
-    use) or raise CanaryMismatch. `start(spec, coin)` starts the canary's job (a worker's warm
-    process, say); by default a fresh child.
+    use) or raise CanaryMismatch. `start(spec, coin)` starts the canary's job on those devices
+    (a worker's warm process, say); by default a fresh child.
 
     Returns the canary's result, or None when the spec carries no canary.
     """

@@ -42,8 +42,8 @@ from .spec import JobSpec, load_spec, save_spec
 
 DONE_FILE = "done"
 POLL_SECONDS = 0.05
-# Idle children a pool keeps (each holds jax and its compiled code, about 370 MiB): one more
-# idle child stops idle ones, those used least recently first.
+# Idle children a pool keeps (each holds jax and its compiled code, about 370 MiB): beyond
+# that, idle children are stopped, each profile's least recently used first.
 MAX_IDLE_CHILDREN = 4
 
 
@@ -61,8 +61,12 @@ class WarmJob(JobProcess):
 
     def result(self):
         try:
-            while self.running:
-                time.sleep(POLL_SECONDS)
+            try:
+                while self.running:
+                    time.sleep(POLL_SECONDS)
+            except BaseException:  # an interrupt while waiting stops the job, as a cold one's
+                self._on_cancel()
+                raise
             if not (self._out_dir / DONE_FILE).exists():
                 text = self._stderr.read_text() if self._stderr.exists() else ""
                 last = text.strip().splitlines()[-1:] or ["no output"]
@@ -99,6 +103,7 @@ class WarmPool:
     stops with the process. Safe to use from several threads (the agent's admissions)."""
 
     _shared: dict[Path, WarmPool] = {}
+    _shared_lock = threading.Lock()
 
     def __init__(self, cache_folder: Path):
         self._cache_folder = cache_folder
@@ -107,11 +112,12 @@ class WarmPool:
 
     @classmethod
     def shared(cls, cache_folder: Path) -> WarmPool:
-        if not cls._shared:
-            atexit.register(lambda: [pool.close() for pool in cls._shared.values()])
-        if cache_folder not in cls._shared:
-            cls._shared[cache_folder] = cls(cache_folder)
-        return cls._shared[cache_folder]
+        with cls._shared_lock:
+            if not cls._shared:
+                atexit.register(lambda: [pool.close() for pool in cls._shared.values()])
+            if cache_folder not in cls._shared:
+                cls._shared[cache_folder] = cls(cache_folder)
+            return cls._shared[cache_folder]
 
     def _new_child(self, spec: JobSpec, devices: int, job_folders: Sequence[str | Path]) -> _Child:
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
@@ -155,15 +161,28 @@ class WarmPool:
                     raise
                 children.append(child)
             child.out_dir = out_dir
-            child.process.stdin.write(json.dumps(request) + "\n")
-            child.process.stdin.flush()
+            try:
+                child.process.stdin.write(json.dumps(request) + "\n")
+                child.process.stdin.flush()
+            except OSError as exc:  # it died after the poll above
+                self._stop(key, child)
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CrowdmlError(f"warm job process exited: {exc.strerror}") from None
             children.remove(child)
             children.append(child)  # each list runs from the longest idle to the latest used
             idle = [(k, c) for k, cs in self._children.items() for c in cs if c.idle]
             for other_key, other in idle[:max(0, len(idle) - MAX_IDLE_CHILDREN)]:
                 self._stop(other_key, other)
         return WarmJob(child.process, out_dir, tmp, child.stderr,
-                       on_cancel=lambda: self._stop(key, child))
+                       on_cancel=lambda: self._cancel(key, child, out_dir))
+
+    def _cancel(self, key: tuple, child: _Child, out_dir: Path) -> None:
+        """Stop `child` if it still runs the job of `out_dir`; a job that ended leaves its
+        child alone, which may run another worker's job by now."""
+        with self._lock:
+            if (child.out_dir == out_dir and not (out_dir / DONE_FILE).exists()
+                    and child.process.poll() is None):
+                self._stop(key, child)
 
     def _stop(self, key: tuple, child: _Child) -> None:
         with self._lock:

@@ -345,7 +345,7 @@ def run_job(spec_file, coin, out):
               help="Sign with a keyfile account without asking, unlocked once with the "
                    "passphrase in APE_ACCOUNTS_<alias>_PASSPHRASE.")
 @click.option("--warm-jobs/--cold-jobs", default=None,
-              help="Run jobs in one warm process per profile (same digests, no start-up per "
+              help="Run jobs and canaries in warm processes (same digests, no start-up per "
                    "job) or each in a fresh one (default: `crowdml: worker: warm_jobs:`, off).")
 @click.option("--drain", is_flag=True,
               help="Join no new task, finish the ones joined, then exit: run it until it does "

@@ -179,13 +179,31 @@ def test_one_serving_child_answers_the_calls_and_a_dead_one_is_replaced(where_jo
     profile = PROFILES["cpu-exact"]
     first = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
                                                       "hparams": {"hidden": 5}})
-    server = child._SERVERS[profile.stack]
+    server = child._SERVERS[profile.stack][0]
     again = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
                                                       "hparams": {"hidden": "6"}})
-    assert child._SERVERS[profile.stack] is server  # the same child answered
+    assert child._SERVERS[profile.stack][0] is server  # the same child answered
     assert (first["hparams"], again["hparams"]) == ({"hidden": 5}, {"hidden": 6})
     server.kill()
     server.wait()
     answer = child.served_call(profile, "job-config", {"job": str(where_job / "where.py"),
                                                        "hparams": {}})
-    assert answer["hparams"] == {"hidden": 3} and child._SERVERS[profile.stack] is not server
+    assert answer["hparams"] == {"hidden": 3} and child._SERVERS[profile.stack][0] is not server
+
+
+def test_what_a_job_file_prints_or_raises_is_no_answer(tmp_path):
+    """A job file printing while it is read cannot shift the serving child's answers, and one
+    that fails to import is a SpecError naming it, not a broken environment."""
+    profile = PROFILES["cpu-exact"]
+    talker = tmp_path / "talker.py"
+    talker.write_text(WHERE_JOB + "\nprint('hello from the job file')\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("import jax\nraise NameError('no such thing')\n")
+    for _ in range(2):
+        answer = child.served_call(profile, "job-config", {"job": str(talker),
+                                                           "hparams": {"hidden": 4}})
+        assert answer["hparams"] == {"hidden": 4}
+    with pytest.raises(SpecError, match="broken.py failed: NameError: no such thing"):
+        child.served_call(profile, "job-config", {"job": str(broken), "hparams": {}})
+    with pytest.raises(SpecError, match="broken.py failed: NameError"):
+        child.call(profile, "job-config", {"job": str(broken), "hparams": {}})

@@ -1,6 +1,8 @@
 """A warm job process (crowdml_compute/warm.py) gives every job the digest a cold, fresh process gives:
 specs of two jobs, and one spec with two coins, run one after another in one warm process."""
 
+import time
+
 import pytest
 
 from crowdml_compute.data import export_digits
@@ -73,3 +75,15 @@ def test_jobs_at_once_run_in_children_of_their_own_and_a_cancel_stops_only_its_o
 def test_the_shared_pool_is_one_per_cache_folder(tmp_path):
     assert WarmPool.shared(tmp_path / "a") is WarmPool.shared(tmp_path / "a")
     assert WarmPool.shared(tmp_path / "a") is not WarmPool.shared(tmp_path / "b")
+
+
+def test_cancelling_a_job_that_ended_leaves_the_child_to_its_next_job(specs, cold, pool):
+    """The agent cancels jobs whose result it drops (a window that closed), finished or not:
+    a finished job's child may run another worker's job by then, which must run on."""
+    first = pool.start(specs[0], COINS[0])
+    while first.running:
+        time.sleep(0.05)
+    second = pool.start(specs[1], COINS[0])  # the idle child takes it
+    assert second._process is first._process
+    first.cancel()
+    assert second.result().digest == cold[1, COINS[0]]

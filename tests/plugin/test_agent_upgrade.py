@@ -3,7 +3,8 @@ changes. `--drain` finishes the tasks held and joins none; an upgraded worker ho
 joined under the old code is told, before its commit, which version to reinstall.
 
 The upgrade is what `pip install -U ape-crowdml` changes for the next process: this install's
-compute code hash and version (`crowdml_compute.profile.compute_code_digest`,
+compute code hash, its install digest (the code and the profiles' and stacks' data files) and
+version (`crowdml_compute.profile.compute_code_digest`, `install_digest`,
 `ape_crowdml.parties.crowdml_version`), patched after the join; the join itself, the record it
 keeps and the spec on chain are the real ones.
 """
@@ -19,7 +20,7 @@ from ape_crowdml.agent import Agent
 from ape_crowdml.board import Phase, WorkerStatus
 from ape_crowdml.errors import UpgradedSinceJoin
 from ape_crowdml.parties import Requester, Worker, crowdml_version
-from crowdml_compute.profile import compute_code_digest
+from crowdml_compute.profile import compute_code_digest, install_digest
 from crowdml_support import (DEPOSIT, REWARD, tiny_spec_file,
                              board, config)  # noqa: F401 - board, config: fixtures
 from test_agent import drive
@@ -47,8 +48,12 @@ def bounded_polls(monkeypatch, polls: int = 100) -> None:
     monkeypatch.setattr("ape_crowdml.agent.time.sleep", sleep)
 
 
-def upgrade(monkeypatch) -> None:
-    monkeypatch.setattr("crowdml_compute.profile.compute_code_digest", lambda: UPGRADED_CODE)
+def upgrade(monkeypatch, code: bool = True) -> None:
+    """What an upgrade changes; with `code=False`, a release that changes only data files (a
+    profile's pin): the compute code's hash stays, the install's digest moves."""
+    if code:
+        monkeypatch.setattr("crowdml_compute.profile.compute_code_digest", lambda: UPGRADED_CODE)
+    monkeypatch.setattr("crowdml_compute.profile.install_digest", lambda: UPGRADED_CODE)
     monkeypatch.setattr("ape_crowdml.parties.crowdml_version", lambda: UPGRADED_VERSION)
 
 
@@ -126,7 +131,7 @@ def test_a_drain_with_no_live_task_exits_at_once(board, accounts, config, tmp_pa
 def test_an_upgraded_worker_is_told_to_reinstall_before_its_commit(
         board, accounts, config, networks, project, joined_task, monkeypatch):
     task, me = joined_task, accounts[1]
-    joined_code, joined_version = compute_code_digest(), crowdml_version()
+    joined_code, joined_version = install_digest(), crowdml_version()
     upgrade(monkeypatch)
     refusal = (f"task {task} was joined under compute code {joined_code[:10]}… (ape-crowdml "
                f"{joined_version}), this install runs {UPGRADED_CODE[:10]}… (ape-crowdml "
@@ -158,6 +163,17 @@ def test_an_upgraded_worker_is_told_to_reinstall_before_its_commit(
     assert board.worker_status(task, me.address) == WorkerStatus.JOINED
 
 
+def test_an_upgrade_of_data_files_alone_is_refused_too(board, accounts, config, joined_task,
+                                                      monkeypatch):
+    """A release that changes only a profile's data (a pin, a flag) keeps the compute code's
+    hash but changes what the worker accepts: the join's record catches it."""
+    joined = install_digest()
+    upgrade(monkeypatch, code=False)
+    assert compute_code_digest() != UPGRADED_CODE  # the code's hash did not move
+    with pytest.raises(UpgradedSinceJoin, match=f"joined under compute code {joined[:10]}"):
+        Worker(board, accounts[1], config=config).work(joined_task)
+
+
 def test_a_task_joined_without_a_record_is_judged_by_its_spec(board, accounts, config, tmp_path,
                                                               monkeypatch):
     """Joined by a crowdml that kept no record (or from another state folder): the spec's
@@ -178,6 +194,16 @@ def test_a_task_joined_without_a_record_is_judged_by_its_spec(board, accounts, c
         "reinstall the crowdml version that joined it and run its agent to commit before "
         f"block {board.task(task).deadline}, or the deposit is lost")
     assert accounts[1].nonce == nonce
+    # Judged by its spec, a profile this install changed is refused too, the code unchanged.
+    monkeypatch.undo()
+    from crowdml_compute import profile as profiles
+
+    spec = Worker(board, accounts[1], config=config).spec_of(task)
+    changed = spec.profile.model_copy(update={"xla_flags": ("--changed",)})
+    monkeypatch.setitem(profiles.PROFILES, spec.profile.name, changed)
+    with pytest.raises(UpgradedSinceJoin, match="and profile cpu-portable as this install no "
+                                                "longer has it"):
+        Worker(board, accounts[1], config=config).work(task)
 
 
 def test_without_an_upgrade_the_same_task_is_committed(board, accounts, config, joined_task):

@@ -27,7 +27,12 @@ def test_deployed_board_is_found_again(board, config):
     assert find_board(config=config).address == board.address
 
 
-def test_full_task_through_the_api(board, accounts, config, tmp_path):
+@pytest.mark.parametrize("warm", [True, False], ids=["warm jobs", "cold jobs"])
+def test_full_task_through_the_api(board, accounts, config, tmp_path, warm):
+    """This project runs warm jobs (ape-config.yaml); a worker's default is a fresh process per
+    job: both are played."""
+    config = config.model_copy(update={"worker": config.worker.model_copy(
+        update={"warm_jobs": warm})})
     spec = tiny_spec_file(tmp_path)
     requester = Requester(board, accounts[0], config=config)
     workers = [Worker(board, accounts[i], config=config) for i in (1, 2)]
