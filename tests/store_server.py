@@ -105,17 +105,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> bool:
+    """True once `process` listens on `port`; False if it exited first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"rclone exited with {process.returncode}")
+            return False
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"rclone did not listen on port {port} within {timeout} s")
+
+
+def _serve(arguments, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """`rclone <arguments(port)>` listening on a free loopback port. A free port can be taken
+    between the probe and rclone's bind (the suites run on several processes): rclone then
+    exits, and another port is tried."""
+    import tempfile
+
+    for _ in range(attempts):
+        port = _free_port()
+        with tempfile.TemporaryFile("w+") as log:
+            process = subprocess.Popen([rclone(), *arguments(port)], stdout=subprocess.DEVNULL,
+                                       stderr=log)
+            if _wait_for_port(port, process):
+                return process, port  # its log is a file, not a pipe nobody reads
+            log.seek(0)
+            last = (log.read().strip().splitlines() or ["no output"])[-1]
+    raise RuntimeError(f"rclone exited with {process.returncode}: {last}")
 
 
 def rclone() -> str:
@@ -131,18 +150,16 @@ def public_bucket(root: Path, name: str = "results") -> Iterator[PublicBucket]:
     access_key = "AKIA" + secrets.token_hex(8).upper()
     secret_key = secrets.token_urlsafe(30)
     (root / name).mkdir(parents=True, exist_ok=True)
-    s3_port, http_port = _free_port(), _free_port()
-    servers = [
-        subprocess.Popen([rclone(), "serve", "s3", str(root), "--addr", f"127.0.0.1:{s3_port}",
-                          "--auth-key", f"{access_key},{secret_key}", "--vfs-cache-mode", "off"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([rclone(), "serve", "http", str(root), "--addr",
-                          f"127.0.0.1:{http_port}", "--read-only"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
+    servers = []
     try:
-        _wait_for_port(s3_port, servers[0])
-        _wait_for_port(http_port, servers[1])
+        s3, s3_port = _serve(lambda port: ["serve", "s3", str(root), "--addr",
+                                           f"127.0.0.1:{port}", "--auth-key",
+                                           f"{access_key},{secret_key}", "--vfs-cache-mode",
+                                           "off"])
+        servers.append(s3)
+        http, http_port = _serve(lambda port: ["serve", "http", str(root), "--addr",
+                                               f"127.0.0.1:{port}", "--read-only"])
+        servers.append(http)
         endpoint = f"http://127.0.0.1:{s3_port}"
         options = {"key": access_key, "secret": secret_key,
                    "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
