@@ -4,7 +4,7 @@ Every process the plugin starts in a job environment goes through `start`: the i
 profile's job stack (jobenv.py) with crowdml's two packages staged on its path, the profile's
 sealed environment (`profile.environment_for`), the cache folder and read limits handed over
 (the child reads no config). Three kinds: a job (`runner.start_job`), a warm job process
-(warm.py), and a short call (`call`: `python -m crowdml_compute.child NAME`, a JSON request on
+(warm.py), and a short call (`call`: `python -m crowdml_compute.child`, a JSON request line on
 stdin, one JSON line back; `served_call` keeps one child per stack answering such lines) for
 what needs a job's code or the job stack but no training:
 checking the environment before a deposit, and reading a job's `Config` (normalising a spec's
@@ -113,9 +113,9 @@ def call(profile, name: str, request: dict, *, python: Path | None = None) -> di
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="crowdml-call-") as tmp:
-        child = start(profile, "crowdml_compute.child", [name], Path(tmp), python=python,
+        child = start(profile, "crowdml_compute.child", [], Path(tmp), python=python,
                       stdin=subprocess.PIPE, answer=True, stderr=subprocess.PIPE)
-        out, err = child.communicate(json.dumps(request))
+        out, err = child.communicate(json.dumps({"call": name, "request": request}) + "\n")
     try:
         answer = json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -131,22 +131,11 @@ def call(profile, name: str, request: dict, *, python: Path | None = None) -> di
 # Answers already read in this process, by job file digest, hyperparameters and canary: a job's
 # Config is a function of its file's bytes, so one answer holds for the process's life.
 _JOB_CONFIGS: dict[tuple[str, str, str], dict] = {}
-# One serving child per job stack answers this process's calls (`--serve`): jax and flax are
+# One serving child per job stack answers this process's calls: jax and flax are
 # imported once, not per call (about 3 s each); it stops when this process exits.
 _SERVERS: dict[str, tuple[subprocess.Popen, Path]] = {}
 _STACK_LOCKS: dict[str, threading.Lock] = {}
 _SERVERS_LOCK = threading.Lock()
-
-
-def _stop_servers() -> None:
-    import shutil
-
-    for server, folder in list(_SERVERS.values()):
-        server.kill()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-atexit.register(_stop_servers)
 
 
 def _drop_server(stack: str) -> None:
@@ -156,6 +145,9 @@ def _drop_server(stack: str) -> None:
     server.kill()
     server.wait()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+atexit.register(lambda: [_drop_server(stack) for stack in list(_SERVERS)])
 
 
 def served_call(profile, name: str, request: dict) -> dict:
@@ -174,7 +166,7 @@ def served_call(profile, name: str, request: dict) -> dict:
                 _drop_server(profile.stack)
             folder = Path(tempfile.mkdtemp(prefix="crowdml-serve-"))
             known = _SERVERS[profile.stack] = (start(
-                profile, "crowdml_compute.child", ["--serve"], folder, stdin=subprocess.PIPE,
+                profile, "crowdml_compute.child", [], folder, stdin=subprocess.PIPE,
                 answer=True, stderr=subprocess.DEVNULL), folder)
         server = known[0]
         try:
@@ -268,31 +260,18 @@ def _answer(name: str, request: dict) -> dict:
             f"(`ape crowdml job-env create {stack}`)"))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m crowdml_compute.child NAME` with a JSON request on stdin: one JSON line,
-    {"result": …} or {"error": record}, and exit 0 or 1. `--serve`: one such line for each
-    {"call": NAME, "request": …} line on stdin, until stdin ends."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--serve"]:
-        # Answers go to the real stdout alone: whatever a job file prints goes to stderr.
-        answers = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
-        for line in sys.stdin:
-            message = json.loads(line)
-            answers.write(json.dumps(_answer(message["call"], message["request"])) + "\n")
-            answers.flush()
-        return 0
-    if len(argv) != 1 or argv[0] not in CALLS:
-        print(f"usage: python -m crowdml_compute.child {{{','.join(CALLS)}}} < request.json",
-              file=sys.stderr)
-        return 2
-    request = json.loads(sys.stdin.read())
+def main() -> int:
+    """`python -m crowdml_compute.child`: for each {"call": NAME, "request": …} line on stdin,
+    one JSON line, {"result": …} or {"error": record}, until stdin ends (a one-shot `call`
+    sends one line, a serving child many)."""
+    # Answers go to the real stdout alone: whatever a job file prints goes to stderr.
     answers = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # whatever a job file prints goes to stderr, as when serving
-    answer = _answer(argv[0], request)
-    answers.write(json.dumps(answer) + "\n")
-    answers.flush()
-    return 1 if "error" in answer else 0
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        message = json.loads(line)
+        answers.write(json.dumps(_answer(message["call"], message["request"])) + "\n")
+        answers.flush()
+    return 0
 
 
 if __name__ == "__main__":

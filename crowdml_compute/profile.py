@@ -102,10 +102,16 @@ def compute_code_digest() -> str:
     process: the built-in profiles and every check need it, and the sources do not change under
     a running process."""
     package = Path(__file__).parent
-    parts = []
-    for path in sorted(package.rglob("*.py")):
-        name, source = path.relative_to(package).as_posix(), path.read_bytes()
-        parts += [name.encode(), len(source).to_bytes(8, "little"), source]
+    return _files_digest([(path.relative_to(package).as_posix(), path)
+                          for path in sorted(package.rglob("*.py"))])
+
+
+def _files_digest(files: list[tuple[str, Path]], prefix: bytes = b"") -> str:
+    """keccak256 of `prefix`, then each (name, file) as its name, length and bytes, 0x-hex."""
+    parts = [prefix]
+    for name, path in files:
+        data = path.read_bytes()
+        parts += [name.encode(), len(data).to_bytes(8, "little"), data]
     return "0x" + keccak_digest(b"".join(parts)).hex()
 
 
@@ -116,11 +122,8 @@ def install_digest() -> str:
     install accepts, data included (a new pin changes no code)."""
     from .jobenv import STACKS_FOLDER
 
-    parts = [compute_code_digest().encode()]
-    for path in sorted([*PROFILES_FOLDER.glob("*.json"), *STACKS_FOLDER.glob("*.txt")]):
-        data = path.read_bytes()
-        parts += [path.name.encode(), len(data).to_bytes(8, "little"), data]
-    return "0x" + keccak_digest(b"".join(parts)).hex()
+    data = sorted([*PROFILES_FOLDER.glob("*.json"), *STACKS_FOLDER.glob("*.txt")])
+    return _files_digest([(path.name, path) for path in data], compute_code_digest().encode())
 
 
 class Profile(BaseModel):
