@@ -447,13 +447,20 @@ def init_on_host(model: nn.Module, key, *args, **kwargs):
     """`model.init` on the host CPU when this process has one besides its accelerator: the
     initialisers' transcendental functions (erf_inv) may round otherwise on a GPU."""
     if jax.default_backend() == "cpu":
-        return model.init(key, *args, **kwargs)
+        return compiled_init(model, key, *args, **kwargs)
     try:
         host = jax.local_devices(backend="cpu")[0]  # this process's own, under jax.distributed
     except RuntimeError:
-        return model.init(key, *args, **kwargs)
+        return compiled_init(model, key, *args, **kwargs)
     with jax.default_device(host):
-        return model.init(key, *args, **kwargs)
+        return compiled_init(model, key, *args, **kwargs)
+
+
+def compiled_init(model: nn.Module, key, *args, **kwargs):
+    """`model.init` as one XLA program (keyword arguments, such as `train`, held static).
+    Outside jit each initialiser compiled on its own, one program per parameter shape; the
+    parameters' bits are the same (tests/compute/test_exact.py)."""
+    return jax.jit(partial(model.init, **kwargs))(key, *args)
 
 
 def _integers(a_parts, b_parts, slices: int, path: str) -> list:
@@ -543,8 +550,8 @@ class Arithmetic:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     def init(self, model: nn.Module, key, *args, **kwargs):
-        return init_on_host(model, key, *args, **kwargs) if self.exact else model.init(
-            key, *args, **kwargs)
+        return init_on_host(model, key, *args, **kwargs) if self.exact else compiled_init(
+            model, key, *args, **kwargs)
 
     def check_inputs(self, **arrays) -> None:
         if self.exact:
