@@ -169,23 +169,26 @@ class Report:
 
 def execute(spec: JobSpec, coin: bytes, *, devices: int = 1, progress: bool = False,
             job_folders: Sequence[str | Path] = (),
-            group: tuple[str, int, int] | None = None) -> JobResult:
+            group: tuple[str, int, int] | None = None,
+            compile_cache: Path | None = None) -> JobResult:
     """Run the job in this process on `devices` devices. The profile's environment must already
     be in force (`profile.apply_environment` before jax is imported); `run_job` arranges that.
     With `group` (coordinator host:port, processes, this process's id), the job runs on the
     devices of that many processes together (parallel.start_processes); each returns the
-    whole result."""
+    whole result. `compile_cache`: a warm process's own folder of compiled programs
+    (keys.private_compile_cache); a cold job compiles everything."""
     from pydantic import ValidationError
 
     from .data import load_dataset
-    from .keys import KeyStream, configure_jax
+    from .keys import KeyStream, configure_jax, private_compile_cache
     from .parallel import (agree_in_group, check_devices, configure_devices, start_processes,
                            stop_processes)
     from .profile import check_environment, check_process
 
     check_environment(spec, native=False)  # check_process hashes the native files actually loaded
     check_arithmetic(spec)
-    configure_jax(spec.profile.jax_config, spec.profile.flax_config)
+    cache = private_compile_cache(compile_cache) if compile_cache is not None else {}
+    configure_jax({**spec.profile.jax_config, **cache}, spec.profile.flax_config)
     configure_devices(spec.profile, devices)
     if group is not None:
         start_processes(spec.profile, *group)

@@ -2,8 +2,10 @@
 after job, one at a time; per (profile, device count, job folders), as many as jobs run at once.
 
 A cold job (`runner.start_job`) pays for a fresh Python, the jax import, the native-library
-checks and XLA's compile before it trains: about 13 s for the tiny job here, of which its own
-run is under 3 s. A worker that takes many small tasks (the agent with `--warm-jobs`, or
+checks and XLA's compile before it trains: about 5 s of CPU for the tiny MLP job here, of which
+its own run is under 0.5 s. A warm child pays that once, and XLA's compile once per program: it
+keeps what it compiled in a folder of its own (keys.private_compile_cache), so a later job of
+the same program (the same spec with another coin, a canary run again) loads it. A worker that takes many small tasks (the agent with `--warm-jobs`, or
 `crowdml: worker: warm_jobs: true`) keeps such processes instead, for its canaries too; the
 workers of one process share them (`WarmPool.shared`).
 
@@ -12,8 +14,10 @@ same sealed environment, `profile.apply_environment` before jax, the same CPU pi
 job goes through the same `runner.execute` (environment, process and data checks, the job
 module loaded afresh from its file, keys only from the coin), and nothing a job leaves behind
 feeds the next: jax holds no random state, and a job's jitted functions are new objects each
-time. tests/jobs/test_jobs_warm.py runs specs one after another in one warm process and checks each
-digest against a cold run.
+time. A program loaded from the child's folder is the executable this same child compiled for
+the same program text under the same settings (jax's cache key covers both). tests/jobs/
+test_jobs_warm.py runs specs one after another in one warm process and checks each digest
+against a cold run.
 
 Protocol: the parent writes one JSON line per job on the child's stdin,
 {"spec": FILE, "coin": "0x…", "out": DIR}; the child writes the job's files into DIR as the
@@ -123,7 +127,8 @@ class WarmPool:
         folder = Path(tempfile.mkdtemp(prefix="crowdml-warm-"))
         profile_file = folder / "profile.json"
         profile_file.write_text(spec.profile.model_dump_json())
-        args = ["--profile", str(profile_file), "--devices", str(devices)]
+        args = ["--profile", str(profile_file), "--devices", str(devices),
+                "--programs", str(folder / "programs")]
         for job_folder in job_folders:
             args += ["--jobs-folder", str(job_folder)]
         stderr = folder / "stderr.txt"
@@ -190,7 +195,8 @@ class WarmPool:
                 self._children[key].remove(child)
         child.process.kill()
         child.process.wait()
-        shutil.rmtree(child.stderr.parent, ignore_errors=True)  # its profile, links and log
+        # its profile, links, log and compiled programs
+        shutil.rmtree(child.stderr.parent, ignore_errors=True)
 
     def close(self) -> None:
         for key, children in list(self._children.items()):
@@ -198,13 +204,17 @@ class WarmPool:
                 self._stop(key, child)
 
 
-def serve(profile_file: Path, devices: int, job_folders: Sequence[Path]) -> None:
-    """The child: seal the environment once, then run each requested job as a cold child would."""
-    from .keys import coin_from_hex
+def serve(profile_file: Path, devices: int, job_folders: Sequence[Path], programs: Path) -> None:
+    """The child: seal the environment once, then run each requested job as a cold child would,
+    keeping the programs it compiles in `programs` for the jobs after (keys.private_compile_cache;
+    the pool removes the folder with the child)."""
+    from .keys import PRIVATE_CACHE_MAX_BYTES, coin_from_hex, configure_jax, private_compile_cache
     from .profile import Profile, apply_environment
 
     profile = Profile.model_validate_json(profile_file.read_text())
     apply_environment(profile, devices)
+    # Before anything compiles: jax decides once per process whether it uses a cache.
+    configure_jax({**profile.jax_config, **private_compile_cache(programs)}, profile.flax_config)
     for line in sys.stdin:
         request = json.loads(line)
         out = Path(request["out"])
@@ -213,12 +223,22 @@ def serve(profile_file: Path, devices: int, job_folders: Sequence[Path]) -> None
             if spec.profile != profile:
                 raise CrowdmlError("this warm process runs another profile's jobs")
             result = execute(spec, coin_from_hex(request["coin"]), devices=devices,
-                             job_folders=job_folders)
+                             job_folders=job_folders, compile_cache=programs)
         except CrowdmlError as exc:
             write_outcome(out, error=exc)
         else:
             write_outcome(out, result=result)
+        _keep_under(programs, PRIVATE_CACHE_MAX_BYTES)
         (out / DONE_FILE).touch()
+
+
+def _keep_under(folder: Path, limit: int) -> None:
+    """Empty the compiled-programs folder once it holds more than `limit` bytes (between jobs:
+    a program missing from it is compiled again)."""
+    files = [path for path in folder.iterdir() if path.is_file()] if folder.exists() else []
+    if sum(path.stat().st_size for path in files) > limit:
+        for path in files:
+            path.unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -226,8 +246,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, required=True)
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--jobs-folder", type=Path, action="append", default=[])
+    parser.add_argument("--programs", type=Path, required=True)
     args = parser.parse_args()
-    serve(args.profile, args.devices, args.jobs_folder)
+    serve(args.profile, args.devices, args.jobs_folder, args.programs)
 
 
 if __name__ == "__main__":

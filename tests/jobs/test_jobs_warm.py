@@ -87,3 +87,35 @@ def test_cancelling_a_job_that_ended_leaves_the_child_to_its_next_job(specs, col
     assert second._process is first._process
     first.cancel()
     assert second.result().digest == cold[1, COINS[0]]
+
+
+def test_a_warm_child_compiles_a_program_once_and_its_programs_go_with_it(specs, cold, pool):
+    """The child keeps its compiled programs in its own folder: the same spec with another coin
+    compiles nothing new (and gives the cold digest), other hparams compile their own; when the
+    child stops, the folder goes."""
+    assert pool.start(specs[0], COINS[0]).result().digest == cold[0, COINS[0]]
+    [[child]] = pool._children.values()
+    programs = child.stderr.parent / "programs"
+
+    def compiled() -> set[str]:
+        return {path.name for path in programs.iterdir() if path.name.endswith("-cache")}
+
+    first = compiled()
+    assert first  # the train epoch, the init, the evaluation, …
+    assert pool.start(specs[0], COINS[1]).result().digest == cold[0, COINS[1]]
+    assert compiled() == first
+    assert pool.start(specs[1], COINS[0]).result().digest == cold[1, COINS[0]]
+    assert compiled() > first
+    pool.close()
+    assert not programs.exists()
+
+
+def test_a_warm_childs_programs_folder_is_emptied_past_its_limit(tmp_path):
+    from crowdml_compute.warm import _keep_under
+
+    (tmp_path / "a-cache").write_bytes(b"x" * 600)
+    _keep_under(tmp_path, 1000)
+    assert [path.name for path in tmp_path.iterdir()] == ["a-cache"]
+    (tmp_path / "b-cache").write_bytes(b"x" * 600)
+    _keep_under(tmp_path, 1000)
+    assert list(tmp_path.iterdir()) == []
