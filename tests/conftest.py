@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from ape._cli import cli as ape_cli
 from click.testing import CliRunner
 from board_support import (DEPOSIT, HIDE, REWARD, ROOT, SKIP, WINDOW, Played, assert_solvent,
@@ -101,7 +102,10 @@ def play(board, requester, chain):
 def state(tmp_path, project, networks):
     """State and artifacts in a fresh folder, as a new machine would have them. On anvil, the
     suite's node is named as the foundry host: a command would otherwise start its own."""
-    overrides = {"crowdml": {"state_folder": str(tmp_path / "state")}}
+    # temp_config replaces a whole section: keep the project's other crowdml settings (its
+    # workers' warm job processes above all), as a machine with this project's config has them.
+    crowdml = yaml.safe_load((project.path / "ape-config.yaml").read_text())["crowdml"]
+    overrides = {"crowdml": {**crowdml, "state_folder": str(tmp_path / "state")}}
     if networks.provider.name == "foundry":
         overrides["foundry"] = {"host": networks.provider.uri}
     with project.temp_config(**overrides):

@@ -133,7 +133,10 @@ def work(account, board_address, task_id, spec_file):
     from ape_crowdml.render import run_lines
 
     worker = _worker(board_address, account)
-    digest = worker.work(task_id, spec_file, progress=True)
+    # A progress bar where someone watches (a fresh job process draws it); with stderr
+    # redirected, the job runs as `crowdml: worker: warm_jobs:` says.
+    watched = click.get_text_stream("stderr").isatty()
+    digest = worker.work(task_id, spec_file, progress=watched)
     for line in run_lines(worker.summary(task_id)):
         click.echo(line, err=True)
     click.echo(f"committed to result 0x{digest.hex()} for task {task_id}")

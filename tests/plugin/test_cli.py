@@ -76,7 +76,7 @@ def test_fetch_refuses_a_tampered_artifact(ape, state, accounts):
     assert "Traceback" not in output
 
 
-def test_work_fetch_and_report_say_what_the_job_said(ape, state, accounts):
+def test_work_fetch_and_report_say_what_the_job_said(ape, state, accounts, monkeypatch):
     spec = tiny_spec_file(state)
     ape("deploy", account=0)
     task = task_id_from(ape("publish", spec, "--reward", REWARD, "--deposit", DEPOSIT,
@@ -88,7 +88,13 @@ def test_work_fetch_and_report_say_what_the_job_said(ape, state, accounts):
     said = ape("work", task, account=1)
     assert re.search(r"epoch 1: loss \d", said) and "test_accuracy: " in said
     assert "(the worker's word: only the result digest is agreed on chain)" in said
+    # Not at a terminal: the project's warm job processes (ape-config.yaml), not a fresh one.
+    def cold_job(*args, **kwargs):
+        raise AssertionError("a cold job process started")
+
+    monkeypatch.setattr("crowdml_compute.runner.start_job", cold_job)
     ape("work", task, account=2)
+    monkeypatch.undo()
     for worker in (1, 2):
         ape("reveal", task, account=worker)
     ape("settle", task, account=0)
