@@ -385,8 +385,10 @@ conv_product.defvjp(_conv_forward, _conv_backward)
 def _shaped_like_output(x, kernel):
     """What a layer returns while `init` runs: zeros of its output's shape. The parameters
     are drawn before the product and do not depend on its values (flax derives each layer's
-    key from its name), so they keep their bits; the product itself, run op by op outside
-    jit, compiled about a hundred small executables, six of a job process's nine seconds."""
+    key from its name), so they keep their bits. Running the product in init only costs
+    (outside jit it compiled about a hundred small programs, six of a job process's nine
+    seconds). So a model's init sees zeros after an exact layer: a layer whose parameters
+    depended on its input's values would get other ones (none of flax's does)."""
     return jnp.zeros(x.shape[:-1] + kernel.shape[-1:], jnp.float32)
 
 
@@ -453,13 +455,17 @@ def init_on_host(model: nn.Module, key, *args, **kwargs):
     except RuntimeError:
         return compiled_init(model, key, *args, **kwargs)
     with jax.default_device(host):
+        # jit runs where its committed arguments live: inputs a job put on the accelerator
+        # would take the initialisers there too.
+        key, *args = jax.device_put((key, *args), host)
         return compiled_init(model, key, *args, **kwargs)
 
 
 def compiled_init(model: nn.Module, key, *args, **kwargs):
-    """`model.init` as one XLA program (keyword arguments, such as `train`, held static).
-    Outside jit each initialiser compiled on its own, one program per parameter shape; the
-    parameters' bits are the same (tests/compute/test_exact.py)."""
+    """`model.init` as one XLA program. Positional arguments are traced (arrays: the key and
+    example inputs); keyword arguments, such as `train`, are held static. Outside jit each
+    initialiser compiled on its own, one program per parameter shape; the parameters' bits
+    are the same (tests/compute/test_exact.py)."""
     return jax.jit(partial(model.init, **kwargs))(key, *args)
 
 

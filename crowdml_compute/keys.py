@@ -37,7 +37,7 @@ JAX_CONFIG = {
 # process's programs can be found there, and the cache holds executables only (not XLA's
 # autotuning results). jax caps a cache's size only with the filelock package, which the job
 # stacks do not hold: warm.py empties the folder between jobs past PRIVATE_CACHE_MAX_BYTES.
-PRIVATE_CACHE_MAX_BYTES = 512 * 2**20
+PRIVATE_CACHE_MAX_BYTES = 256 * 2**20
 
 
 def private_compile_cache(folder) -> dict:

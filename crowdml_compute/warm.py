@@ -5,9 +5,10 @@ A cold job (`runner.start_job`) pays for a fresh Python, the jax import, the nat
 checks and XLA's compile before it trains: about 5 s of CPU for the tiny MLP job here, of which
 its own run is under 0.5 s. A warm child pays that once, and XLA's compile once per program: it
 keeps what it compiled in a folder of its own (keys.private_compile_cache), so a later job of
-the same program (the same spec with another coin, a canary run again) loads it. A worker that takes many small tasks (the agent with `--warm-jobs`, or
-`crowdml: worker: warm_jobs: true`) keeps such processes instead, for its canaries too; the
-workers of one process share them (`WarmPool.shared`).
+the same program (the same spec with another coin, a canary run again) loads it. A worker
+that takes many small tasks (the agent with `--warm-jobs`, or `crowdml: worker: warm_jobs:
+true`) keeps such processes instead, for its canaries too; the workers of one process share
+them (`WarmPool.shared`).
 
 What keeps its digests equal to a cold run's: the child is started exactly as a cold one (the
 same sealed environment, `profile.apply_environment` before jax, the same CPU pinning), every
@@ -208,13 +209,22 @@ def serve(profile_file: Path, devices: int, job_folders: Sequence[Path], program
     """The child: seal the environment once, then run each requested job as a cold child would,
     keeping the programs it compiles in `programs` for the jobs after (keys.private_compile_cache;
     the pool removes the folder with the child)."""
-    from .keys import PRIVATE_CACHE_MAX_BYTES, coin_from_hex, configure_jax, private_compile_cache
+    from .keys import configure_jax, private_compile_cache
     from .profile import Profile, apply_environment
 
     profile = Profile.model_validate_json(profile_file.read_text())
     apply_environment(profile, devices)
     # Before anything compiles: jax decides once per process whether it uses a cache.
     configure_jax({**profile.jax_config, **private_compile_cache(programs)}, profile.flax_config)
+    try:
+        _serve_jobs(profile, devices, job_folders, programs)
+    finally:  # the pool removes the folder too; a parent killed outright cannot
+        shutil.rmtree(programs, ignore_errors=True)
+
+
+def _serve_jobs(profile, devices: int, job_folders: Sequence[Path], programs: Path) -> None:
+    from .keys import PRIVATE_CACHE_MAX_BYTES, coin_from_hex
+
     for line in sys.stdin:
         request = json.loads(line)
         out = Path(request["out"])
@@ -234,11 +244,15 @@ def serve(profile_file: Path, devices: int, job_folders: Sequence[Path], program
 
 def _keep_under(folder: Path, limit: int) -> None:
     """Empty the compiled-programs folder once it holds more than `limit` bytes (between jobs:
-    a program missing from it is compiled again)."""
-    files = [path for path in folder.iterdir() if path.is_file()] if folder.exists() else []
-    if sum(path.stat().st_size for path in files) > limit:
-        for path in files:
-            path.unlink(missing_ok=True)
+    a program missing from it is compiled again). A folder it cannot read or empty costs
+    compiles, never the job: jax compiles what it cannot load."""
+    try:
+        files = [path for path in folder.iterdir() if path.is_file()] if folder.exists() else []
+        if sum(path.stat().st_size for path in files) > limit:
+            for path in files:
+                path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def main() -> None:

@@ -102,10 +102,10 @@ def play(board, requester, chain):
 def state(tmp_path, project, networks):
     """State and artifacts in a fresh folder, as a new machine would have them. On anvil, the
     suite's node is named as the foundry host: a command would otherwise start its own."""
-    # temp_config replaces a whole section: keep the project's other crowdml settings (its
-    # workers' warm job processes above all), as a machine with this project's config has them.
-    crowdml = yaml.safe_load((project.path / "ape-config.yaml").read_text())["crowdml"]
-    overrides = {"crowdml": {**crowdml, "state_folder": str(tmp_path / "state")}}
+    # temp_config replaces a whole section: keep the project's worker settings (its warm job
+    # processes), as a machine with this project's config has them.
+    worker = yaml.safe_load((project.path / "ape-config.yaml").read_text())["crowdml"]["worker"]
+    overrides = {"crowdml": {"state_folder": str(tmp_path / "state"), "worker": worker}}
     if networks.provider.name == "foundry":
         overrides["foundry"] = {"host": networks.provider.uri}
     with project.temp_config(**overrides):

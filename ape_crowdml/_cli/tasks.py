@@ -133,10 +133,10 @@ def work(account, board_address, task_id, spec_file):
     from ape_crowdml.render import run_lines
 
     worker = _worker(board_address, account)
-    # A progress bar where someone watches (a fresh job process draws it); with stderr
-    # redirected, the job runs as `crowdml: worker: warm_jobs:` says.
-    watched = click.get_text_stream("stderr").isatty()
-    digest = worker.work(task_id, spec_file, progress=watched)
+    # Warm job processes (`crowdml: worker: warm_jobs:`) draw no progress bar: a fresh process
+    # draws it where someone watches, or where the job would run in a fresh process anyway.
+    progress = click.get_text_stream("stderr").isatty() or not worker.config.worker.warm_jobs
+    digest = worker.work(task_id, spec_file, progress=progress)
     for line in run_lines(worker.summary(task_id)):
         click.echo(line, err=True)
     click.echo(f"committed to result 0x{digest.hex()} for task {task_id}")

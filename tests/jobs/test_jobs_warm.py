@@ -119,3 +119,12 @@ def test_a_warm_childs_programs_folder_is_emptied_past_its_limit(tmp_path):
     (tmp_path / "b-cache").write_bytes(b"x" * 600)
     _keep_under(tmp_path, 1000)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_float_spec_run_again_from_the_programs_folder_gives_the_cold_digest(specs, pool):
+    """Float arithmetic (cpu-exact: oneDNN's sums, pinned): the second run of the same spec in
+    one warm child loads the programs the first compiled; both give the cold digest."""
+    spec = make_spec("train_classifier", specs[0].data_uri,
+                     {**TINY_HPARAMS, "arithmetic": "float"}, profile="cpu-exact")
+    cold = run_job(spec, COINS[0]).digest
+    assert [pool.start(spec, COINS[0]).result().digest for _ in range(2)] == [cold, cold]

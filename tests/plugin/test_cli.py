@@ -92,9 +92,9 @@ def test_work_fetch_and_report_say_what_the_job_said(ape, state, accounts, monke
     def cold_job(*args, **kwargs):
         raise AssertionError("a cold job process started")
 
-    monkeypatch.setattr("crowdml_compute.runner.start_job", cold_job)
-    ape("work", task, account=2)
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr("crowdml_compute.runner.start_job", cold_job)
+        ape("work", task, account=2)
     for worker in (1, 2):
         ape("reveal", task, account=worker)
     ape("settle", task, account=0)
