@@ -385,9 +385,9 @@ conv_product.defvjp(_conv_forward, _conv_backward)
 def _shaped_like_output(x, kernel):
     """What a layer returns while `init` runs: zeros of its output's shape. The parameters
     are drawn before the product and do not depend on its values (flax derives each layer's
-    key from its name), so they keep their bits. Running the product in init only costs
+    key from its name), so they keep their bits. The product would only cost time there
     (outside jit it compiled about a hundred small programs, six of a job process's nine
-    seconds). So a model's init sees zeros after an exact layer: a layer whose parameters
+    seconds). A model's init thus sees zeros after an exact layer: a layer whose parameters
     depended on its input's values would get other ones (none of flax's does)."""
     return jnp.zeros(x.shape[:-1] + kernel.shape[-1:], jnp.float32)
 

@@ -32,8 +32,8 @@ job unpinned still differed between 1 and 2 CPUs, so the pins below all stay:
   than cpu_threads CPUs is refused.
 - Inherited variables. JAX_*, FLAX_*, EAGER_CONSTANT_FOLDING, PJRT_NPROC/NPROC,
   TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL, DNNL_/ONEDNN_MAX_CPU_ISA and an inherited or shared
-  persistent compilation cache each change the digest or crash the job, so the child's environment is built from an
-  allowlist (ALLOWED_VARIABLES) plus the profile's own variables.
+  persistent compilation cache each change the digest or crash the job, so the child's
+  environment is built from an allowlist (ALLOWED_VARIABLES) plus the profile's own variables.
 - ISA. `--xla_cpu_max_isa=AVX2` keeps XLA's generated code from using AVX-512 (capping at AVX2 or
   AVX512 kept a 300-step MLP's bytes and the bits of exp/log/tanh/log_softmax; AVX changed them).
   It does not reach matmuls: XLA runs f32 dots as an Eigen contraction whose kernel is oneDNN's
